@@ -1,0 +1,5 @@
+import sys
+
+from facecomp.cli import main
+
+sys.exit(main())

@@ -1,0 +1,41 @@
+"""`facecomp` command line: one module per subcommand, each with a parser and a command function."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from facecomp.cli import complete as complete_cli
+from facecomp.cli import parsing as parsing_cli
+from facecomp.cli import train as train_cli
+
+SUBCOMMANDS = (train_cli, complete_cli, parsing_cli)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="facecomp", description="Generative face completion (Li et al., CVPR 2017)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in SUBCOMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return int(args.func(args) or 0)
+    except ValueError as e:  # user errors: one line, no traceback
+        print(f"facecomp: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("facecomp: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

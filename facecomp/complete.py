@@ -1,0 +1,122 @@
+"""Inference: ``Completer(weights).complete(image, mask, seed, samples, blend)``.
+
+An image of any size goes in; a list of completions of the same size comes out, each equal to the
+input outside the mask. A 178x218 CelebA-aligned face is completed through the 128x128 face box of
+:mod:`facecomp.layout`; any other image is stretched onto the 128x128 crop. The generator's pixels
+are warped back to the input's resolution and pasted under the mask *at that resolution*, so a
+mask drawn on the input is honoured pixel for pixel.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from facecomp import kernels, layout
+from facecomp.config import GeneratorConfig
+from facecomp.images import to_tensor, to_uint8
+from facecomp.models import Generator
+from facecomp.train import checkpoint as ck
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "generator.safetensors"
+BLENDS = ("none", "poisson")
+
+
+def load_generator(path: str | Path | None = None, device: str | torch.device = "cpu") -> Generator:
+    """A generator from a weights file, a run directory or a checkpoint; default: the shipped model."""
+    path = Path(path) if path is not None else DEFAULT_WEIGHTS
+    if path.is_dir():
+        path = (path / "generator.safetensors") if (path / "generator.safetensors").is_file() \
+            else ck.find_checkpoint(path) / "generator.safetensors"
+    if path == DEFAULT_WEIGHTS and not path.is_file():
+        raise ValueError("no shipped model in this install yet; pass --model WEIGHTS (a trained generator)")
+    meta = ck.read_metadata(path)
+    if meta.get("kind") != "generator" or "config" not in meta:
+        raise ValueError(f"{path}: not generator weights (kind {meta.get('kind')!r})")
+    try:
+        gen = Generator(GeneratorConfig(**meta["config"]))
+    except TypeError as e:
+        raise ValueError(f"{path}: generator config in the file is not understood ({e})") from None
+    ck.load_module(path, gen, "generator")
+    return gen.eval().to(device)
+
+
+def poisson_blend(completed: np.ndarray, original: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The paper's M5: OpenCV's seamless cloning of the completed hole into the original. [H,W,3] uint8
+
+    seamlessClone needs the region off the image border, so both images are padded by reflection
+    first and cropped back after.
+    """
+    pad = 8
+    m = (mask > 0.5).astype(np.uint8) * 255
+    if not m.any():
+        return original.copy()
+    src = cv2.copyMakeBorder(completed, pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
+    dst = cv2.copyMakeBorder(original, pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
+    mp = cv2.copyMakeBorder(m, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
+    # Dilate by one pixel: seamlessClone treats the region's edge as boundary condition.
+    mp = cv2.dilate(mp, np.ones((3, 3), np.uint8))
+    x, y, w, h = cv2.boundingRect(mp)
+    center = (x + w // 2, y + h // 2)
+    out = cv2.seamlessClone(src, dst, mp, center, cv2.NORMAL_CLONE)[pad:-pad, pad:-pad]
+    keep = mask[..., None] <= 0.5
+    return np.where(keep, original, out)
+
+
+class Completer:
+    """Face completion with a trained generator."""
+
+    def __init__(self, weights: str | Path | None = None, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self.generator = load_generator(weights, self.device)
+        self.size = self.generator.cfg.image_size
+
+    @torch.no_grad()
+    def complete(self, image: np.ndarray, mask: np.ndarray, seed: int = 0, samples: int = 1,
+                 blend: str = "none") -> list[np.ndarray]:
+        """image: [H, W, 3] uint8; mask: [H, W] in [0, 1] (1 = missing) -> ``samples`` x [H, W, 3] uint8.
+
+        Sample k fills the hole with noise keyed by (seed, k): same seed, same completions.
+        """
+        if blend not in BLENDS:
+            raise ValueError(f"unknown blend '{blend}' (valid: {', '.join(BLENDS)})")
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"image must be [H, W, 3] uint8, got {image.shape} {image.dtype}")
+        h, w = image.shape[:2]
+        if mask.shape != (h, w):
+            raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {w}x{h}")
+        if samples < 1:
+            raise ValueError(f"samples must be >= 1, got {samples}")
+        hole = mask > 0.5
+        if not hole.any():
+            raise ValueError("the mask is empty: nothing to complete")
+        if hole.all():
+            raise ValueError("the mask covers the whole image: nothing to complete from")
+
+        x0, y0, x1, y1 = layout.face_box(w, h)
+        inside = np.zeros((h, w), bool)
+        inside[y0:y1, x0:x1] = True
+        if (hole & ~inside).any():  # pixels the model never sees cannot be generated
+            raise ValueError(f"the mask reaches outside the face box ({x0},{y0},{x1},{y1}) the model completes")
+        size = (self.size, self.size)
+        crop = cv2.resize(image[y0:y1, x0:x1], size, interpolation=cv2.INTER_AREA)
+        # A crop pixel is missing if any input pixel it covers is (area resampling, then > 0),
+        # grown by one pixel so resampling at the hole's edge never mixes in a missing pixel.
+        crop_mask = cv2.resize(mask[y0:y1, x0:x1].astype(np.float32), size, interpolation=cv2.INTER_AREA)
+        crop_mask = cv2.dilate((crop_mask > 1e-3).astype(np.float32), np.ones((3, 3), np.uint8))
+
+        x = to_tensor(crop)[None].to(self.device).expand(samples, -1, -1, -1)  # [K,3,S,S]
+        m = torch.from_numpy(crop_mask)[None, None].to(self.device).expand(samples, -1, -1, -1)
+        x_in = torch.cat([kernels.fill(x[k:k + 1], m[k:k + 1], seed=seed, offset=k,
+                                      mask_channel=self.generator.cfg.mask_channel) for k in range(samples)])
+        out = self.generator(x_in)  # [K,3,S,S]
+        results = []
+        for k in range(samples):
+            back = image.copy()
+            back[y0:y1, x0:x1] = cv2.resize(to_uint8(out[k]), (x1 - x0, y1 - y0), interpolation=cv2.INTER_CUBIC)
+            pasted = np.where(hole[..., None], back, image)
+            results.append(poisson_blend(pasted, image, mask) if blend == "poisson" else pasted)
+        return results

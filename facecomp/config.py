@@ -1,0 +1,256 @@
+"""Typed configs: one small dataclass per component, TOML presets, dotted overrides.
+
+A preset (``configs/*.toml``) and ``key=value`` overrides are merged onto the defaults below.
+Unknown keys are errors that name the key, so a typo never silently trains the wrong model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass(kw_only=True)
+class GeneratorConfig:
+    """The paper's generator: VGG-19 conv1_1..pool3, two convs + pool, FC bottleneck, mirrored decoder."""
+
+    image_size: int = 128  # the paper trains and tests at 128x128
+    width: float = 1.0  # multiplier on VGG-19 channel widths (64, 128, 256, 512)
+    bottleneck: int = 512  # size of the fully connected code between encoder and decoder
+    mask_channel: bool = False  # append the mask as a 4th input channel (the paper feeds 3)
+    norm: str = "batch"  # "batch" | "none"
+
+
+@dataclass(kw_only=True)
+class DiscriminatorConfig:
+    """DCGAN-like discriminators (the paper's [19]): local on the hole, global on the whole image."""
+
+    width: float = 1.0  # multiplier on DCGAN widths (64, 128, 256, 512)
+    local_size: int = 64  # the hole's bounding box is resampled to this size for the local D
+
+
+@dataclass(kw_only=True)
+class ParsingConfig:
+    """The frozen 11-label face-parsing network used by Lp in stage 3."""
+
+    width: float = 0.5
+    num_classes: int = 11
+    weights: str = ""  # safetensors file; "" = the weights shipped in the package
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    """CelebA layout, the 128x128 face box and the augmentation ranges."""
+
+    root: str = "../shared/data/celeba"
+    partition: str = "train"  # train | val | test
+    limit: int = 0  # use only the first N images of the partition (0 = all)
+    flip: float = 0.5  # probability of a horizontal flip
+    shift: float = 0.05  # max shift, as a fraction of the crop size
+    rotate: float = 15.0  # max rotation in degrees (the paper: +/- 15)
+    scale_min: float = 0.9
+    scale_max: float = 1.1
+    workers: int = 0  # DataLoader worker processes
+
+
+@dataclass(kw_only=True)
+class MaskConfig:
+    """Training masks: a square of fixed size at a uniform random position (the paper: 64x64)."""
+
+    kind: str = "square"  # see facecomp.masks.TRAIN_MASKS
+    size: int = 64
+
+
+@dataclass(kw_only=True)
+class LossConfig:
+    """Weights of L = Lr + l1*La1 + l2*La2 + l3*Lp; a stage switches terms on, a weight of 0 off.
+
+    Scales follow the Caffe layers the paper used: Lr is EuclideanLoss (sum of squares / 2 per
+    image), La is the per-image binary cross-entropy, Lp is the per-pixel softmax loss summed over
+    the image. Only with these scales do the paper's 300/300/0.005 balance the terms.
+    """
+
+    recon: float = 1.0
+    adv_local: float = 300.0
+    adv_global: float = 300.0
+    parsing: float = 0.005
+    recon_known: float = 0.1  # weight of Lr on known pixels (the hole's weight is 1)
+
+
+@dataclass(kw_only=True)
+class AdversarialConfig:
+    """How the discriminators are kept from overpowering the generator early (the paper, after [19])."""
+
+    warmup_steps: int = 1000  # adversarial weights ramp linearly from 0 over these G steps
+    real_label: float = 0.9  # one-sided label smoothing for real samples
+    d_skip_below: float = 0.2  # skip a D update while its loss is already below this
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    grad_clip: float = 0.0  # 0 = no clipping
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    batch_size: int = 64
+    stage_steps: list[int] = field(default_factory=lambda: [20000, 10000, 10000])
+    log_every: int = 50
+    image_every: int = 500
+    ckpt_every: int = 1000
+    keep_checkpoints: int = 3  # older checkpoints of a run are deleted (0 = keep all)
+    seed: int = 0
+
+
+@dataclass(kw_only=True)
+class RuntimeConfig:
+    device: str = "cpu"  # "cpu" | "cuda" | "cuda:N"; the one device decision, passed down
+    amp: str = "none"  # "none" | "bf16" | "fp16" (fp16 only on CUDA)
+    channels_last: bool = False
+    threads: int = 0  # torch intra-op threads (0 = torch's default)
+
+
+@dataclass(kw_only=True)
+class Config:
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    parsing: ParsingConfig = field(default_factory=ParsingConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+
+def _check_type(key: str, value: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ValueError(f"config key '{key}' expects a list, got {value!r}")
+        return [_check_type(key, v, item) for v in value]
+    if hint in (int, float, str, bool) and (type(value) is not hint):
+        raise ValueError(f"config key '{key}' expects {hint.__name__}, got {value!r}")
+    return value
+
+
+def _merge(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            valid = ", ".join(sorted(names))
+            raise ValueError(f"unknown config key '{path}' (valid here: {valid})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ValueError(f"config key '{path}' is a section; set '{path}.<key>' instead")
+            _merge(current, value, prefix=f"{path}.")
+        else:
+            setattr(obj, key, _check_type(path, value, hints[key]))
+
+
+def _parse_value(text: str) -> Any:
+    """TOML value syntax (numbers, booleans, lists, quoted strings); anything else is a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """['train.batch_size=8', ...] -> nested dict."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"override '{item}' is not of the form key=value")
+        key, text = item.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = _parse_value(text.strip())
+    return out
+
+
+def resolve_preset(name: str) -> Path:
+    """A path to a TOML file, or a preset name from configs/ ('cpu', 'paper', 'smoke')."""
+    path = Path(name)
+    if path.suffix == ".toml" and path.exists():
+        return path
+    preset = PRESET_DIR / f"{path.stem}.toml"
+    if path.suffix in ("", ".toml") and preset.exists():
+        return preset
+    names = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.toml")))
+    raise ValueError(f"config '{name}' is neither a TOML file nor a preset (presets: {names})")
+
+
+def load_config(name: str | None = None, overrides: list[str] | None = None) -> Config:
+    cfg = Config()
+    if name:
+        with open(resolve_preset(name), "rb") as f:
+            try:
+                _merge(cfg, tomllib.load(f))
+            except tomllib.TOMLDecodeError as e:
+                raise ValueError(f"config '{name}' is not valid TOML: {e}") from None
+    if overrides:
+        _merge(cfg, parse_overrides(overrides))
+    validate(cfg)
+    return cfg
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    cfg = Config()
+    _merge(cfg, data)
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def to_toml(cfg: Config) -> str:
+    lines: list[str] = []
+    for section, values in to_dict(cfg).items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            lines.append(f"{key} = {json.dumps(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def validate(cfg: Config) -> None:
+    g = cfg.generator
+    if g.image_size % 16 or g.image_size < 32:
+        raise ValueError(f"generator.image_size must be a multiple of 16 and >= 32, got {g.image_size}")
+    if g.width <= 0 or cfg.discriminator.width <= 0 or cfg.parsing.width <= 0:
+        raise ValueError("widths must be positive")
+    if g.norm not in ("batch", "none"):
+        raise ValueError(f"generator.norm must be 'batch' or 'none', got '{g.norm}'")
+    if not 0 < cfg.mask.size < g.image_size:
+        raise ValueError(f"mask.size must be in (0, {g.image_size}), got {cfg.mask.size}")
+    if len(cfg.train.stage_steps) != 3:
+        raise ValueError(f"train.stage_steps needs 3 entries (one per stage), got {cfg.train.stage_steps}")
+    if cfg.runtime.amp not in ("none", "bf16", "fp16"):
+        raise ValueError(f"runtime.amp must be none, bf16 or fp16, got '{cfg.runtime.amp}'")
+    if cfg.data.partition not in ("train", "val", "test"):
+        raise ValueError(f"data.partition must be train, val or test, got '{cfg.data.partition}'")
+    if cfg.train.batch_size < 1:
+        raise ValueError("train.batch_size must be >= 1")

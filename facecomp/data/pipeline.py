@@ -1,0 +1,155 @@
+"""The reference PyTorch input pipeline: decode, crop, augment, mask.
+
+Batch contract (shared with the DALI pipeline): a dict with
+  ``image``  [N, 3, S, S] float32 in [-1, 1]
+  ``mask``   [N, 1, S, S] float32, 1 = missing
+  ``index``  [N] int64, dataset index of each sample
+  ``skipped`` int, how many unreadable files were dropped from this batch
+
+Randomness: the sample order of an epoch comes from a generator seeded by (seed, epoch); each
+sample's augmentation and mask from one seeded by (seed, epoch, index). Neither depends on the
+number of workers or on where a run was resumed, which is what makes ``--resume`` exact.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from facecomp import layout, masks
+from facecomp.config import DataConfig, MaskConfig
+from facecomp.images import read_rgb, to_tensor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Augment:
+    flip: float = 0.0
+    shift: float = 0.0
+    rotate: float = 0.0
+    scale_min: float = 1.0
+    scale_max: float = 1.0
+
+    @classmethod
+    def from_config(cls, cfg: DataConfig) -> Augment:
+        return cls(cfg.flip, cfg.shift, cfg.rotate, cfg.scale_min, cfg.scale_max)
+
+
+def crop_matrix(width: int, height: int, size: int, aug: Augment, rng: np.random.Generator | None) -> np.ndarray:
+    """2x3 matrix taking input pixels to the size x size face crop, with a random similarity
+    transform (flip, shift, rotation, scale about the crop centre) composed in when ``rng`` is given."""
+    base = np.vstack([layout.input_to_crop(width, height), [0, 0, 1]])
+    base = np.diag([size / layout.CROP_SIZE, size / layout.CROP_SIZE, 1.0]) @ base
+    if rng is None:
+        return base[:2]
+    c = size / 2.0
+    flip = -1.0 if rng.random() < aug.flip else 1.0
+    angle = np.deg2rad(rng.uniform(-aug.rotate, aug.rotate))
+    scale = rng.uniform(aug.scale_min, aug.scale_max)
+    tx, ty = rng.uniform(-aug.shift, aug.shift, size=2) * size
+    cos, sin = scale * np.cos(angle), scale * np.sin(angle)
+    about_centre = np.array([[cos * flip, -sin, 0], [sin * flip, cos, 0], [0, 0, 1]])
+    to_origin = np.array([[1, 0, -c], [0, 1, -c], [0, 0, 1]])
+    back = np.array([[1, 0, c + tx], [0, 1, c + ty], [0, 0, 1]])
+    return (back @ about_centre @ to_origin @ base)[:2]
+
+
+def load_face(path: str | Path, size: int, aug: Augment = Augment(),
+              rng: np.random.Generator | None = None) -> np.ndarray:
+    """Read a face and return its (augmented) size x size crop. [S, S, 3] uint8"""
+    img = read_rgb(path)
+    h, w = img.shape[:2]
+    m = crop_matrix(w, h, size, aug, rng)
+    return cv2.warpAffine(img, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, index])
+
+
+class FaceDataset(Dataset):
+    """Items are addressed as (epoch, index) so each sample's randomness is fixed by its address."""
+
+    def __init__(self, files: list[Path], image_size: int, aug: Augment, mask_cfg: MaskConfig, seed: int):
+        self.files = list(files)
+        self.image_size = image_size
+        self.aug = aug
+        self.mask_cfg = mask_cfg
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict | None:
+        epoch, index = key
+        rng = sample_rng(self.seed, epoch, index)
+        try:
+            face = load_face(self.files[index], self.image_size, self.aug, rng)
+        except ValueError as e:  # unreadable file: dropped from its batch and counted, never fatal
+            log.warning("skipping %s", e)
+            return None
+        mask = masks.train_mask(self.mask_cfg.kind, self.mask_cfg.size, self.image_size, rng)
+        return {"image": to_tensor(face), "mask": torch.from_numpy(mask)[None], "index": index}
+
+
+def collate(items: list[dict | None]) -> dict:
+    good = [it for it in items if it is not None]
+    skipped = len(items) - len(good)
+    if not good:
+        return {"image": None, "mask": None, "index": None, "skipped": skipped}
+    return {
+        "image": torch.stack([it["image"] for it in good]),
+        "mask": torch.stack([it["mask"] for it in good]),
+        "index": torch.tensor([it["index"] for it in good], dtype=torch.long),
+        "skipped": skipped,
+    }
+
+
+class EpochBatchSampler(Sampler):
+    """Endless batches of (epoch, index), a fresh permutation per epoch, sharded by rank.
+
+    ``start_step`` skips that many batches without touching the data, so a resumed run sees the
+    batches an uninterrupted run would have seen next.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, start_step: int = 0, rank: int = 0, world_size: int = 1):
+        self.per_rank = n // world_size
+        if self.per_rank < batch_size:
+            raise ValueError(f"{n} images cannot fill a batch of {batch_size} on {world_size} rank(s)")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.start_step, self.rank, self.world_size = start_step, rank, world_size
+        self.steps_per_epoch = self.per_rank // batch_size
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        return perm[: self.per_rank * self.world_size][self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        step = self.start_step
+        while True:
+            epoch, k = divmod(step, self.steps_per_epoch)
+            order = self.epoch_order(epoch)
+            for j in range(k, self.steps_per_epoch):
+                batch = order[j * self.batch_size : (j + 1) * self.batch_size]
+                yield [(epoch, int(i)) for i in batch]
+            step = (epoch + 1) * self.steps_per_epoch
+
+    def __len__(self) -> int:  # one epoch; the sampler itself never ends
+        return self.steps_per_epoch
+
+
+def build_loader(files: list[Path], image_size: int, data_cfg: DataConfig, mask_cfg: MaskConfig,
+                 batch_size: int, seed: int, start_step: int = 0, rank: int = 0, world_size: int = 1) -> DataLoader:
+    dataset = FaceDataset(files, image_size, Augment.from_config(data_cfg), mask_cfg, seed)
+    sampler = EpochBatchSampler(len(files), batch_size, seed, start_step, rank, world_size)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=data_cfg.workers,
+                      persistent_workers=data_cfg.workers > 0)
+

@@ -1,0 +1,187 @@
+"""The training loop of one stage: build, (init | resume), step, log, checkpoint.
+
+A stage is its own run directory. ``init`` starts from a previous stage's run (weights only);
+``resume`` continues this run from its latest checkpoint at the exact step, with the same data
+order and noise, so the result equals an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from facecomp import config as config_mod
+from facecomp.config import Config
+from facecomp.data.celeba import CelebAIndex
+from facecomp.data.pipeline import build_loader
+from facecomp.models import Generator, ParsingNet, build_discriminators, freeze
+from facecomp.train import checkpoint as ck
+from facecomp.train.stages import STAGES, check_stage
+from facecomp.train.step import Models, OptimizerUpdater, train_step
+
+log = logging.getLogger(__name__)
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+DEFAULT_PARSING = WEIGHTS_DIR / "parsing.safetensors"
+
+
+def build_models(cfg: Config, stage: int, device: torch.device) -> Models:
+    """Fresh models for a stage, initialised from a generator seeded by train.seed."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)
+        gen = Generator(cfg.generator)
+        d_local, d_global = build_discriminators(cfg.discriminator, cfg.generator.image_size)
+    models = Models(generator=gen, d_local=d_local, d_global=d_global)
+    if "parsing" in STAGES[stage] and cfg.loss.parsing > 0:
+        models.parsing = load_parsing(cfg)
+    fmt = torch.channels_last if cfg.runtime.channels_last else torch.contiguous_format
+    for name in ("generator", "d_local", "d_global", "parsing"):
+        mod = getattr(models, name)
+        if mod is not None:
+            setattr(models, name, mod.to(device=device, memory_format=fmt))
+    return models
+
+
+def load_parsing(cfg: Config) -> nn.Module:
+    path = Path(cfg.parsing.weights) if cfg.parsing.weights else DEFAULT_PARSING
+    if not path.is_file():
+        raise ValueError(f"stage 3 needs face-parsing weights: {path} does not exist "
+                         "(set parsing.weights=PATH to a parsing network's safetensors)")
+    net = ParsingNet(cfg.parsing)
+    ck.load_module(path, net, "parsing")
+    return freeze(net)
+
+
+def weights_meta(cfg: Config, name: str, stage: int, step: int) -> dict:
+    component = {"generator": cfg.generator, "d_local": cfg.discriminator, "d_global": cfg.discriminator}[name]
+    return {"config": config_mod.to_dict(component), "stage": stage, "step": step}
+
+
+def init_from(models: Models, source: str | Path) -> Path:
+    """Start a stage from a previous stage: its generator, and its discriminators where it has them."""
+    ckpt = ck.find_checkpoint(source)
+    ck.load_module(ckpt / "generator.safetensors", models.generator, "generator")
+    for name in ("d_local", "d_global"):
+        path = ckpt / f"{name}.safetensors"
+        if path.is_file():
+            ck.load_module(path, getattr(models, name), name)
+    return ckpt
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    steps: int
+    images: int
+    seconds: float
+    metrics: dict[str, float]
+
+
+def train(cfg: Config, stage: int, data_root: str | Path, run_dir: str | Path, init: str | Path | None = None,
+          resume: bool = False, progress: bool = True) -> RunResult:
+    check_stage(stage)
+    run_dir = Path(run_dir)
+    device = torch.device(cfg.runtime.device)
+    if cfg.runtime.threads > 0:
+        torch.set_num_threads(cfg.runtime.threads)
+
+    start_step, skipped, images_seen, seconds = 0, 0, 0, 0.0
+    ckpt = None
+    if resume:
+        ckpt = ck.find_checkpoint(run_dir)
+        state = ck.read_state(ckpt)
+        if state["stage"] != stage:
+            raise ValueError(f"{run_dir} holds a stage-{state['stage']} run; cannot resume it as stage {stage}")
+        start_step, skipped = state["step"], state.get("skipped", 0)
+        images_seen, seconds = state.get("images", 0), state.get("seconds", 0.0)
+
+    models = build_models(cfg, stage, device)
+    opt_g = torch.optim.Adam(models.generator.parameters(), lr=cfg.optim.lr_g, betas=(cfg.optim.beta1, cfg.optim.beta2))
+    opts = {"g": opt_g}
+    for name in ("d_local", "d_global"):
+        opts[name] = torch.optim.Adam(getattr(models, name).parameters(), lr=cfg.optim.lr_d,
+                                      betas=(cfg.optim.beta1, cfg.optim.beta2))
+    updaters = {"g": OptimizerUpdater(models.generator, opt_g, cfg.optim.grad_clip),
+                "d_local": OptimizerUpdater(models.d_local, opts["d_local"], cfg.optim.grad_clip),
+                "d_global": OptimizerUpdater(models.d_global, opts["d_global"], cfg.optim.grad_clip)}
+
+    if ckpt is not None:
+        for name in ("generator", "d_local", "d_global"):
+            ck.load_module(ckpt / f"{name}.safetensors", getattr(models, name), name)
+        for name, opt in opts.items():
+            tensors, meta = ck.load_tensors(ckpt / f"optim_{name}.safetensors", f"optim_{name}")
+            ck.load_optimizer(opt, tensors, meta["param_groups"])
+        log.info("resumed %s at step %d", ckpt, start_step)
+    elif init is not None:
+        log.info("initialised from %s", init_from(models, init))
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.toml").write_text(config_mod.to_toml(cfg))
+    (run_dir / "config.json").write_text(json.dumps({"stage": stage, "config": config_mod.to_dict(cfg)}, indent=2))
+
+    files = CelebAIndex.open(data_root).files(cfg.data.partition, cfg.data.limit)
+    total_steps = cfg.train.stage_steps[stage - 1]
+    loader = build_loader(files, cfg.generator.image_size, cfg.data, cfg.mask, cfg.train.batch_size,
+                          cfg.train.seed, start_step=start_step)
+
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step if resume else None)
+    for mod in (models.generator, models.d_local, models.d_global):
+        mod.train()
+
+    def save(step: int) -> None:
+        state = {"stage": stage, "step": step, "skipped": skipped, "images": images_seen, "seconds": seconds,
+                 "config": config_mod.to_dict(cfg)}
+        names = ("generator", "d_local", "d_global")
+        mods = {n: (getattr(models, n), weights_meta(cfg, n, stage, step)) for n in names}
+        ck.save_checkpoint(run_dir, step, mods, opts, state, keep=cfg.train.keep_checkpoints)
+
+    metrics: dict[str, float] = {}
+    bar = tqdm(total=total_steps, initial=start_step, desc=f"stage {stage}", disable=not progress, unit="step")
+    step = start_step
+    batches = iter(loader)
+    while step < total_steps:
+        batch = next(batches)
+        skipped += batch["skipped"]
+        if batch["skipped"]:
+            log.warning("%d unreadable image(s) skipped so far", skipped)
+        if batch["image"] is None:
+            continue
+        tick = time.perf_counter()
+        batch = {**batch, "image": batch["image"].to(device), "mask": batch["mask"].to(device)}
+        result = train_step(models, updaters, batch, cfg, stage, step)
+        seconds += time.perf_counter() - tick
+        images_seen += batch["image"].shape[0]
+        step += 1
+        metrics = result.metrics
+        bar.update(1)
+        if step % cfg.train.log_every == 0 or step == total_steps:
+            for k, v in metrics.items():
+                writer.add_scalar(f"stage{stage}/{k}", v, step)
+            writer.add_scalar(f"stage{stage}/images_per_s", images_seen / max(seconds, 1e-9), step)
+            bar.set_postfix(recon=f"{metrics['recon']:.1f}", total=f"{metrics['total']:.1f}")
+        if step % cfg.train.image_every == 0 or step == total_steps:
+            grid = _grid(batch["image"], batch["mask"], result.completed)
+            writer.add_image(f"stage{stage}/original_masked_completed", grid, step)
+        if step % cfg.train.ckpt_every == 0 or step == total_steps:
+            save(step)
+    bar.close()
+    writer.close()
+    final = ck.find_checkpoint(run_dir)
+    ck.copy_file(final / "generator.safetensors", run_dir / "generator.safetensors")
+    return RunResult(run_dir, step, images_seen, seconds, metrics)
+
+
+def _grid(x: torch.Tensor, m: torch.Tensor, y: torch.Tensor, n: int = 8) -> torch.Tensor:
+    """Rows of (original, masked, completed) as one [3, H, W] image in [0, 1]."""
+    x, m, y = x[:n].float().cpu(), m[:n].float().cpu(), y[:n].float().cpu()
+    masked = x * (1 - m) + m  # hole shown white
+    rows = [torch.cat([a, b, c], dim=2) for a, b, c in zip(x, masked, y, strict=True)]
+    return (torch.cat(rows, dim=1).clamp(-1, 1) + 1) / 2

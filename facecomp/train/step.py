@@ -1,0 +1,145 @@
+"""One training step: batch in, losses and metrics out. The cluster launcher wraps this, not a copy.
+
+The step knows models and ``Updater``s, nothing about where they run: a plain module with a torch
+optimizer (``OptimizerUpdater``) and a DeepSpeed engine both offer ``backward(loss)`` and ``step()``.
+Every loss term is gated on its stage weight, so stages are data, not branches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from facecomp import kernels, losses
+from facecomp.config import Config
+from facecomp.models import crop_holes
+from facecomp.train.stages import loss_weights
+
+
+class Updater(Protocol):
+    def backward(self, loss: torch.Tensor) -> None: ...
+    def step(self) -> None: ...
+
+
+class OptimizerUpdater:
+    """A module's parameters under a torch optimizer, with optional gradient clipping."""
+
+    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, clip: float = 0.0):
+        self.module, self.optimizer, self.clip = module, optimizer, clip
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def step(self) -> None:
+        if self.clip > 0:
+            nn.utils.clip_grad_norm_(self.module.parameters(), self.clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+@dataclass
+class Models:
+    generator: nn.Module
+    d_local: nn.Module | None = None
+    d_global: nn.Module | None = None
+    parsing: nn.Module | None = None  # frozen
+
+
+@dataclass
+class StepResult:
+    metrics: dict[str, float]
+    completed: torch.Tensor  # [N, 3, S, S], detached, for image logs
+
+
+def autocast(cfg: Config, device: torch.device):
+    if cfg.runtime.amp == "none":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if cfg.runtime.amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def frozen(*modules: nn.Module | None):
+    """No gradients into these modules' parameters while G's loss flows through them."""
+    params = [p for mod in modules if mod is not None for p in mod.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def adversarial_ramp(cfg: Config, step: int) -> float:
+    """0 -> 1 over the warm-up, so a fresh D cannot swamp G's gradients at the start of a stage."""
+    warm = cfg.adversarial.warmup_steps
+    return 1.0 if warm <= 0 else min(1.0, (step + 1) / warm)
+
+
+def train_step(models: Models, updaters: dict[str, Updater], batch: dict, cfg: Config, stage: int,
+               step: int) -> StepResult:
+    """One D update (if a D is on) then one G update. ``step`` counts from 0 within the stage."""
+    x, m = batch["image"], batch["mask"]  # [N,3,S,S] in [-1,1], [N,1,S,S]
+    device = x.device
+    w = loss_weights(cfg.loss, stage)
+    ramp = adversarial_ramp(cfg, step)
+    metrics: dict[str, float] = {}
+    g_cfg = cfg.generator
+
+    # The noise of step s is keyed by (seed, s): a resumed run fills the same holes with the same noise.
+    x_in = kernels.fill(x, m, seed=cfg.train.seed, offset=step, mask_channel=g_cfg.mask_channel)
+    if cfg.runtime.channels_last:
+        x_in = x_in.contiguous(memory_format=torch.channels_last)
+    with autocast(cfg, device):
+        out = models.generator(x_in)  # [N,3,S,S]
+    y = kernels.composite(x, out.float(), m)
+    size = cfg.discriminator.local_size
+
+    # --- discriminators -------------------------------------------------------------------
+    d_terms = [("adv_local", models.d_local, lambda t: crop_holes(t, m, size)),
+               ("adv_global", models.d_global, lambda t: t)]
+    for term, disc, view in d_terms:
+        if w[term] <= 0:
+            continue
+        with autocast(cfg, device):
+            real = disc(view(x))
+            fake = disc(view(y.detach()))
+        loss_d = losses.adversarial_d(real, fake, cfg.adversarial.real_label)
+        value = loss_d.item()  # one host sync per D: needed to decide the skip below
+        metrics[f"d_{term}"] = value
+        # A D that already separates real from fake this well only starves G of gradient
+        # (the paper, after [19]): let G catch up first.
+        if value >= cfg.adversarial.d_skip_below:
+            updater = updaters[term.replace("adv", "d")]  # d_local / d_global
+            updater.backward(loss_d)
+            updater.step()
+        metrics[f"d_{term}_skipped"] = float(value < cfg.adversarial.d_skip_below)
+
+    # --- generator ------------------------------------------------------------------------
+    total = w["recon"] * losses.reconstruction(out, x, m, cfg.loss.recon_known)
+    metrics["recon"] = total.item() / max(w["recon"], 1e-12)
+    with autocast(cfg, device), frozen(models.d_local, models.d_global):
+        if w["adv_local"] > 0:
+            la1 = losses.adversarial_g(models.d_local(crop_holes(y, m, size)))
+            total = total + ramp * w["adv_local"] * la1
+            metrics["adv_local"] = la1.item()
+        if w["adv_global"] > 0:
+            la2 = losses.adversarial_g(models.d_global(y))
+            total = total + ramp * w["adv_global"] * la2
+            metrics["adv_global"] = la2.item()
+        if w["parsing"] > 0:
+            with torch.no_grad():
+                target = models.parsing(x).argmax(1)  # [N,S,S] labels of the original face
+            lp = losses.parsing(models.parsing(y), target)
+            total = total + w["parsing"] * lp
+            metrics["parsing"] = lp.item()
+    updaters["g"].backward(total)
+    updaters["g"].step()
+    metrics["total"] = total.item()
+    metrics["adv_ramp"] = ramp
+    return StepResult(metrics=metrics, completed=y.detach())
