@@ -162,8 +162,16 @@ def _merge(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
             if not isinstance(value, dict):
                 raise ValueError(f"config key '{path}' is a section; set '{path}.<key>' instead")
             _merge(current, value, prefix=f"{path}.")
+        elif isinstance(value, dict):
+            inner = ".".join([path, *_first_path(value)])
+            raise ValueError(f"unknown config key '{inner}' ('{path}' is a value, not a section)")
         else:
             setattr(obj, key, _check_type(path, value, hints[key]))
+
+
+def _first_path(d: dict[str, Any]) -> list[str]:
+    key, value = next(iter(d.items()))
+    return [key, *_first_path(value)] if isinstance(value, dict) and value else [key]
 
 
 def _parse_value(text: str) -> Any:

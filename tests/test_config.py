@@ -1,0 +1,59 @@
+import subprocess
+import sys
+
+import pytest
+
+from facecomp.config import load_config, parse_overrides
+
+
+@pytest.mark.parametrize("preset", ["paper", "cpu", "smoke"])
+def test_presets_load(preset):
+    cfg = load_config(preset)
+    assert cfg.generator.image_size == 128
+    assert cfg.mask.size == 64
+
+
+def test_paper_preset_is_the_paper():
+    cfg = load_config("paper")
+    assert cfg.generator.width == 1.0 and cfg.discriminator.width == 1.0
+    assert (cfg.loss.adv_local, cfg.loss.adv_global, cfg.loss.parsing) == (300.0, 300.0, 0.005)
+
+
+def test_overrides_are_typed_and_nested():
+    cfg = load_config("smoke", ["train.batch_size=7", "loss.parsing=1", "runtime.amp=bf16",
+                                "train.stage_steps=[1, 2, 3]", "data.root=/some/where"])
+    assert cfg.train.batch_size == 7
+    assert cfg.loss.parsing == 1.0 and isinstance(cfg.loss.parsing, float)
+    assert cfg.runtime.amp == "bf16"
+    assert cfg.train.stage_steps == [1, 2, 3]
+    assert cfg.data.root == "/some/where"
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("train.batchsize=3", "train.batchsize"),
+    ("nosuch.key=1", "nosuch"),
+    ("generator.width.x=1", "generator.width.x"),
+])
+def test_unknown_keys_name_the_key(override, needle):
+    with pytest.raises(ValueError, match=needle.replace(".", r"\.")):
+        load_config("smoke", [override])
+
+
+def test_wrong_type_is_an_error():
+    with pytest.raises(ValueError, match="train.batch_size"):
+        load_config("smoke", ["train.batch_size=big"])
+    with pytest.raises(ValueError, match="key=value"):
+        parse_overrides(["justakey"])
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="presets: cpu, paper, smoke"):
+        load_config("nonesuch")
+
+
+def test_dry_run_prints_resolved_config(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "facecomp", "train", "--config", "smoke", "--stage", "1",
+                          "--run-dir", str(tmp_path / "r"), "--dry-run", "train.batch_size=5"],
+                         capture_output=True, text=True, check=True)
+    assert "batch_size = 5" in out.stdout
+    assert not (tmp_path / "r").exists()

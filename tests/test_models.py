@@ -1,0 +1,61 @@
+import pytest
+import torch
+
+from facecomp.config import load_config
+from facecomp.models import Generator, ParsingNet, build_discriminators, crop_holes, freeze, hole_boxes
+
+
+@pytest.mark.parametrize("preset", ["smoke", "cpu"])
+@pytest.mark.parametrize("mask_channel", [False, True])
+def test_generator_shapes(preset, mask_channel):
+    cfg = load_config(preset, [f"generator.mask_channel={str(mask_channel).lower()}"])
+    g = Generator(cfg.generator).eval()
+    x = torch.randn(2, 4 if mask_channel else 3, 128, 128)
+    y = g(x)
+    assert y.shape == (2, 3, 128, 128) and y.abs().max() <= 1
+    assert g.code_hw == 8  # conv1..pool3 + one more pool: 128 / 16
+    with pytest.raises(AssertionError):
+        g(torch.randn(2, 4 if not mask_channel else 3, 128, 128))
+
+
+def test_generator_follows_vgg19_widths():
+    g = Generator(load_config("paper").generator)
+    convs = [m.out_channels for m in g.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs == [64, 64, 128, 128, 256, 256, 256, 256, 512, 512]  # VGG-19 conv1_1..conv3_4 + 2 convs
+    dec = [m.out_channels for m in g.decoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert dec == [512, 256, 256, 256, 256, 128, 128, 64, 64, 64]  # mirrored
+
+
+def test_cpu_width_parameter_budget():
+    g = Generator(load_config("cpu").generator)
+    total = sum(p.numel() for p in g.parameters())
+    fc = sum(p.numel() for m in (g.fc_in, g.fc_out) for p in m.parameters())
+    assert 19e6 < total < 21e6 and 16e6 < fc < 17.5e6  # the FC bottleneck dominates
+
+
+def test_discriminator_shapes():
+    cfg = load_config("smoke")
+    d_local, d_global = build_discriminators(cfg.discriminator, 128)
+    assert d_local(torch.randn(3, 3, 64, 64)).shape == (3,)
+    assert d_global(torch.randn(3, 3, 128, 128)).shape == (3,)
+
+
+def test_parsing_shapes_and_freeze():
+    net = freeze(ParsingNet(load_config("smoke").parsing))
+    assert not net.training and not any(p.requires_grad for p in net.parameters())
+    assert net(torch.randn(2, 3, 128, 128)).shape == (2, 11, 128, 128)
+
+
+def test_hole_crop_is_exact_for_training_squares():
+    m = torch.zeros(2, 1, 128, 128)
+    m[0, :, 10:74, 20:84] = 1
+    m[1, :, 64:128, 0:64] = 1
+    assert hole_boxes(m).tolist() == [[20, 10, 84, 74], [0, 64, 64, 128]]
+    img = torch.randn(2, 3, 128, 128)
+    crops = crop_holes(img, m, 64)
+    assert torch.allclose(crops[0], img[0, :, 10:74, 20:84], atol=1e-5)
+    assert torch.allclose(crops[1], img[1, :, 64:128, 0:64], atol=1e-5)
+
+
+def test_hole_crop_of_empty_mask_is_whole_image():
+    assert hole_boxes(torch.zeros(1, 1, 32, 48)).tolist() == [[0, 0, 48, 32]]

@@ -1,0 +1,110 @@
+"""Training end to end on real faces: stages 1->2->3, resume, checkpoints."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from facecomp.train import checkpoint as ck
+from facecomp.train.loop import train
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "facecomp", *map(str, args)], capture_output=True, text=True)
+
+
+def test_three_stages_on_real_faces(celeba, parsing_weights, tmp_path):
+    runs = [tmp_path / f"s{i}" for i in (1, 2, 3)]
+    r = _cli("train", "--config", "smoke", "--stage", 1, "--data", celeba, "--run-dir", runs[0], "--no-progress")
+    assert r.returncode == 0, r.stderr
+    r = _cli("train", "--config", "smoke", "--stage", 2, "--data", celeba, "--run-dir", runs[1], "--init", runs[0],
+             "--no-progress")
+    assert r.returncode == 0, r.stderr
+    r = _cli("train", "--config", "smoke", "--stage", 3, "--data", celeba, "--run-dir", runs[2], "--init", runs[1],
+             "--no-progress", f"parsing.weights={parsing_weights}")
+    assert r.returncode == 0, r.stderr
+    for i, run in enumerate(runs, start=1):
+        state = json.loads((ck.find_checkpoint(run) / "state.json").read_text())
+        assert state["stage"] == i and state["step"] == 4
+        assert (run / "generator.safetensors").is_file() and (run / "config.toml").is_file()
+        assert list((run / "tb").glob("events.*"))
+    # stage 2 started from stage 1's generator: its weights moved away from them, not from scratch
+    s1 = load_file(runs[0] / "generator.safetensors")
+    fresh = _cli("train", "--config", "smoke", "--stage", 2, "--data", celeba, "--run-dir", tmp_path / "fresh",
+                 "--no-progress", "train.stage_steps=[4, 1, 4]")
+    assert fresh.returncode == 0, fresh.stderr
+    s2 = load_file(runs[1] / "generator.safetensors")
+    f2 = load_file(tmp_path / "fresh" / "generator.safetensors")
+    key = "fc_in.weight"
+    assert (s2[key] - s1[key]).abs().mean() < (f2[key] - s1[key]).abs().mean()
+
+
+def test_stage3_without_parsing_weights_says_so(celeba, tmp_path):
+    r = _cli("train", "--config", "smoke", "--stage", 3, "--data", celeba, "--run-dir", tmp_path / "r",
+             "parsing.weights=/no/such.safetensors")
+    assert r.returncode == 2 and "needs face-parsing weights" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_resume_equals_uninterrupted(celeba, smoke_cfg, parsing_weights, tmp_path):
+    """Stage 3 (every term on, D skips possible): 6 steps straight vs 3 + resume 3, bit for bit."""
+    smoke_cfg.data.root = str(celeba)
+    smoke_cfg.parsing.weights = str(parsing_weights)
+    smoke_cfg.train.stage_steps = [6, 6, 6]
+    smoke_cfg.train.ckpt_every = 3
+    train(smoke_cfg, 3, celeba, tmp_path / "straight", progress=False)
+
+    smoke_cfg.train.stage_steps = [3, 3, 3]
+    train(smoke_cfg, 3, celeba, tmp_path / "split", progress=False)
+    smoke_cfg.train.stage_steps = [6, 6, 6]
+    result = train(smoke_cfg, 3, celeba, tmp_path / "split", resume=True, progress=False)
+    assert result.steps == 6
+    for name in ("generator", "d_local", "d_global", "optim_g", "optim_d_local"):
+        a = load_file(ck.find_checkpoint(tmp_path / "straight") / f"{name}.safetensors")
+        b = load_file(ck.find_checkpoint(tmp_path / "split") / f"{name}.safetensors")
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), f"{name}:{k} differs after resume"
+
+
+def test_resume_refuses_other_stage(celeba, smoke_cfg, tmp_path):
+    smoke_cfg.train.stage_steps = [2, 2, 2]
+    train(smoke_cfg, 1, celeba, tmp_path / "r", progress=False)
+    with pytest.raises(ValueError, match="stage-1 run"):
+        train(smoke_cfg, 2, celeba, tmp_path / "r", resume=True, progress=False)
+
+
+def test_checkpoints_are_complete_and_pruned(celeba, smoke_cfg, tmp_path):
+    smoke_cfg.train.stage_steps = [8, 8, 8]
+    smoke_cfg.train.ckpt_every = 1
+    smoke_cfg.train.keep_checkpoints = 2
+    train(smoke_cfg, 1, celeba, tmp_path / "r", progress=False)
+    root = tmp_path / "r" / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_0000007", "step_0000008"]
+    assert (root / "latest").read_text().strip() == "step_0000008"
+    meta = ck.read_metadata(root / "step_0000008" / "generator.safetensors")
+    assert meta["kind"] == "generator" and meta["stage"] == 1 and meta["config"]["width"] == 0.125
+
+
+def test_weights_files_refuse_tampering_and_other_shapes(tmp_path, smoke_cfg):
+    from facecomp.models import Generator
+
+    g = Generator(smoke_cfg.generator)
+    path = tmp_path / "g.safetensors"
+    ck.save_module(path, g, "generator", {"config": {"width": 0.125}})
+    ck.load_module(path, Generator(smoke_cfg.generator), "generator")  # round trip works
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF  # flip bits inside a tensor
+    (tmp_path / "bad.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        ck.load_module(tmp_path / "bad.safetensors", g, "generator")
+    (tmp_path / "cut.safetensors").write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(ValueError, match="safetensors|corrupt"):
+        ck.load_module(tmp_path / "cut.safetensors", g, "generator")
+    smoke_cfg.generator.bottleneck = 32
+    with pytest.raises(ValueError, match="has shape"):
+        ck.load_module(path, Generator(smoke_cfg.generator), "generator")
+    with pytest.raises(ValueError, match="holds 'generator' weights, expected 'parsing'"):
+        ck.load_tensors(path, "parsing")
