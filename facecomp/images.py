@@ -31,7 +31,7 @@ def _open(path: str | Path, mode: str) -> np.ndarray:
                 img.load()  # decode now: a truncated file fails here, not later
                 return np.asarray(img.convert(mode))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ValueError(f"{path}: refused, image is too large (decompression bomb?)") from None
+        raise ValueError(f"{path}: refused, over the {MAX_PIXELS:,}-pixel limit (decompression bomb?)") from None
     except UnidentifiedImageError:
         raise ValueError(f"{path}: not an image Pillow can read") from None
     except (OSError, SyntaxError) as e:  # Pillow reports truncated/corrupt data as OSError

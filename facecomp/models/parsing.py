@@ -2,8 +2,10 @@
 
 Labels: 0 background, 1 face skin, 2/3 left/right brow, 4/5 left/right eye, 6 nose, 7 upper lip,
 8 inner mouth, 9 lower lip, 10 hair (left/right as seen in the image). Three levels of two 3x3
-convs with pooling, a bottleneck, and a decoder that upsamples and fuses the encoder features of the
-same scale (skip connections keep the thin parts: brows, lips).
+convs with pooling, a bottleneck, and a decoder that upsamples and adds the encoder features of the
+same scale (skip connections keep the thin parts: brows, lips). Adding rather than concatenating,
+and nearest rather than bilinear upsampling, keeps the decoder's full-resolution levels cheap: on a
+CPU the concatenations and bilinear passes cost a fifth of the stage-3 step.
 
 In completion training it is frozen: eval mode, no gradients into it, never in an optimizer.
 """
@@ -35,10 +37,10 @@ class ParsingNet(nn.Module):
         self.middle, c = conv_stack(c, [scaled(512, cfg.width)] * 2, "batch")
         dec = []
         for cw in reversed(widths):
-            stack, c = conv_stack(c + cw, [cw, cw], "batch")
+            stack, c = conv_stack(c, [cw, cw], "batch")
             dec.append(stack)
         self.decoder = nn.ModuleList(dec)
-        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
         self.classify = nn.Conv2d(c, cfg.num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -52,7 +54,7 @@ class ParsingNet(nn.Module):
             x = self.pool(x)
         x = self.middle(x)
         for stack, skip in zip(self.decoder, reversed(skips), strict=True):
-            x = stack(torch.cat([self.up(x), skip], dim=1))
+            x = stack(self.up(x)) + skip
         return self.classify(x)
 
 

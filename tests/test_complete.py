@@ -1,0 +1,107 @@
+"""Completion: known pixels are kept, masks are honoured at the input's resolution, samples differ."""
+
+import numpy as np
+import pytest
+import torch
+
+from facecomp import images, layout, masks
+from facecomp.complete import Completer, poisson_blend
+from facecomp.config import load_config
+from facecomp.models import Generator
+from facecomp.train import checkpoint as ck
+
+
+@pytest.fixture(scope="module")
+def generator_weights(tmp_path_factory):
+    """An untrained smoke generator whose BatchNorm statistics were measured on random inputs,
+    so its output depends on its input as a trained model's does (fresh BN stats would squash it)."""
+    cfg = load_config("smoke")
+    torch.manual_seed(0)
+    g = Generator(cfg.generator)
+    for bn in g.modules():
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            bn.momentum = None  # cumulative average
+    with torch.no_grad():
+        for _ in range(4):
+            g(torch.rand(8, 4, 128, 128) * 2 - 1)
+    path = tmp_path_factory.mktemp("gen") / "generator.safetensors"
+    from facecomp.config import to_dict
+
+    ck.save_module(path, g, "generator", {"config": to_dict(cfg.generator), "stage": 1})
+    return path
+
+
+@pytest.fixture(scope="module")
+def completer(generator_weights):
+    return Completer(generator_weights)
+
+
+@pytest.fixture(scope="module")
+def aligned_face(celeba):
+    from facecomp.data.celeba import CelebAIndex
+
+    return images.read_rgb(CelebAIndex.open(celeba).files("val", limit=1)[0])
+
+
+@pytest.mark.parametrize("name", list(masks.OCCLUSIONS))
+@pytest.mark.parametrize("blend", ["none", "poisson"])
+def test_aligned_face_keeps_known_pixels(completer, aligned_face, name, blend):
+    m = masks.occlusion(name, 178, 218)
+    (out,) = completer.complete(aligned_face, m, seed=1, blend=blend)
+    assert out.shape == aligned_face.shape and out.dtype == np.uint8
+    known = m < 0.5
+    assert np.array_equal(out[known], aligned_face[known])
+    assert not np.array_equal(out[~known], aligned_face[~known])  # the hole was filled
+
+
+def test_any_size_and_mask_at_input_resolution(completer):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (301, 257, 3), dtype=np.uint8)
+    m = np.zeros((301, 257), np.float32)
+    m[100:103, 50:200] = 1  # a 3-pixel-thin line: finer than one crop pixel (257 -> 128)
+    (out,) = completer.complete(image, m)
+    assert out.shape == image.shape
+    assert np.array_equal(out[m < 0.5], image[m < 0.5])
+    assert np.any(out[m > 0.5] != image[m > 0.5])
+
+
+def test_samples_differ_and_seed_repeats(completer, aligned_face):
+    m = masks.occlusion("O3", 178, 218)
+    a = completer.complete(aligned_face, m, seed=3, samples=3)
+    b = completer.complete(aligned_face, m, seed=3, samples=3)
+    for x, y in zip(a, b, strict=True):
+        assert np.array_equal(x, y)
+    assert not np.array_equal(a[0], a[1]) and not np.array_equal(a[1], a[2])
+
+
+@pytest.mark.parametrize("mask, message", [
+    (np.zeros((218, 178), np.float32), "empty"),
+    (np.ones((218, 178), np.float32), "whole image"),
+    (np.zeros((100, 100), np.float32), "but the image is 178x218"),
+])
+def test_bad_masks(completer, aligned_face, mask, message):
+    with pytest.raises(ValueError, match=message):
+        completer.complete(aligned_face, mask)
+
+
+def test_mask_outside_the_face_box_is_refused(completer, aligned_face):
+    m = masks.box(178, 218, 0, 0, 5, 5)  # top-left corner: outside CROP_BOX
+    with pytest.raises(ValueError, match="outside the face box"):
+        completer.complete(aligned_face, m)
+
+
+def test_poisson_blend_only_touches_the_hole(aligned_face):
+    m = masks.occlusion("O4", 178, 218)
+    fake = np.full_like(aligned_face, 128)
+    pasted = np.where(m[..., None] > 0.5, fake, aligned_face)
+    out = poisson_blend(pasted, aligned_face, m)
+    assert np.array_equal(out[m < 0.5], aligned_face[m < 0.5])
+    # blending pulls the flat grey towards the surrounding skin at the border of the hole
+    ys, xs = np.nonzero(m)
+    edge = out[ys.min(), xs.min() + 5].astype(int)
+    assert np.abs(edge - 128).sum() > 0
+
+
+def test_face_box_layout():
+    assert layout.face_box(178, 218) == layout.CROP_BOX
+    assert layout.face_box(300, 200) == (0, 0, 300, 200)
