@@ -108,13 +108,14 @@ def main() -> None:
         loader_ips = loader_batches * n / (time.perf_counter() - t)
         for stage in (1, 2, 3):
             r = bench_stage(cfg, stage, batch, args.repeats)
-            peak = peaks["bf16" if cfg.runtime.amp == "bf16" else "fp32"]
+            kind = "bf16" if cfg.runtime.amp == "bf16" else "fp32"
+            peak = peaks[kind]
             r.update(preset=preset, width=cfg.generator.width, amp=cfg.runtime.amp,
                      channels_last=cfg.runtime.channels_last, pct_peak=100 * r["gflops"] / peak,
                      loader_images_per_s_1proc=loader_ips)
             rows.append(r)
             print(f"{preset:6s} w={cfg.generator.width:<5} stage {stage}: {r['images_per_s']:6.1f} img/s, "
-                  f"{r['gflops']:6.0f} GFLOP/s = {r['pct_peak']:5.1f}% of {cfg.runtime.amp if cfg.runtime.amp != 'none' else 'fp32'} peak "
+                  f"{r['gflops']:6.0f} GFLOP/s = {r['pct_peak']:5.1f}% of {kind} peak "
                   f"(step {r['step_s']:.2f}s, batch {n})")
     sweep = []
     for w in [float(x) for x in args.widths.split(",") if x]:
