@@ -26,6 +26,7 @@ from facecomp.config import load_config
 from facecomp.data.celeba import CelebAIndex
 from facecomp.data.pipeline import build_loader
 from facecomp.models import ParsingNet, freeze
+from facecomp.runtime import tune_allocator
 from facecomp.train.loop import build_models
 from facecomp.train.step import OptimizerUpdater, train_step
 
@@ -81,10 +82,13 @@ def main() -> None:
                     " depends on it; 64 would take minutes a step on 2 cores)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--default-malloc", action="store_true", help="measure without facecomp.runtime.tune_allocator")
     ap.add_argument("--out", default=f"bench/results/train_throughput_{date.today()}.json")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if not args.default_malloc:
+        tune_allocator()  # as `facecomp train` does (runtime.tune_malloc)
 
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     print(f"matmul 2048^2 peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s "
@@ -128,7 +132,8 @@ def main() -> None:
               f"= {r['pct_peak']:5.1f}% of bf16 peak")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"date": str(date.today()), "machine": platform.processor() or platform.machine(),
+    out.write_text(json.dumps({"date": str(date.today()), "tuned_malloc": not args.default_malloc,
+                               "machine": platform.processor() or platform.machine(),
                                "cpu_count": torch.get_num_threads(), "torch": torch.__version__,
                                "matmul_peak_gflops": peaks, "stages": rows, "width_sweep": sweep}, indent=2))
     print(f"wrote {out}")

@@ -119,6 +119,7 @@ class RuntimeConfig:
     amp: str = "none"  # "none" | "bf16" | "fp16" (fp16 only on CUDA)
     channels_last: bool = False
     threads: int = 0  # torch intra-op threads (0 = torch's default)
+    tune_malloc: bool = True  # keep freed activations in the heap (see facecomp.runtime)
 
 
 @dataclass(kw_only=True)

@@ -108,3 +108,33 @@ def test_weights_files_refuse_tampering_and_other_shapes(tmp_path, smoke_cfg):
         ck.load_module(path, Generator(smoke_cfg.generator), "generator")
     with pytest.raises(ValueError, match="holds 'generator' weights, expected 'parsing'"):
         ck.load_tensors(path, "parsing")
+
+
+def test_fp16_weights_round_trip_and_init_from_bare_file(celeba, smoke_cfg, tmp_path):
+    smoke_cfg.train.stage_steps = [2, 2, 2]
+    train(smoke_cfg, 1, celeba, tmp_path / "s1", progress=False)
+    ck.convert_weights(tmp_path / "s1" / "generator.safetensors", tmp_path / "g16.safetensors", torch.float16)
+    meta = ck.read_metadata(tmp_path / "g16.safetensors")
+    assert meta["dtype"] == "float16" and meta["kind"] == "generator" and meta["stage"] == 1
+    t16 = load_file(tmp_path / "g16.safetensors")
+    assert t16["fc_in.weight"].dtype == torch.float16
+    assert t16["encoder.0.0.1.num_batches_tracked"].dtype == torch.int64
+    size32 = (tmp_path / "s1" / "generator.safetensors").stat().st_size
+    assert (tmp_path / "g16.safetensors").stat().st_size < 0.6 * size32
+    # a stage can start from the bare fp16 file
+    from facecomp.train.loop import build_models, init_from
+
+    models = build_models(smoke_cfg, 2, torch.device("cpu"))
+    init_from(models, tmp_path / "g16.safetensors")
+    w = models.generator.state_dict()["fc_in.weight"]
+    assert w.dtype == torch.float32 and torch.equal(w, t16["fc_in.weight"].float())
+
+
+def test_allocator_tuning_applies_on_glibc():
+    import platform
+
+    from facecomp.runtime import tune_allocator
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt tuning is glibc-only")
+    assert tune_allocator() is True

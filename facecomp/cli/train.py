@@ -16,7 +16,7 @@ def add_parser(sub) -> None:
     p.add_argument("--stage", type=int, required=True, choices=(1, 2, 3))
     p.add_argument("--data", help="CelebA folder (img_align_celeba/, list_eval_partition.txt); sets data.root")
     p.add_argument("--run-dir", required=True, help="where checkpoints, TensorBoard logs and the config go")
-    p.add_argument("--init", help="previous stage's run directory or checkpoint to start from")
+    p.add_argument("--init", help="previous stage's run directory, checkpoint or generator weights to start from")
     p.add_argument("--resume", action="store_true", help="continue this run directory from its latest checkpoint")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(config_mod.to_toml(cfg))
         return 0
     if args.init and not Path(args.init).exists():
-        raise ValueError(f"--init {args.init}: no such run directory or checkpoint")
+        raise ValueError(f"--init {args.init}: no such run directory, checkpoint or weights file")
 
     from facecomp.train.loop import train
 

@@ -186,3 +186,18 @@ def read_state(ckpt: Path) -> dict[str, Any]:
         return json.loads((ckpt / "state.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"{ckpt}: unreadable state.json ({e})") from None
+
+
+def convert_weights(src: str | Path, dst: str | Path, dtype: torch.dtype) -> None:
+    """Re-save a weights file with its floating-point tensors in ``dtype`` (e.g. fp16 to ship).
+
+    Integer buffers (BatchNorm's batch counter) keep their type; the metadata is carried over.
+    Loading converts back to the model's dtype.
+    """
+    tensors, meta = load_tensors(src)
+    kind = meta.pop("kind")
+    for key in ("format", "sha256"):
+        meta.pop(key)
+    out = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in tensors.items()}
+    meta["dtype"] = str(dtype).removeprefix("torch.")
+    save_tensors(dst, out, kind, meta)

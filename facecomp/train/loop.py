@@ -21,6 +21,7 @@ from facecomp.config import Config
 from facecomp.data.celeba import CelebAIndex
 from facecomp.data.pipeline import build_loader
 from facecomp.models import Generator, ParsingNet, build_discriminators, freeze
+from facecomp.runtime import tune_allocator
 from facecomp.train import checkpoint as ck
 from facecomp.train.stages import STAGES, check_stage
 from facecomp.train.step import Models, OptimizerUpdater, train_step
@@ -63,7 +64,12 @@ def weights_meta(cfg: Config, name: str, stage: int, step: int) -> dict:
 
 
 def init_from(models: Models, source: str | Path) -> Path:
-    """Start a stage from a previous stage: its generator, and its discriminators where it has them."""
+    """Start a stage from a previous stage: a run directory or checkpoint (its generator, and its
+    discriminators where it has them), or a bare generator weights file."""
+    source = Path(source)
+    if source.is_file() and source.suffix == ".safetensors" and not (source.parent / "state.json").is_file():
+        ck.load_module(source, models.generator, "generator")
+        return source
     ckpt = ck.find_checkpoint(source)
     ck.load_module(ckpt / "generator.safetensors", models.generator, "generator")
     for name in ("d_local", "d_global"):
@@ -89,6 +95,8 @@ def train(cfg: Config, stage: int, data_root: str | Path, run_dir: str | Path, i
     device = torch.device(cfg.runtime.device)
     if cfg.runtime.threads > 0:
         torch.set_num_threads(cfg.runtime.threads)
+    if cfg.runtime.tune_malloc and device.type == "cpu":
+        tune_allocator()
 
     start_step, skipped, images_seen, seconds = 0, 0, 0, 0.0
     ckpt = None
