@@ -98,7 +98,7 @@ def train(cfg: Config, stage: int, data_root: str | Path, run_dir: str | Path, i
     if cfg.runtime.tune_malloc and device.type == "cpu":
         tune_allocator()
 
-    start_step, skipped, images_seen, seconds = 0, 0, 0, 0.0
+    start_step, skipped, images_seen, seconds, wall = 0, 0, 0, 0.0, 0.0
     ckpt = None
     if resume:
         ckpt = ck.find_checkpoint(run_dir)
@@ -107,6 +107,7 @@ def train(cfg: Config, stage: int, data_root: str | Path, run_dir: str | Path, i
             raise ValueError(f"{run_dir} holds a stage-{state['stage']} run; cannot resume it as stage {stage}")
         start_step, skipped = state["step"], state.get("skipped", 0)
         images_seen, seconds = state.get("images", 0), state.get("seconds", 0.0)
+        wall = state.get("wall_seconds", 0.0)
 
     models = build_models(cfg, stage, device)
     opt_g = torch.optim.Adam(models.generator.parameters(), lr=cfg.optim.lr_g, betas=(cfg.optim.beta1, cfg.optim.beta2))
@@ -146,7 +147,7 @@ def train(cfg: Config, stage: int, data_root: str | Path, run_dir: str | Path, i
 
     def save(step: int) -> None:
         state = {"stage": stage, "step": step, "skipped": skipped, "images": images_seen, "seconds": seconds,
-                 "config": config_mod.to_dict(cfg)}
+                 "wall_seconds": wall + time.perf_counter() - started, "config": config_mod.to_dict(cfg)}
         names = ("generator", "d_local", "d_global")
         mods = {n: (getattr(models, n), weights_meta(cfg, n, stage, step)) for n in names}
         ck.save_checkpoint(run_dir, step, mods, opts, state, keep=cfg.train.keep_checkpoints)
@@ -154,13 +155,16 @@ def train(cfg: Config, stage: int, data_root: str | Path, run_dir: str | Path, i
     metrics: dict[str, float] = {}
     bar = tqdm(total=total_steps, initial=start_step, desc=f"stage {stage}", disable=not progress, unit="step")
     step = start_step
+    started = time.perf_counter()  # wall clock of this session (data loading, logging, checkpoints included)
     batches = iter(loader)
     while step < total_steps:
         batch = next(batches)
         skipped += batch["skipped"]
         if batch["skipped"]:
             log.warning("%d unreadable image(s) skipped so far", skipped)
-        if batch["image"] is None:
+        if batch["image"] is None:  # every file of the batch unreadable: the step passes without an update,
+            step += 1                # so step numbers stay aligned with the sampler (exact resume)
+            bar.update(1)
             continue
         tick = time.perf_counter()
         batch = {**batch, "image": batch["image"].to(device), "mask": batch["mask"].to(device)}
