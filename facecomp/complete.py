@@ -69,8 +69,10 @@ def poisson_blend(completed: np.ndarray, original: np.ndarray, mask: np.ndarray)
 class Completer:
     """Face completion with a trained generator."""
 
-    def __init__(self, weights: str | Path | None = None, device: str | torch.device = "cpu"):
+    def __init__(self, weights: str | Path | None = None, device: str | torch.device = "cpu",
+                 kernel_impl: str = "auto"):
         self.device = torch.device(device)
+        self.kernel_impl = kernel_impl
         self.generator = load_generator(weights, self.device)
         self.size = self.generator.cfg.image_size
 
@@ -110,7 +112,7 @@ class Completer:
 
         x = to_tensor(crop)[None].to(self.device).expand(samples, -1, -1, -1)  # [K,3,S,S]
         m = torch.from_numpy(crop_mask)[None, None].to(self.device).expand(samples, -1, -1, -1)
-        x_in = torch.cat([kernels.fill(x[k:k + 1], m[k:k + 1], seed=seed, offset=k,
+        x_in = torch.cat([kernels.fill(x[k:k + 1], m[k:k + 1], seed=seed, offset=k, impl=self.kernel_impl,
                                       mask_channel=self.generator.cfg.mask_channel) for k in range(samples)])
         out = self.generator(x_in)  # [K,3,S,S]
         results = []

@@ -120,6 +120,7 @@ class RuntimeConfig:
     channels_last: bool = False
     threads: int = 0  # torch intra-op threads (0 = torch's default)
     tune_malloc: bool = True  # keep freed activations in the heap (see facecomp.runtime)
+    kernels: str = "auto"  # fill/composite implementation: "auto" | "native" | "ref" (facecomp.kernels)
 
 
 @dataclass(kw_only=True)
@@ -259,6 +260,8 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"train.stage_steps needs 3 entries (one per stage), got {cfg.train.stage_steps}")
     if cfg.runtime.amp not in ("none", "bf16", "fp16"):
         raise ValueError(f"runtime.amp must be none, bf16 or fp16, got '{cfg.runtime.amp}'")
+    if cfg.runtime.kernels not in ("auto", "native", "ref"):
+        raise ValueError(f"runtime.kernels must be auto, native or ref, got '{cfg.runtime.kernels}'")
     if cfg.data.partition not in ("train", "val", "test"):
         raise ValueError(f"data.partition must be train, val or test, got '{cfg.data.partition}'")
     if cfg.train.batch_size < 1:

@@ -1,35 +1,93 @@
-"""Pure-PyTorch noise fill and composite: the ground truth for any fused implementation.
+"""Pure-PyTorch noise fill and composite: the ground truth for the fused kernels.
 
-fill:       x_in = m * z + (1 - m) * x, z ~ U[-1, 1] drawn from a generator keyed by (seed, offset)
-composite:  y = m * g + (1 - m) * x (known pixels put back)
+fill:       x_in = m * z + (1 - m) * x  (+ m as a 4th channel), z uniform in [-1, 1)
+composite:  y = m * g + (1 - m) * x     (known pixels put back)
+
+The noise is counter-based: element i of the logical NCHW order of x (i = ((n*3 + c)*H + h)*W + w)
+gets ``z = 2 * (hash(i) >> 8) / 2**24 - 1`` with
+
+    hash(i) = lowbias32(lowbias32(i ^ k0) + k1)     (all arithmetic mod 2**32)
+
+where lowbias32 is Chris Wellons' 32-bit integer hash (two xor-shift-multiply rounds, full
+avalanche) and (k0, k1) are derived from (seed, offset) by :func:`keys`. No noise tensor exists in
+the fused kernels: each element's noise is a pure function of (seed, offset, i), so every thread
+count, memory layout and device gives the same noise bit for bit, and fp32 holds it exactly
+(24-bit mantissa). Here it is computed in int64 with 16-bit partial products so nothing overflows.
 """
 
 from __future__ import annotations
 
 import torch
 
+MASK32 = 0xFFFFFFFF
+C1, C2 = 0x7FEB352D, 0x846CA68B  # lowbias32 multipliers
 
-def noise_generator(seed: int, offset: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """A generator whose stream depends only on (seed, offset)."""
-    g = torch.Generator(device=device)
-    # Mix the pair into one 63-bit seed (splitmix-style constants) so nearby pairs don't collide.
-    key = (seed * 0x9E3779B97F4A7C15 + offset * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) % (2**63 - 1)
-    g.manual_seed(key)
-    return g
+
+def _lowbias32_int(x: int) -> int:
+    x ^= x >> 16
+    x = (x * C1) & MASK32
+    x ^= x >> 15
+    x = (x * C2) & MASK32
+    x ^= x >> 16
+    return x
+
+
+def keys(seed: int, offset: int) -> tuple[int, int]:
+    """(seed, offset), each any int in [0, 2**64), -> two 32-bit keys."""
+    if not (0 <= seed < 2**64 and 0 <= offset < 2**64):
+        raise ValueError(f"seed and offset must be in [0, 2**64), got seed={seed}, offset={offset}")
+    k0 = _lowbias32_int((seed & MASK32) ^ _lowbias32_int((seed >> 32) ^ 0x9E3779B9))
+    k1 = _lowbias32_int((offset & MASK32) ^ _lowbias32_int((offset >> 32) ^ k0 ^ 0x85EBCA6B))
+    return k0, k1
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """(x * c) mod 2**32 for int64 tensors holding uint32 values, without int64 overflow."""
+    lo = x * (c & 0xFFFF)
+    hi = ((x * (c >> 16)) & 0xFFFF) << 16
+    return (lo + hi) & MASK32
+
+
+def lowbias32(x: torch.Tensor) -> torch.Tensor:
+    x = x ^ (x >> 16)
+    x = _mul32(x, C1)
+    x = x ^ (x >> 15)
+    x = _mul32(x, C2)
+    return x ^ (x >> 16)
+
+
+def noise(shape: tuple[int, ...], seed: int, offset: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The fill noise for a tensor of ``shape`` (logical NCHW order), float32 in [-1, 1)."""
+    numel = 1
+    for s in shape:
+        numel *= s
+    if numel >= 2**32:
+        raise ValueError(f"tensor of {numel} elements is over the 2**32 the noise counter covers")
+    k0, k1 = keys(seed, offset)
+    i = torch.arange(numel, dtype=torch.int64, device=device)
+    h = lowbias32((lowbias32(i ^ k0) + k1) & MASK32)
+    u = (h >> 8).to(torch.float32) * (1.0 / 2**24)
+    return (2 * u - 1).view(shape)
 
 
 def fill(x: torch.Tensor, m: torch.Tensor, seed: int, offset: int = 0, mask_channel: bool = False) -> torch.Tensor:
-    """x: [N, 3, H, W] in [-1, 1]; m: [N, 1, H, W] -> [N, 3 (+1), H, W]."""
-    assert x.ndim == 4 and x.shape[1] == 3, f"x must be [N,3,H,W], got {list(x.shape)}"
-    assert m.shape == (x.shape[0], 1, *x.shape[2:]), f"m must be [N,1,H,W] matching x, got {list(m.shape)}"
-    z = torch.rand(x.shape, generator=noise_generator(seed, offset, x.device), device=x.device, dtype=torch.float32)
-    z = z.to(x.dtype).mul_(2).sub_(1)
-    out = m * z + (1 - m) * x
+    """x: [N, 3, H, W] in [-1, 1]; m: [N, 1, H, W] -> [N, 3 (+1), H, W] in x's dtype.
+
+    Computed in fp32 (fp64 for fp64 inputs) and rounded once to x's dtype, as the fused kernels do.
+    """
+    acc = _acc(x.dtype)
+    z = noise(tuple(x.shape), seed, offset, x.device).to(acc)
+    mf = m.to(acc)
+    out = (mf * z + (1 - mf) * x.to(acc)).to(x.dtype)
     return torch.cat([out, m.to(x.dtype)], dim=1) if mask_channel else out
 
 
 def composite(x: torch.Tensor, g: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """x, g: [N, 3, H, W]; m: [N, 1, H, W] -> m * g + (1 - m) * x."""
-    assert x.shape == g.shape and m.shape == (x.shape[0], 1, *x.shape[2:]), \
-        f"shapes x {list(x.shape)}, g {list(g.shape)}, m {list(m.shape)} do not fit"
-    return m * g + (1 - m) * x
+    """x, g: [N, 3, H, W]; m: [N, 1, H, W] -> m * g + (1 - m) * x, in fp32 then rounded to x's dtype."""
+    acc = _acc(x.dtype)
+    mf = m.to(acc)
+    return (mf * g.to(acc) + (1 - mf) * x.to(acc)).to(x.dtype)
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32

@@ -92,12 +92,13 @@ def train_step(models: Models, updaters: dict[str, Updater], batch: dict, cfg: C
     g_cfg = cfg.generator
 
     # The noise of step s is keyed by (seed, s): a resumed run fills the same holes with the same noise.
-    x_in = kernels.fill(x, m, seed=cfg.train.seed, offset=step, mask_channel=g_cfg.mask_channel)
+    impl = cfg.runtime.kernels
+    x_in = kernels.fill(x, m, seed=cfg.train.seed, offset=step, mask_channel=g_cfg.mask_channel, impl=impl)
     if cfg.runtime.channels_last:
         x_in = x_in.contiguous(memory_format=torch.channels_last)
     with autocast(cfg, device):
         out = models.generator(x_in)  # [N,3,S,S]
-    y = kernels.composite(x, out.float(), m)
+    y = kernels.composite(x, out.to(x.dtype), m, impl=impl)
     size = cfg.discriminator.local_size
 
     # --- discriminators -------------------------------------------------------------------
