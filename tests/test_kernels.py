@@ -7,9 +7,9 @@ dtype, layout and mask (binary or soft); the noise is an integer hash, exact in 
 
 import pytest
 import torch
-from facecomp.kernels import ops, reference
 
 from facecomp import kernels
+from facecomp.kernels import ops, reference
 
 SHAPES = [(1, 3, 1, 1), (2, 3, 17, 23), (4, 3, 128, 128)]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
