@@ -1,0 +1,98 @@
+"""The paper's Tables 1-3: SSIM, PSNR (whole image and inside the hole) for O1-O6, one column per method.
+
+Masks are drawn at the input's own resolution (178x218 aligned faces, ``resolution="input"``) or on
+the 128x128 face crop (``resolution="crop"``); metrics are computed at that resolution.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from facecomp import images, masks
+from facecomp.data.pipeline import load_face
+from facecomp.eval import metrics
+from facecomp.eval.methods import Method
+
+METRICS = {"ssim": "SSIM", "psnr": "PSNR (dB)", "psnr_hole": "PSNR inside the hole (dB)"}
+RESOLUTIONS = ("input", "crop")
+
+
+@dataclass
+class TableResult:
+    methods: list[str]
+    masks: list[str]
+    resolution: str
+    faces: int
+    values: dict = field(default_factory=dict)  # metric -> mask -> method -> list of values
+
+    def summaries(self) -> dict:
+        return {k: {o: {m: metrics.summary(v) for m, v in per.items()} for o, per in by_mask.items()}
+                for k, by_mask in self.values.items()}
+
+
+def load(path: Path, resolution: str) -> np.ndarray:
+    if resolution == "crop":
+        return load_face(path, 128)
+    return images.read_rgb(path)
+
+
+def run(methods: dict[str, Method], files: list[Path], mask_names: list[str], resolution: str = "input",
+        grid_faces: int = 2, out: Path | None = None, progress: bool = True) -> TableResult:
+    if resolution not in RESOLUTIONS:
+        raise ValueError(f"unknown resolution '{resolution}' (valid: {', '.join(RESOLUTIONS)})")
+    res = TableResult(list(methods), list(mask_names), resolution, len(files))
+    res.values = {k: {o: {m: [] for m in methods} for o in mask_names} for k in METRICS}
+    grid_rows = []
+    for i, path in enumerate(tqdm(files, desc=f"eval ({resolution})", disable=not progress, unit="face")):
+        image = load(path, resolution)
+        h, w = image.shape[:2]
+        for name in mask_names:
+            mask = masks.occlusion(name, w, h)
+            row = [image, np.where(mask[..., None] > 0.5, 255, image).astype(np.uint8)]
+            for method_name, method in methods.items():
+                done = method(image, mask)
+                res.values["ssim"][name][method_name].append(metrics.ssim(done, image))
+                res.values["psnr"][name][method_name].append(metrics.psnr(done, image))
+                res.values["psnr_hole"][name][method_name].append(metrics.psnr_hole(done, image, mask))
+                row.append(done)
+            if i < grid_faces:
+                grid_rows.append(np.concatenate(row, axis=1))
+    if out is not None:
+        write(res, out, grid_rows)
+    return res
+
+
+def _cell(s: dict) -> str:
+    if math.isnan(s["mean"]):
+        return "n/a"
+    return f"{s['mean']:.3f} ± {s['ci95']:.3f}" if abs(s["mean"]) < 2 else f"{s['mean']:.2f} ± {s['ci95']:.2f}"
+
+
+def markdown(res: TableResult) -> str:
+    summ = res.summaries()
+    lines = [f"# O1-O6 evaluation: {res.faces} faces, masks at the {res.resolution} resolution",
+             "", "Mean ± half-width of the 95% t-interval over faces. Higher is better.", ""]
+    for key, title in METRICS.items():
+        lines += [f"## {title}", "", "| mask | " + " | ".join(res.methods) + " |",
+                  "|---|" + "---|" * len(res.methods)]
+        for o in res.masks:
+            cells = [_cell(summ[key][o][m]) for m in res.methods]
+            lines.append(f"| {o} ({masks.OCCLUSION_NAMES[o]}) | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write(res: TableResult, out: Path, grid_rows: list[np.ndarray]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text(markdown(res))
+    payload = {"faces": res.faces, "resolution": res.resolution, "methods": res.methods, "masks": res.masks,
+               "summary": res.summaries()}
+    (out / "results.json").write_text(json.dumps(payload, indent=2))
+    if grid_rows:
+        images.write_png(out / "grid.png", np.concatenate(grid_rows, axis=0))

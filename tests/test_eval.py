@@ -1,0 +1,89 @@
+"""Evaluation: metrics on constructed images, baselines keep known pixels, the table command's files."""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from facecomp import masks
+from facecomp.eval import metrics
+from facecomp.eval.methods import BASELINES, model_name
+
+from .test_complete import generator_weights  # noqa: F401  (module-scoped fixture)
+
+
+def test_metrics_on_constructed_images():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)
+    assert metrics.ssim(a, a) == pytest.approx(1.0)
+    assert metrics.psnr(a, a) == math.inf
+    b = a.astype(np.int16)
+    b[::2] += 10  # half the pixels off by exactly 10: MSE = 50
+    b = np.clip(b, 0, 255).astype(np.uint8)
+    exact = a.astype(np.float64) - b
+    mse = np.mean(exact**2)
+    assert metrics.psnr(a, b) == pytest.approx(10 * np.log10(255**2 / mse))
+    m = np.zeros((64, 48), np.float32)
+    m[::2] = 1  # the hole is exactly the changed rows
+    hole_mse = np.mean(exact[::2] ** 2)
+    assert metrics.psnr_hole(a, b, m) == pytest.approx(10 * np.log10(255**2 / hole_mse))
+    assert metrics.ssim(a, b) < 1
+
+
+def test_summary_interval_and_infinities():
+    s = metrics.summary([1.0, 2.0, 3.0, math.inf])
+    assert s["mean"] == 2.0 and s["n"] == 3 and s["non_finite"] == 1
+    assert s["ci95"] == pytest.approx(4.302652729911275 * 1.0 / math.sqrt(3))  # t(0.975, 2) * sd / sqrt(n)
+
+
+@pytest.mark.parametrize("name", list(BASELINES))
+def test_baselines_keep_known_pixels(name):
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, (218, 178, 3), dtype=np.uint8)
+    m = masks.occlusion("O3", 178, 218)
+    out = BASELINES[name](img, m)
+    assert np.array_equal(out[m < 0.5], img[m < 0.5]) and not np.array_equal(out, img)
+
+
+def test_model_names():
+    assert model_name("a=runs/x") == ("a", "runs/x")
+    assert model_name("runs/s1") == ("s1", "runs/s1")
+
+
+def test_table_command_writes_its_files(celeba, generator_weights, tmp_path):  # noqa: F811
+    out = tmp_path / "eval"
+    r = subprocess.run([sys.executable, "-m", "facecomp", "eval", "table", "--model", f"smoke={generator_weights}",
+                        "--data", str(celeba), "--limit", "3", "--blend", "poisson", "--out", str(out),
+                        "--no-progress"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    res = json.loads((out / "results.json").read_text())
+    assert res["methods"] == ["noise", "telea", "ns", "smoke", "smoke+poisson"]
+    assert res["masks"] == ["O1", "O2", "O3", "O4", "O5", "O6"] and res["faces"] == 3
+    for key in ("ssim", "psnr", "psnr_hole"):
+        for o in res["masks"]:
+            for method in res["methods"]:
+                assert res["summary"][key][o][method]["n"] == 3
+    md = (out / "results.md").read_text()
+    assert "| O3 (both eyes) |" in md and "PSNR inside the hole" in md
+    from facecomp.images import read_rgb
+
+    grid = read_rgb(out / "grid.png")
+    assert grid.shape == (2 * 6 * 218, 7 * 178, 3)  # 2 faces x 6 masks; original, masked, 5 methods
+    crop = subprocess.run([sys.executable, "-m", "facecomp", "eval", "table", "--model", str(generator_weights),
+                           "--baselines", "telea", "--data", str(celeba), "--limit", "2", "--resolution", "crop",
+                           "--masks", "O4", "--out", str(tmp_path / "crop"), "--no-progress"],
+                          capture_output=True, text=True)
+    assert crop.returncode == 0, crop.stderr
+    assert read_rgb(tmp_path / "crop" / "grid.png").shape == (2 * 128, 4 * 128, 3)
+
+
+def test_table_bad_names(celeba, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "facecomp", "eval", "table", "--baselines", "magic", "--model", "x",
+                        "--data", str(celeba), "--out", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 2 and "unknown baseline 'magic'" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "facecomp", "eval", "table", "--masks", "O9",
+                        "--data", str(celeba), "--out", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 2 and "unknown mask 'O9'" in r.stderr
