@@ -87,3 +87,41 @@ def test_table_bad_names(celeba, tmp_path):
     r = subprocess.run([sys.executable, "-m", "facecomp", "eval", "table", "--masks", "O9",
                         "--data", str(celeba), "--out", str(tmp_path)], capture_output=True, text=True)
     assert r.returncode == 2 and "unknown mask 'O9'" in r.stderr
+
+
+def test_sweep_command(celeba, generator_weights, tmp_path):  # noqa: F811
+    out = tmp_path / "sweep"
+    r = subprocess.run([sys.executable, "-m", "facecomp", "eval", "sweep", "--model", f"smoke={generator_weights}",
+                        "--baselines", "telea", "--data", str(celeba), "--limit", "2", "--out", str(out),
+                        "--no-progress"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    res = json.loads((out / "sweep.json").read_text())
+    assert res["sizes"] == list(masks.SWEEP_SIZES) and res["methods"] == ["telea", "smoke"]
+    assert res["summary"]["ssim"]["80"]["telea"]["n"] == 2
+    from facecomp.images import read_rgb
+
+    assert read_rgb(out / "sweep.png").shape[2] == 3
+    # bigger holes are harder for inpainting: SSIM at 16 above SSIM at 80
+    assert res["summary"]["ssim"]["16"]["telea"]["mean"] > res["summary"]["ssim"]["80"]["telea"]["mean"]
+
+
+def test_sweep_squares_stay_in_the_face_region():
+    from facecomp.eval.sweep import FACE_REGION, square_at
+
+    rng = np.random.default_rng(0)
+    for size in masks.SWEEP_SIZES:
+        m = square_at(size, 128, 128, rng)
+        ys, xs = np.nonzero(m)
+        assert m.sum() == size * size
+        assert xs.min() >= FACE_REGION[0] and xs.max() < FACE_REGION[2]
+        assert ys.min() >= FACE_REGION[1] and ys.max() < FACE_REGION[3]
+
+
+def test_diversity_command(celeba, generator_weights, tmp_path):  # noqa: F811
+    out = tmp_path / "div"
+    r = subprocess.run([sys.executable, "-m", "facecomp", "eval", "diversity", "--model", str(generator_weights),
+                        "--data", str(celeba), "--limit", "2", "--samples", "3", "--out", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    res = json.loads((out / "diversity.json").read_text())
+    assert res["max_outside_diff"] == 0 and res["mean_pairwise_hole_mad"] > 0 and len(res["faces"]) == 2

@@ -1,9 +1,21 @@
-"""`facecomp eval`: evaluate completion models like the paper."""
+"""`facecomp eval table | sweep | diversity`: evaluate completion models like the paper."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+
+def _common(p: argparse.ArgumentParser, baselines: bool = True) -> None:
+    p.add_argument("--model", action="append", default=[], metavar="[NAME=]WEIGHTS",
+                   help="generator weights or run directory; repeat for several (default: the shipped model)")
+    if baselines:
+        p.add_argument("--baselines", default="noise,telea,ns", help="comma-separated: noise, telea, ns ('' = none)")
+    p.add_argument("--data", default="../shared/data/celeba", help="CelebA folder")
+    p.add_argument("--partition", default="val", choices=("train", "val", "test"))
+    p.add_argument("--limit", type=int, default=0, help="first N faces of the partition (0 = all)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--no-progress", action="store_true")
 
 
 def add_parser(sub) -> None:
@@ -12,43 +24,92 @@ def add_parser(sub) -> None:
     t = esub.add_parser("table", help="SSIM / PSNR / hole PSNR on O1-O6 (the paper's Tables 1-2)",
                         description="One column per model and baseline; writes results.md, results.json and "
                         "grid.png (original, masked, each method) to --out.")
-    t.add_argument("--model", action="append", default=[], metavar="[NAME=]WEIGHTS",
-                   help="generator weights or run directory; repeat for several (default: the shipped model)")
-    t.add_argument("--baselines", default="noise,telea,ns", help="comma-separated: noise, telea, ns ('' for none)")
-    t.add_argument("--data", default="../shared/data/celeba", help="CelebA folder")
-    t.add_argument("--partition", default="val", choices=("train", "val", "test"))
-    t.add_argument("--limit", type=int, default=0, help="first N faces of the partition (0 = all)")
+    _common(t)
     t.add_argument("--masks", default="O1,O2,O3,O4,O5,O6")
     t.add_argument("--blend", choices=("none", "poisson"), default="none",
                    help="poisson: add a Poisson-blended column per model (the paper's M5)")
     t.add_argument("--resolution", choices=("input", "crop"), default="input",
                    help="draw masks and score at the input's 178x218 or on the 128x128 face crop")
-    t.add_argument("--out", required=True, help="output folder")
-    t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=run_table)
+    s = esub.add_parser("sweep", help="SSIM / PSNR against square mask size 16..80 (the paper's Fig. 9)")
+    _common(s)
+    s.add_argument("--resolution", choices=("input", "crop"), default="input")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=run_sweep)
+    d = esub.add_parser("diversity", help="K completions from different noise (the paper's Fig. 10)")
+    _common(d, baselines=False)
+    d.add_argument("--mask", default="O3")
+    d.add_argument("--samples", type=int, default=4)
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=run_diversity)
 
 
-def run_table(args: argparse.Namespace) -> int:
-    from facecomp import masks as masks_mod
-    from facecomp.data.celeba import CelebAIndex
-    from facecomp.eval import methods, table
+def _methods(args: argparse.Namespace, blend: str = "none") -> dict:
+    from facecomp.eval import methods
 
-    mask_names = [m.strip().upper() for m in args.masks.split(",") if m.strip()]
-    for name in mask_names:
-        if name not in masks_mod.OCCLUSIONS:
-            raise ValueError(f"unknown mask '{name}' (valid: {', '.join(masks_mod.OCCLUSIONS)})")
     chosen: dict[str, methods.Method] = {}
-    for name in [b.strip() for b in args.baselines.split(",") if b.strip()]:
+    for name in [b.strip() for b in getattr(args, "baselines", "").split(",") if b.strip()]:
         chosen[name] = methods.baseline(name)
     for spec in args.model or [None]:
         name, path = methods.model_name(spec) if spec else ("shipped", None)
         if path is not None and not Path(path).exists():
             raise ValueError(f"--model {path}: no such file or directory")
         chosen[name] = methods.model(path, "none")
-        if args.blend == "poisson":
+        if blend == "poisson":
             chosen[f"{name}+poisson"] = methods.model(path, "poisson")
-    files = CelebAIndex.open(args.data).files(args.partition, args.limit)
-    res = table.run(chosen, files, mask_names, args.resolution, out=Path(args.out), progress=not args.no_progress)
+    return chosen
+
+
+def _files(args: argparse.Namespace) -> list[Path]:
+    from facecomp.data.celeba import CelebAIndex
+
+    return CelebAIndex.open(args.data).files(args.partition, args.limit)
+
+
+def run_table(args: argparse.Namespace) -> int:
+    from facecomp import masks as masks_mod
+    from facecomp.eval import table
+
+    mask_names = [m.strip().upper() for m in args.masks.split(",") if m.strip()]
+    for name in mask_names:
+        if name not in masks_mod.OCCLUSIONS:
+            raise ValueError(f"unknown mask '{name}' (valid: {', '.join(masks_mod.OCCLUSIONS)})")
+    chosen = _methods(args, args.blend)
+    res = table.run(chosen, _files(args), mask_names, args.resolution, out=Path(args.out),
+                    progress=not args.no_progress)
     print(table.markdown(res))
     print(f"wrote {Path(args.out) / 'results.md'}, results.json, grid.png")
+    return 0
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    from facecomp.eval import sweep
+
+    result = sweep.run(_methods(args), _files(args), args.resolution, args.seed, progress=not args.no_progress)
+    sweep.write(result, Path(args.out))
+    print((Path(args.out) / "sweep.md").read_text())
+    print(f"wrote {Path(args.out) / 'sweep.png'}, sweep.json, sweep.md")
+    return 0
+
+
+def run_diversity(args: argparse.Namespace) -> int:
+    from facecomp import masks as masks_mod
+    from facecomp.complete import Completer
+    from facecomp.eval import diversity
+
+    if args.mask.upper() not in masks_mod.OCCLUSIONS:
+        raise ValueError(f"unknown mask '{args.mask}' (valid: {', '.join(masks_mod.OCCLUSIONS)})")
+    if not 2 <= args.samples <= 16:
+        raise ValueError(f"--samples must be in 2..16, got {args.samples}")
+    if len(args.model) > 1:
+        raise ValueError("diversity takes one --model")
+    path = None
+    if args.model:
+        from facecomp.eval.methods import model_name
+
+        path = model_name(args.model[0])[1]
+    result = diversity.run(Completer(path), _files(args), args.mask.upper(), args.samples, args.seed, Path(args.out))
+    print(f"{args.samples} samples under {args.mask.upper()}: mean pairwise |difference| inside the hole "
+          f"{result['mean_pairwise_hole_mad']:.2f} / 255, largest difference outside {result['max_outside_diff']}")
+    print(f"wrote {Path(args.out) / 'diversity.png'}, diversity.json")
     return 0
