@@ -219,8 +219,12 @@ def load_config(name: str | None = None, overrides: list[str] | None = None) -> 
                 _merge(cfg, tomllib.load(f))
             except tomllib.TOMLDecodeError as e:
                 raise ValueError(f"config '{name}' is not valid TOML: {e}") from None
-    if overrides:
-        _merge(cfg, parse_overrides(overrides))
+    return apply_overrides(cfg, overrides or [])
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply dotted ``key=value`` overrides to an existing config (validated)."""
+    _merge(cfg, parse_overrides(overrides))
     validate(cfg)
     return cfg
 

@@ -71,7 +71,14 @@ def occlusion(name: str, width: int = layout.CROP_SIZE, height: int = layout.CRO
     key = name.upper()
     if key not in OCCLUSIONS:
         raise ValueError(f"unknown mask '{name}' (valid: {', '.join(OCCLUSIONS)})")
-    x0, y0, x1, y1 = OCCLUSIONS[key]
+    return crop_box(width, height, *OCCLUSIONS[key])
+
+
+def crop_box(width: int, height: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    """A box given in 128x128 crop pixels, drawn on an image of width x height. [H, W]
+
+    128x128 is the crop itself; other sizes get the box mapped through :func:`layout.crop_to_input`.
+    """
     if (width, height) == (layout.CROP_SIZE, layout.CROP_SIZE):
         return box(width, height, x0, y0, x1, y1)
     a = layout.crop_to_input(width, height)

@@ -35,9 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
         state = read_state(find_checkpoint(args.run_dir))
         cfg = config_mod.from_dict(state["config"])
-        if overrides:
-            config_mod._merge(cfg, config_mod.parse_overrides(overrides))
-            config_mod.validate(cfg)
+        config_mod.apply_overrides(cfg, overrides)
     else:
         if not args.config:
             raise ValueError("--config is required (a preset: smoke, cpu, paper; or a TOML file)")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from facecomp import layout, masks
+from facecomp import masks
 from facecomp.eval import metrics
 from facecomp.eval.methods import Method
 from facecomp.eval.table import load
@@ -26,11 +26,7 @@ def square_at(size: int, width: int, height: int, rng: np.random.Generator) -> n
     x0, y0, x1, y1 = FACE_REGION
     x = int(rng.integers(x0, x1 - size + 1))
     y = int(rng.integers(y0, y1 - size + 1))
-    if (width, height) == (layout.CROP_SIZE, layout.CROP_SIZE):
-        return masks.box(width, height, x, y, x + size, y + size)
-    a = layout.crop_to_input(width, height)
-    return masks.box(width, height, round(a[0, 0] * x + a[0, 2]), round(a[1, 1] * y + a[1, 2]),
-                     round(a[0, 0] * (x + size) + a[0, 2]), round(a[1, 1] * (y + size) + a[1, 2]))
+    return masks.crop_box(width, height, x, y, x + size, y + size)
 
 
 def run(methods: dict[str, Method], files: list[Path], resolution: str = "input", seed: int = 0,
