@@ -114,6 +114,20 @@ class TrainConfig:
 
 
 @dataclass(kw_only=True)
+class ParsingTrainConfig:
+    """Training the face-parsing network itself (``facecomp parsing train``); its shapes are [parsing]."""
+
+    labels: str = "~/.cache/facecomp/parsing-labels/celeba"  # from `facecomp parsing label`
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    class_balance: float = 0.5  # class weights = (median frequency / frequency) ** this; 0 = unweighted
+    log_every: int = 50
+    ckpt_every: int = 500
+
+
+@dataclass(kw_only=True)
 class RuntimeConfig:
     device: str = "cpu"  # "cpu" | "cuda" | "cuda:N"; the one device decision, passed down
     amp: str = "none"  # "none" | "bf16" | "fp16" (fp16 only on CUDA)
@@ -134,6 +148,7 @@ class Config:
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    parsing_train: ParsingTrainConfig = field(default_factory=ParsingTrainConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 

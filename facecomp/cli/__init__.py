@@ -10,6 +10,7 @@ from facecomp.cli import complete as complete_cli
 from facecomp.cli import eval as eval_cli
 from facecomp.cli import parsing as parsing_cli
 from facecomp.cli import train as train_cli
+from facecomp.faces import FaceToolsMissing
 
 SUBCOMMANDS = (train_cli, complete_cli, eval_cli, parsing_cli)
 
@@ -31,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ValueError as e:  # user errors: one line, no traceback
+        print(f"facecomp: error: {e}", file=sys.stderr)
+        return 2
+    except FaceToolsMissing as e:  # an optional extra is not installed: say which
         print(f"facecomp: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

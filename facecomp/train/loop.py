@@ -20,15 +20,13 @@ from facecomp import config as config_mod
 from facecomp.config import Config
 from facecomp.data.celeba import CelebAIndex
 from facecomp.data.pipeline import build_loader
-from facecomp.models import Generator, ParsingNet, build_discriminators, freeze
+from facecomp.models import Generator, build_discriminators
 from facecomp.runtime import tune_allocator
 from facecomp.train import checkpoint as ck
 from facecomp.train.stages import STAGES, check_stage
 from facecomp.train.step import Models, OptimizerUpdater, train_step
 
 log = logging.getLogger(__name__)
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-DEFAULT_PARSING = WEIGHTS_DIR / "parsing.safetensors"
 
 
 def build_models(cfg: Config, stage: int, device: torch.device) -> Models:
@@ -49,13 +47,10 @@ def build_models(cfg: Config, stage: int, device: torch.device) -> Models:
 
 
 def load_parsing(cfg: Config) -> nn.Module:
-    path = Path(cfg.parsing.weights) if cfg.parsing.weights else DEFAULT_PARSING
-    if not path.is_file():
-        raise ValueError(f"stage 3 needs face-parsing weights: {path} does not exist "
-                         "(set parsing.weights=PATH to a parsing network's safetensors)")
-    net = ParsingNet(cfg.parsing)
-    ck.load_module(path, net, "parsing")
-    return freeze(net)
+    """The frozen parsing network of the stage-3 loss: parsing.weights, or the shipped one."""
+    from facecomp.parse import load_parsing_net
+
+    return load_parsing_net(cfg.parsing.weights or None)
 
 
 def weights_meta(cfg: Config, name: str, stage: int, step: int) -> dict:

@@ -1,0 +1,111 @@
+"""Face detection and 68-point landmarks with dlib, offline.
+
+The weights ship inside the ``face-recognition-models`` PyPI package (installed by the ``faces``
+extra together with ``dlib-bin``, dlib's prebuilt wheels). That package's ``__init__`` imports
+``pkg_resources``, which new setuptools no longer has, so its ``models/`` folder is located with
+``importlib.util.find_spec`` without importing it.
+
+Licence note: dlib's 68-point predictor was trained on the iBUG 300-W data, whose terms exclude
+commercial use; anything derived from these landmarks (our parsing labels, the parsing network)
+inherits that restriction.
+
+Landmark numbering (iBUG 68, as seen in the image): jaw 0-16 (image left to right), brows 17-21
+(image left) and 22-26 (image right), nose bridge 27-30, nostrils 31-35, eyes 36-41 (image left)
+and 42-47 (image right), outer lips 48-59, inner lips 60-67.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+MODELS_PACKAGE = "face_recognition_models"
+INSTALL_HINT = "pip install 'facecomp[faces]' (dlib-bin + face-recognition-models)"
+
+
+class FaceToolsMissing(ImportError):
+    """dlib or the face-recognition-models weights are not installed."""
+
+
+def model_dir() -> Path:
+    """The ``models/`` folder of face-recognition-models, found without importing the package."""
+    spec = importlib.util.find_spec(MODELS_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise FaceToolsMissing(f"{MODELS_PACKAGE} is not installed: {INSTALL_HINT}")
+    folder = Path(spec.origin).parent / "models"
+    if not folder.is_dir():
+        raise FaceToolsMissing(f"{folder} is missing from the {MODELS_PACKAGE} package: {INSTALL_HINT}")
+    return folder
+
+
+def import_dlib():
+    try:
+        import dlib
+    except ImportError:
+        raise FaceToolsMissing(f"dlib is not installed: {INSTALL_HINT}") from None
+    return dlib
+
+
+def available() -> bool:
+    try:
+        import_dlib()
+        model_dir()
+    except FaceToolsMissing:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Landmarks:
+    points: np.ndarray  # [68, 2] float32, (x, y) in image pixels
+    box: tuple[int, int, int, int]  # detector box (left, top, right, bottom)
+    detector: str  # "hog" | "cnn"
+
+
+def plausible(points: np.ndarray, width: int, height: int) -> bool:
+    """Reject fits a parsing label could not be drawn from: points far outside the image, or
+    features in the wrong order (eyes above nose above mouth, left eye left of right eye)."""
+    margin = 0.25 * max(width, height)
+    if (points < -margin).any() or (points[:, 0] > width + margin).any() or (points[:, 1] > height + margin).any():
+        return False
+    left_eye, right_eye = points[36:42].mean(0), points[42:48].mean(0)
+    nose_tip, mouth = points[30], points[48:68].mean(0)
+    return bool(left_eye[0] < right_eye[0] and max(left_eye[1], right_eye[1]) < nose_tip[1] < mouth[1])
+
+
+class LandmarkDetector:
+    """Largest face's 68 landmarks. dlib's HOG detector first (about 10 ms on an aligned CelebA
+    face); where it finds nothing, dlib's CNN (MMOD) detector, slower but better on turned and
+    occluded faces. Returns None when neither finds a face or the fit is implausible."""
+
+    def __init__(self, upsample: int = 0, cnn_fallback: bool = True):
+        dlib = import_dlib()
+        folder = model_dir()
+        self._dlib = dlib
+        self.upsample = upsample
+        self.hog = dlib.get_frontal_face_detector()
+        mmod = folder / "mmod_human_face_detector.dat"
+        self.cnn = dlib.cnn_face_detection_model_v1(str(mmod)) if cnn_fallback else None
+        self.predictor = dlib.shape_predictor(str(folder / "shape_predictor_68_face_landmarks.dat"))
+
+    def boxes(self, rgb: np.ndarray) -> tuple[list, str]:
+        found = list(self.hog(rgb, self.upsample))
+        if found or self.cnn is None:
+            return found, "hog"
+        return [d.rect for d in self.cnn(rgb, max(self.upsample, 1))], "cnn"
+
+    def __call__(self, rgb: np.ndarray) -> Landmarks | None:
+        rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+        found, kind = self.boxes(rgb)
+        if not found:
+            return None
+        rect = max(found, key=lambda r: r.width() * r.height())
+        shape = self.predictor(rgb, rect)
+        pts = np.array([[shape.part(i).x, shape.part(i).y] for i in range(68)], dtype=np.float32)
+        h, w = rgb.shape[:2]
+        if not plausible(pts, w, h):
+            return None
+        return Landmarks(pts, (rect.left(), rect.top(), rect.right(), rect.bottom()), kind)

@@ -1,0 +1,212 @@
+"""Training and scoring the face-parsing network (``facecomp parsing train | eval``).
+
+Pixel-wise softmax cross-entropy against the landmark labels of ``facecomp parsing label``, with
+class weights (median frequency / frequency) ** ``class_balance``: brows and eyes cover under 1%
+of a face crop each, and unweighted they would be learnt last. The crop, flips (with left/right
+classes swapped), shifts, rotations and scales are those of completion training. Checkpoints and
+``--resume`` work as in completion training; the final weights are ``run_dir/parsing.safetensors``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from facecomp import config as config_mod
+from facecomp.config import Config
+from facecomp.data.celeba import CelebAIndex
+from facecomp.data.parsing import eval_loader, labelled_pairs, train_loader
+from facecomp.data.pipeline import Augment
+from facecomp.eval.parsing_scores import confusion, f_scores, mean_iou
+from facecomp.images import read_gray
+from facecomp.models.parsing import LABELS, ParsingNet
+from facecomp.runtime import tune_allocator
+from facecomp.train import checkpoint as ck
+
+log = logging.getLogger(__name__)
+SIZE = 128
+
+
+def autocast(cfg: Config, device: torch.device):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.runtime.amp)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def class_weights(pairs: list[tuple[Path, Path]], power: float, num_classes: int, sample: int = 400) -> torch.Tensor:
+    """(median frequency / frequency) ** power, frequencies counted on up to ``sample`` label maps."""
+    if power == 0:
+        return torch.ones(num_classes)
+    counts = np.zeros(num_classes, np.float64)
+    step = max(1, len(pairs) // sample)
+    for _, lbl in pairs[::step]:
+        counts += np.bincount(read_gray(lbl).ravel(), minlength=num_classes)[:num_classes]
+    freq = np.maximum(counts / counts.sum(), 1e-6)
+    return torch.tensor((np.median(freq) / freq) ** power, dtype=torch.float32)
+
+
+@dataclass
+class ParsingRun:
+    run_dir: Path
+    steps: int
+    images: int
+    seconds: float
+    loss: float
+
+
+def train_parsing(cfg: Config, data_root: str | Path, run_dir: str | Path, resume: bool = False,
+                  progress: bool = True) -> ParsingRun:
+    pt = cfg.parsing_train
+    run_dir = Path(run_dir)
+    device = torch.device(cfg.runtime.device)
+    if cfg.runtime.threads > 0:
+        torch.set_num_threads(cfg.runtime.threads)
+    if cfg.runtime.tune_malloc and device.type == "cpu":
+        tune_allocator()
+
+    files = CelebAIndex.open(data_root).files(cfg.data.partition, cfg.data.limit)
+    pairs = labelled_pairs(files, pt.labels)
+    weights = class_weights(pairs, pt.class_balance, cfg.parsing.num_classes).to(device)
+    log.info("%d labelled faces; class weights %s", len(pairs), np.round(weights.cpu().numpy(), 2).tolist())
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)
+        net = ParsingNet(cfg.parsing)
+    fmt = torch.channels_last if cfg.runtime.channels_last else torch.contiguous_format
+    net = net.to(device=device, memory_format=fmt).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=pt.lr, weight_decay=pt.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=pt.lr, total_steps=pt.steps, pct_start=0.1)
+
+    start, images, seconds = 0, 0, 0.0
+    if resume:
+        ckpt = ck.find_checkpoint(run_dir)
+        state = ck.read_state(ckpt)
+        start, images, seconds = state["step"], state["images"], state["seconds"]
+        ck.load_module(ckpt / "parsing.safetensors", net, "parsing")
+        tensors, meta = ck.load_tensors(ckpt / "optim_parsing.safetensors", "optim_parsing")
+        ck.load_optimizer(opt, tensors, meta["param_groups"])
+        sched.load_state_dict(state["scheduler"])
+        log.info("resumed %s at step %d", ckpt, start)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.toml").write_text(config_mod.to_toml(cfg))
+
+    meta = {"config": config_mod.to_dict(cfg.parsing), "trained": True, "labels": "dlib 68 landmarks + GrabCut hair"}
+
+    def save(step: int) -> Path:
+        state = {"step": step, "images": images, "seconds": seconds, "scheduler": sched.state_dict(),
+                 "config": config_mod.to_dict(cfg)}
+        return ck.save_checkpoint(run_dir, step, {"parsing": (net, {**meta, "step": step})}, {"parsing": opt}, state,
+                                  keep=cfg.train.keep_checkpoints)
+
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    writer = SummaryWriter(str(run_dir / "tb"), purge_step=start if resume else None)
+    loader = train_loader(pairs, SIZE, Augment.from_config(cfg.data), pt.batch_size, cfg.train.seed, start,
+                          cfg.data.workers)
+    bar = tqdm(total=pt.steps, initial=start, desc="parsing", unit="step", disable=not progress)
+    step, loss_value, batches = start, float("nan"), iter(loader)
+    while step < pt.steps:
+        batch = next(batches)
+        step += 1
+        if batch["image"] is not None:
+            tick = time.perf_counter()
+            x = batch["image"].to(device).contiguous(memory_format=fmt)
+            y = batch["labels"].to(device)
+            with autocast(cfg, device):
+                logits = net(x)
+            loss = F.cross_entropy(logits.float(), y, weight=weights)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            seconds += time.perf_counter() - tick
+            images += x.shape[0]
+            loss_value = loss.item()
+        sched.step()
+        bar.update(1)
+        if step % pt.log_every == 0 or step == pt.steps:
+            writer.add_scalar("parsing/loss", loss_value, step)
+            writer.add_scalar("parsing/lr", sched.get_last_lr()[0], step)
+            writer.add_scalar("parsing/images_per_s", images / max(seconds, 1e-9), step)
+            bar.set_postfix(loss=f"{loss_value:.3f}")
+        if step % pt.ckpt_every == 0 or step == pt.steps:
+            save(step)
+    bar.close()
+    writer.close()
+    ck.copy_file(ck.find_checkpoint(run_dir) / "parsing.safetensors", run_dir / "parsing.safetensors")
+    return ParsingRun(run_dir, step, images, seconds, loss_value)
+
+
+# --- scoring ------------------------------------------------------------------------------
+
+@torch.no_grad()
+def predict_crops(net: torch.nn.Module, loader, device: torch.device) -> tuple[np.ndarray, int]:
+    """Confusion matrix of the network's arg-max against the labels over a loader's crops."""
+    k = len(LABELS)
+    conf = np.zeros((k, k), np.int64)
+    n = 0
+    for batch in loader:
+        if batch["image"] is None:
+            continue
+        pred = net(batch["image"].to(device)).argmax(1).cpu().numpy()
+        conf += confusion(pred, batch["labels"].numpy(), k)
+        n += len(pred)
+    return conf, n
+
+
+def prior_map(pairs: list[tuple[Path, Path]], limit: int = 1000) -> np.ndarray:
+    """The trivial baseline: each pixel's most frequent training label (in the 128x128 crop)."""
+    from facecomp.data.parsing import ParsingDataset
+
+    k = len(LABELS)
+    counts = np.zeros((k, SIZE, SIZE), np.int64)
+    data = ParsingDataset(pairs[:: max(1, len(pairs) // limit)], SIZE, Augment(), 0)
+    rows = np.arange(SIZE)[:, None]
+    cols = np.arange(SIZE)[None, :]
+    for i in range(len(data)):
+        item = data[i]
+        if item is not None:
+            np.add.at(counts, (item["labels"].numpy(), rows, cols), 1)
+    return counts.argmax(0).astype(np.uint8)
+
+
+def evaluate_parsing(weights: str | Path | None, data_root: str | Path, labels: str | Path, partition: str = "val",
+                     limit: int = 0, train_partition: str = "train", device: str = "cpu") -> dict:
+    """F-scores of a parsing network and of the per-pixel prior baseline on a partition's labels."""
+    from facecomp.parse import load_parsing_net
+
+    index = CelebAIndex.open(data_root)
+    pairs = labelled_pairs(index.files(partition, limit), labels)
+    net = load_parsing_net(weights, device)
+    dev = torch.device(device)
+    conf, n = predict_crops(net, eval_loader(pairs, SIZE, 32), dev)
+    prior = prior_map(labelled_pairs(index.files(train_partition), labels))
+    prior_conf = np.zeros_like(conf)
+    for batch in eval_loader(pairs, SIZE, 64):
+        if batch["labels"] is not None:
+            lbl = batch["labels"].numpy()
+            prior_conf += confusion(np.broadcast_to(prior, lbl.shape), lbl)
+    return {"partition": partition, "faces": n,
+            "network": {**f_scores(conf), "mIoU": mean_iou(conf)},
+            "prior_baseline": {**f_scores(prior_conf), "mIoU": mean_iou(prior_conf)},
+            "confusion": conf.tolist()}
+
+
+def write_scores(scores: dict, out: str | Path) -> str:
+    """scores.json and a markdown table; returns the table."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scores.json").write_text(json.dumps(scores, indent=1))
+    rows = ["| class | network F | per-pixel prior F |", "|---|---|---|"]
+    for name in [*LABELS, "overall", "mean_components", "mIoU"]:
+        rows.append(f"| {name} | {scores['network'][name]:.3f} | {scores['prior_baseline'][name]:.3f} |")
+    table = "\n".join(rows) + f"\n\n{scores['faces']} faces of the {scores['partition']} partition; " \
+        "'overall' = brows, eyes, nose, lips and inner mouth merged into one class (Helen convention).\n"
+    (out / "scores.md").write_text(table)
+    return table
