@@ -125,3 +125,60 @@ def test_diversity_command(celeba, generator_weights, tmp_path):  # noqa: F811
     assert r.returncode == 0, r.stderr
     res = json.loads((out / "diversity.json").read_text())
     assert res["max_outside_diff"] == 0 and res["mean_pairwise_hole_mad"] > 0 and len(res["faces"]) == 2
+
+
+needs_faces = pytest.mark.skipif(not __import__("facecomp.faces").faces.available(),
+                                 reason="needs the 'faces' extra (dlib-bin, face-recognition-models)")
+
+
+@needs_faces
+def test_identity_distance_tells_people_apart(celeba):
+    from collections import defaultdict
+
+    from facecomp.data.celeba import CelebAIndex
+    from facecomp.eval.identity import IdentityEmbedder, identity_check
+    from facecomp.images import read_rgb
+
+    index = CelebAIndex.open(celeba)
+    by_id = defaultdict(list)
+    for f in index.files("val"):
+        by_id[index.identity(f)].append(f)
+    chosen = [(f, i) for i in sorted(by_id)[:4] for f in by_id[i][:3]]
+    embedder = IdentityEmbedder()
+    check = identity_check(embedder, [f for f, _ in chosen], [i for _, i in chosen])
+    assert check.same_mean < check.other_mean - 0.2 and check.top1 >= 0.75
+    img = read_rgb(chosen[0][0])
+    assert embedder.distance(img, img) < 1e-6
+    h, w = img.shape[:2]
+    assert embedder.distance(img, BASELINES["noise"](img, masks.occlusion("O6", w, h))) > 0.05
+
+
+@needs_faces
+def test_table_identity_and_parsing_columns(celeba, generator_weights, parsing_weights, tmp_path):  # noqa: F811
+    out = tmp_path / "eval"
+    r = subprocess.run([sys.executable, "-m", "facecomp", "eval", "table", "--model", str(generator_weights),
+                        "--baselines", "telea", "--data", str(celeba), "--limit", "2", "--masks", "O3,O6",
+                        "--metrics", "identity,parsing", "--parsing-weights", str(parsing_weights),
+                        "--out", str(out), "--no-progress"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    res = json.loads((out / "results.json").read_text())
+    for key in ("identity", "parsing_miou"):
+        for o in ("O3", "O6"):
+            for m in res["methods"]:
+                s = res["summary"][key][o][m]
+                assert s["n"] == 2 and 0 <= s["mean"] <= 1.5
+    assert "Identity distance" in (out / "results.md").read_text()
+
+
+@needs_faces
+def test_recognition_command(celeba, generator_weights, tmp_path):  # noqa: F811
+    out = tmp_path / "rec"
+    r = subprocess.run([sys.executable, "-m", "facecomp", "eval", "recognition", "--baselines", "noise,telea",
+                        "--model", f"smoke={generator_weights}",
+                        "--data", str(celeba), "--limit", "120", "--masks", "O4", "--probes-per-identity", "1",
+                        "--out", str(out), "--no-progress"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    res = json.loads((out / "recognition.json").read_text())
+    assert res["methods"] == ["original", "noise", "telea", "smoke"] and res["gallery"] >= 2
+    s = res["summary"]["O4"]
+    assert s["original"]["top5"] >= 0.8 and all(0 <= s[m]["top1"] <= s[m]["top5"] <= 1 for m in res["methods"])

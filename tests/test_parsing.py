@@ -14,8 +14,6 @@ from facecomp.eval.parsing_scores import confusion, f_scores, mean_iou
 from facecomp.images import read_gray, read_rgb, write_png
 from facecomp.models.parsing import LABELS
 
-needs_dlib = pytest.mark.skipif(not faces.available(), reason="needs the 'faces' extra (dlib-bin, face-recognition-models)")
-
 
 def centroid(labels: np.ndarray, name: str) -> np.ndarray:
     ys, xs = np.nonzero(labels == LABEL_ID[name])

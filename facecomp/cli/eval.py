@@ -21,7 +21,7 @@ def _common(p: argparse.ArgumentParser, baselines: bool = True) -> None:
 def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="evaluate models and baselines like the paper")
     esub = p.add_subparsers(dest="eval_command", required=True)
-    t = esub.add_parser("table", help="SSIM / PSNR / hole PSNR on O1-O6 (the paper's Tables 1-2)",
+    t = esub.add_parser("table", help="SSIM / PSNR / identity distance on O1-O6 (the paper's Tables 1-3)",
                         description="One column per model and baseline; writes results.md, results.json and "
                         "grid.png (original, masked, each method) to --out.")
     _common(t)
@@ -30,6 +30,10 @@ def add_parser(sub) -> None:
                    help="poisson: add a Poisson-blended column per model (the paper's M5)")
     t.add_argument("--resolution", choices=("input", "crop"), default="input",
                    help="draw masks and score at the input's 178x218 or on the 128x128 face crop")
+    t.add_argument("--metrics", default="auto",
+                   help="besides SSIM/PSNR: identity (dlib embedding distance, 'faces' extra), parsing (parsing "
+                   "mIoU inside the hole); 'auto' = those installed, 'none' = neither")
+    t.add_argument("--parsing-weights", help="parsing network for --metrics parsing (default: shipped)")
     t.set_defaults(func=run_table)
     s = esub.add_parser("sweep", help="SSIM / PSNR against square mask size 16..80 (the paper's Fig. 9)")
     _common(s)
@@ -42,6 +46,23 @@ def add_parser(sub) -> None:
     d.add_argument("--samples", type=int, default=4)
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=run_diversity)
+    r = esub.add_parser("recognition", help="top-1/3/5 recognition of completed probes (the paper's Fig. 11)",
+                        description="Gallery: each identity's first face; probes: its other faces under each "
+                        "mask, completed by each method; ranked by dlib 128-D embedding distance. Needs the "
+                        "'faces' extra and identity labels (identity_CelebA.txt).")
+    _common(r)
+    r.add_argument("--masks", default="O1,O2,O3,O4,O5,O6")
+    r.add_argument("--probes-per-identity", type=int, default=0, help="at most N probes per identity (0 = all)")
+    r.set_defaults(func=run_recognition)
+    i = esub.add_parser("identity", help="sanity check of the identity embedding: same vs other identity",
+                        description="Mean embedding distance between faces of the same identity and of different "
+                        "identities, and nearest-neighbour top-1, on unoccluded faces.")
+    i.add_argument("--data", default="../shared/data/celeba")
+    i.add_argument("--partition", default="val", choices=("train", "val", "test"))
+    i.add_argument("--identities", type=int, default=20)
+    i.add_argument("--per-identity", type=int, default=5)
+    i.add_argument("--out", help="folder for identity.json")
+    i.set_defaults(func=run_identity)
 
 
 def _methods(args: argparse.Namespace, blend: str = "none") -> dict:
@@ -60,6 +81,35 @@ def _methods(args: argparse.Namespace, blend: str = "none") -> dict:
     return chosen
 
 
+def _face_metrics(spec: str, parsing_weights: str | None) -> tuple:
+    """identity, parsing (or 'auto': each one whose weights are installed; the rest named on stderr)."""
+    import sys
+
+    from facecomp import faces
+    from facecomp.eval import table
+    from facecomp.parse import DEFAULT_PARSING
+
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    auto = names == ["auto"]
+    if auto:
+        names = ["identity", "parsing"]
+    chosen = []
+    for name in names:
+        if name == "identity":
+            if auto and not faces.available():
+                print(f"facecomp: note: no identity distance: {faces.INSTALL_HINT}", file=sys.stderr)
+                continue
+            chosen.append(table.IdentityDistance())
+        elif name == "parsing":
+            if auto and not parsing_weights and not DEFAULT_PARSING.is_file():
+                print("facecomp: note: no parsing agreement: no shipped parsing weights", file=sys.stderr)
+                continue
+            chosen.append(table.ParsingAgreement(parsing_weights))
+        elif name != "none":
+            raise ValueError(f"unknown metric '{name}' (valid: identity, parsing, auto, none)")
+    return tuple(chosen)
+
+
 def _files(args: argparse.Namespace) -> list[Path]:
     from facecomp.data.celeba import CelebAIndex
 
@@ -67,16 +117,12 @@ def _files(args: argparse.Namespace) -> list[Path]:
 
 
 def run_table(args: argparse.Namespace) -> int:
-    from facecomp import masks as masks_mod
     from facecomp.eval import table
 
-    mask_names = [m.strip().upper() for m in args.masks.split(",") if m.strip()]
-    for name in mask_names:
-        if name not in masks_mod.OCCLUSIONS:
-            raise ValueError(f"unknown mask '{name}' (valid: {', '.join(masks_mod.OCCLUSIONS)})")
+    mask_names = _masks(args.masks)
     chosen = _methods(args, args.blend)
     res = table.run(chosen, _files(args), mask_names, args.resolution, out=Path(args.out),
-                    progress=not args.no_progress)
+                    progress=not args.no_progress, face_metrics=_face_metrics(args.metrics, args.parsing_weights))
     print(table.markdown(res))
     print(f"wrote {Path(args.out) / 'results.md'}, results.json, grid.png")
     return 0
@@ -112,4 +158,52 @@ def run_diversity(args: argparse.Namespace) -> int:
     print(f"{args.samples} samples under {args.mask.upper()}: mean pairwise |difference| inside the hole "
           f"{result['mean_pairwise_hole_mad']:.2f} / 255, largest difference outside {result['max_outside_diff']}")
     print(f"wrote {Path(args.out) / 'diversity.png'}, diversity.json")
+    return 0
+
+
+def _masks(spec: str) -> list[str]:
+    from facecomp import masks as masks_mod
+
+    names = [m.strip().upper() for m in spec.split(",") if m.strip()]
+    for name in names:
+        if name not in masks_mod.OCCLUSIONS:
+            raise ValueError(f"unknown mask '{name}' (valid: {', '.join(masks_mod.OCCLUSIONS)})")
+    return names
+
+
+def run_recognition(args: argparse.Namespace) -> int:
+    from facecomp.data.celeba import CelebAIndex
+    from facecomp.eval import recognition
+
+    index = CelebAIndex.open(args.data)
+    if not index.identity_of:
+        raise ValueError(f"{args.data}: no identity_CelebA.txt, so no identities to recognise")
+    result = recognition.run(_methods(args), _files(args), index.identity, _masks(args.masks),
+                             args.probes_per_identity, progress=not args.no_progress)
+    recognition.write(result, Path(args.out))
+    print(recognition.markdown(result))
+    print(f"wrote {Path(args.out) / 'recognition.md'}, recognition.json")
+    return 0
+
+
+def run_identity(args: argparse.Namespace) -> int:
+    import json
+    from collections import defaultdict
+
+    from facecomp.data.celeba import CelebAIndex
+    from facecomp.eval.identity import IdentityEmbedder, identity_check
+
+    index = CelebAIndex.open(args.data)
+    by_id = defaultdict(list)
+    for f in index.files(args.partition):
+        by_id[index.identity(f)].append(f)
+    chosen = [(f, i) for i in sorted(k for k in by_id if k is not None)[: args.identities]
+              for f in by_id[i][: args.per_identity]]
+    if len({i for _, i in chosen}) < 2:
+        raise ValueError(f"{args.data}: fewer than two identities in the {args.partition} partition")
+    check = identity_check(IdentityEmbedder(), [f for f, _ in chosen], [i for _, i in chosen])
+    print(check.markdown())
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "identity.json").write_text(json.dumps(check.__dict__, indent=2))
     return 0

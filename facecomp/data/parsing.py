@@ -32,7 +32,8 @@ def labelled_pairs(files: list[Path], labels_dir: str | Path) -> list[tuple[Path
     if not kept:
         raise ValueError(f"{labels_dir}: none of the {len(files)} faces has a label")
     if len(kept) < len(pairs):
-        log.info("%d of %d faces have no label (not labelled yet, or landmarks failed) and are left out", len(pairs) - len(kept), len(pairs))
+        log.info("%d of %d faces have no label (not labelled yet, or landmarks failed) and are left out",
+                 len(pairs) - len(kept), len(pairs))
     return kept
 
 

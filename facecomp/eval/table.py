@@ -10,6 +10,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from tqdm import tqdm
@@ -20,6 +21,51 @@ from facecomp.eval import metrics
 from facecomp.eval.methods import Method
 
 METRICS = {"ssim": "SSIM", "psnr": "PSNR (dB)", "psnr_hole": "PSNR inside the hole (dB)"}
+
+
+class FaceMetric(Protocol):
+    """A metric that needs per-face work (a network run on the original) before scoring completions."""
+    key: str
+    title: str
+
+    def begin(self, original: np.ndarray) -> None: ...
+
+    def __call__(self, original: np.ndarray, completed: np.ndarray, mask: np.ndarray) -> float: ...
+
+
+class IdentityDistance:
+    """Distance between dlib embeddings of the completed and the original face (lower is better)."""
+    key, title = "identity", "Identity distance, dlib 128-D embedding (lower is better)"
+
+    def __init__(self):
+        from facecomp.eval.identity import IdentityEmbedder
+
+        self.embedder = IdentityEmbedder()
+
+    def begin(self, original: np.ndarray) -> None:
+        self.alignment = self.embedder.alignment(original)
+        self.reference = self.embedder.embed(original, self.alignment)
+
+    def __call__(self, original: np.ndarray, completed: np.ndarray, mask: np.ndarray) -> float:
+        return float(np.linalg.norm(self.embedder.embed(completed, self.alignment) - self.reference))
+
+
+class ParsingAgreement:
+    """mIoU between the parsing of the completed and of the original face, inside the hole."""
+    key, title = "parsing_miou", "Parsing agreement inside the hole, mIoU"
+
+    def __init__(self, weights: str | Path | None = None):
+        from facecomp.parse import Parser
+
+        self.parser = Parser(weights)
+
+    def begin(self, original: np.ndarray) -> None:
+        self.reference = self.parser.labels(original)
+
+    def __call__(self, original: np.ndarray, completed: np.ndarray, mask: np.ndarray) -> float:
+        from facecomp.eval.parsing_scores import confusion, mean_iou
+
+        return mean_iou(confusion(self.parser.labels(completed), self.reference, where=mask > 0.5))
 RESOLUTIONS = ("input", "crop")
 
 
@@ -30,6 +76,7 @@ class TableResult:
     resolution: str
     faces: int
     values: dict = field(default_factory=dict)  # metric -> mask -> method -> list of values
+    titles: dict = field(default_factory=lambda: dict(METRICS))
 
     def summaries(self) -> dict:
         return {k: {o: {m: metrics.summary(v) for m, v in per.items()} for o, per in by_mask.items()}
@@ -43,15 +90,19 @@ def load(path: Path, resolution: str) -> np.ndarray:
 
 
 def run(methods: dict[str, Method], files: list[Path], mask_names: list[str], resolution: str = "input",
-        grid_faces: int = 2, out: Path | None = None, progress: bool = True) -> TableResult:
+        grid_faces: int = 2, out: Path | None = None, progress: bool = True,
+        face_metrics: tuple[FaceMetric, ...] = ()) -> TableResult:
     if resolution not in RESOLUTIONS:
         raise ValueError(f"unknown resolution '{resolution}' (valid: {', '.join(RESOLUTIONS)})")
     res = TableResult(list(methods), list(mask_names), resolution, len(files))
-    res.values = {k: {o: {m: [] for m in methods} for o in mask_names} for k in METRICS}
+    res.titles.update({fm.key: fm.title for fm in face_metrics})
+    res.values = {k: {o: {m: [] for m in methods} for o in mask_names} for k in res.titles}
     grid_rows = []
     for i, path in enumerate(tqdm(files, desc=f"eval ({resolution})", disable=not progress, unit="face")):
         image = load(path, resolution)
         h, w = image.shape[:2]
+        for fm in face_metrics:
+            fm.begin(image)
         for name in mask_names:
             mask = masks.occlusion(name, w, h)
             row = [image, np.where(mask[..., None] > 0.5, 255, image).astype(np.uint8)]
@@ -60,6 +111,8 @@ def run(methods: dict[str, Method], files: list[Path], mask_names: list[str], re
                 res.values["ssim"][name][method_name].append(metrics.ssim(done, image))
                 res.values["psnr"][name][method_name].append(metrics.psnr(done, image))
                 res.values["psnr_hole"][name][method_name].append(metrics.psnr_hole(done, image, mask))
+                for fm in face_metrics:
+                    res.values[fm.key][name][method_name].append(fm(image, done, mask))
                 row.append(done)
             if i < grid_faces:
                 grid_rows.append(np.concatenate(row, axis=1))
@@ -77,8 +130,9 @@ def _cell(s: dict) -> str:
 def markdown(res: TableResult) -> str:
     summ = res.summaries()
     lines = [f"# O1-O6 evaluation: {res.faces} faces, masks at the {res.resolution} resolution",
-             "", "Mean ± half-width of the 95% t-interval over faces. Higher is better.", ""]
-    for key, title in METRICS.items():
+             "", "Mean ± half-width of the 95% t-interval over faces. Higher is better unless the title says "
+             "otherwise.", ""]
+    for key, title in res.titles.items():
         lines += [f"## {title}", "", "| mask | " + " | ".join(res.methods) + " |",
                   "|---|" + "---|" * len(res.methods)]
         for o in res.masks:
