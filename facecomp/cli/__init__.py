@@ -7,12 +7,13 @@ import logging
 import sys
 
 from facecomp.cli import complete as complete_cli
+from facecomp.cli import demo as demo_cli
 from facecomp.cli import eval as eval_cli
 from facecomp.cli import parsing as parsing_cli
 from facecomp.cli import train as train_cli
 from facecomp.faces import FaceToolsMissing
 
-SUBCOMMANDS = (train_cli, complete_cli, eval_cli, parsing_cli)
+SUBCOMMANDS = (train_cli, complete_cli, eval_cli, parsing_cli, demo_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from facecomp import images, masks
+from facecomp import images, layout, masks
 
 
 def add_parser(sub) -> None:
@@ -19,6 +19,10 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--samples", type=int, default=1, help="K completions from different noise")
     p.add_argument("--blend", choices=("none", "poisson"), default="none", help="poisson: the paper's M5")
+    p.add_argument("--align", choices=("auto", "none"), default="auto",
+                   help="auto: a 178x218 CelebA-aligned face goes straight in; any other photo has its faces "
+                   "detected, aligned, completed and pasted back (needs the 'faces' extra). none: the whole "
+                   "image is taken as the face")
     p.add_argument("--device", default="cpu")
     out = p.add_mutually_exclusive_group(required=True)
     out.add_argument("-o", "--output", help="output PNG (one input)")
@@ -64,8 +68,17 @@ def run(args: argparse.Namespace) -> int:
     for path in paths:
         try:
             image = images.read_rgb(path)
-            mask = masks.from_spec(args.mask, image.shape[1], image.shape[0])
-            results = completer.complete(image, mask, seed=args.seed, samples=args.samples, blend=args.blend)
+            h, w = image.shape[:2]
+            if args.align == "auto" and not layout.is_aligned_size(w, h):
+                from facecomp.wild import complete_photo
+
+                done = complete_photo(completer, image, args.mask, seed=args.seed, samples=args.samples,
+                                      blend=args.blend)
+                results = done.images
+                print(f"{path}: {done.faces} face(s) found, {done.completed} completed", file=sys.stderr)
+            else:
+                mask = masks.from_spec(args.mask, w, h)
+                results = completer.complete(image, mask, seed=args.seed, samples=args.samples, blend=args.blend)
         except ValueError as e:
             if len(paths) == 1:
                 raise

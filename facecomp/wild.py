@@ -1,0 +1,95 @@
+"""Completing faces in unaligned photos of any size.
+
+Each face is found (dlib, ``facecomp.faces``), mapped onto the 178x218 CelebA-aligned layout the
+model was trained on by a similarity transform from five landmarks, completed there, and warped
+back; the generated pixels are pasted under the mask in the photo's own coordinates (hard, or by
+Poisson blending), so every pixel outside the mask keeps its value.
+
+Masks: ``O1``..``O6`` name regions of each face (they are drawn in the aligned layout and warped
+into the photo, for every face found); ``box:`` and mask images are in photo pixels and are
+completed wherever they fall on a face's completion box.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from facecomp import layout, masks
+from facecomp.complete import BLENDS, Completer, poisson_blend
+
+log = logging.getLogger(__name__)
+ALIGNED_W, ALIGNED_H = layout.ALIGNED_SIZE
+
+
+@dataclass
+class PhotoResult:
+    images: list[np.ndarray]  # one per sample, the photo's size
+    faces: int  # faces found
+    completed: int  # faces whose completion box the mask touched
+    uncovered: int  # masked photo pixels on no face's completion box (left as they were)
+    mask: np.ndarray  # [H, W] bool, the pixels that were completed
+    boxes: list[tuple[int, int, int, int]]  # each found face's completion box in the photo (x0, y0, x1, y1)
+
+
+def _box_mask() -> np.ndarray:
+    x0, y0, x1, y1 = layout.CROP_BOX
+    box = np.zeros((ALIGNED_H, ALIGNED_W), np.float32)
+    box[y0 + 1:y1 - 1, x0 + 1:x1 - 1] = 1  # one pixel in: interpolation at the border stays inside
+    return box
+
+
+def complete_photo(completer: Completer, photo: np.ndarray, mask_spec: str, seed: int = 0, samples: int = 1,
+                   blend: str = "none", detector=None) -> PhotoResult:
+    from facecomp.faces import align_faces
+
+    if blend not in BLENDS:
+        raise ValueError(f"unknown blend '{blend}' (valid: {', '.join(BLENDS)})")
+    h, w = photo.shape[:2]
+    found = align_faces(photo, detector)
+    if not found:
+        raise ValueError("no face found in the photo")
+    named = mask_spec.upper() in masks.OCCLUSIONS
+    user_mask = None if named else masks.from_spec(mask_spec, w, h) > 0.5
+    results = [photo.copy() for _ in range(samples)]
+    box = _box_mask()
+    covered = np.zeros((h, w), bool)
+    completed = 0
+    boxes = []
+    for matrix, _ in found:
+        back = cv2.invertAffineTransform(matrix)
+        box_photo = cv2.warpAffine(box, back, (w, h), flags=cv2.INTER_NEAREST) > 0.5
+        x, y, bw, bh = cv2.boundingRect(box_photo.astype(np.uint8))
+        boxes.append((x, y, x + bw, y + bh))
+        if named:
+            region = cv2.warpAffine(masks.occlusion(mask_spec.upper(), ALIGNED_W, ALIGNED_H), back, (w, h),
+                                    flags=cv2.INTER_LINEAR) > 0.5
+        else:
+            region = user_mask
+        region = region & box_photo & ~covered  # overlapping faces: the first (largest) one completes
+        if not region.any():
+            continue
+        aligned = cv2.warpAffine(photo, matrix, (ALIGNED_W, ALIGNED_H), flags=cv2.INTER_AREA
+                                 if abs(np.linalg.det(matrix[:, :2])) < 0.5 else cv2.INTER_LINEAR,
+                                 borderMode=cv2.BORDER_REFLECT_101)
+        # Missing in the aligned face: every aligned pixel whose footprint touches the photo's hole.
+        hole = cv2.warpAffine(region.astype(np.float32), matrix, (ALIGNED_W, ALIGNED_H), flags=cv2.INTER_LINEAR)
+        hole = ((hole > 1e-3) & (box > 0)).astype(np.float32)
+        if not hole.any():
+            continue
+        outs = completer.complete(aligned, hole, seed=seed, samples=samples)
+        for k, out in enumerate(outs):
+            filled = cv2.warpAffine(out, back, (w, h), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+            pasted = np.where(region[..., None], filled, results[k])
+            results[k] = poisson_blend(pasted, results[k], region.astype(np.float32)) if blend == "poisson" else pasted
+        covered |= region
+        completed += 1
+    uncovered = 0 if user_mask is None else int((user_mask & ~covered).sum())
+    if completed == 0:
+        raise ValueError(f"the mask touches none of the {len(found)} face(s) found")
+    if uncovered:
+        log.warning("%d masked pixel(s) lie on no face's completion box and were left as they were", uncovered)
+    return PhotoResult(results, len(found), completed, uncovered, covered, boxes)
