@@ -1,0 +1,104 @@
+"""Photos in the wild: detection, alignment to the training layout, paste-back; and `facecomp demo`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from facecomp import faces
+from facecomp.images import list_images, read_rgb, write_png
+
+from .test_complete import generator_weights  # noqa: F401  (module-scoped fixture)
+
+pytestmark = pytest.mark.skipif(not faces.available(),
+                                reason="needs the 'faces' extra (dlib-bin, face-recognition-models)")
+
+
+@pytest.fixture(scope="module")
+def wild_photos(celeba):
+    folder = celeba.parent / "celeba_wild" / "img_celeba"
+    if not folder.is_dir():
+        pytest.skip(f"no wild photos at {folder}")
+    return list_images(folder)[:6]
+
+
+@pytest.fixture(scope="module")
+def completer(generator_weights):  # noqa: F811
+    from facecomp.complete import Completer
+
+    return Completer(generator_weights)
+
+
+def test_alignment_of_aligned_faces_is_near_identity(face_files):
+    """CelebA's aligned faces through our detector + 5-point fit land back on the template."""
+    errors = []
+    for f in face_files[:8]:
+        (matrix, found), *_ = faces.align_faces(read_rgb(f))
+        pts = faces.five_points(found.points)
+        mapped = pts @ matrix[:, :2].T + matrix[:, 2]
+        errors.append(np.linalg.norm(mapped - faces.TEMPLATE_5, axis=1).mean())
+        assert abs(np.sqrt(np.linalg.det(matrix[:, :2])) - 1) < 0.25  # CelebA face sizes vary by about 15%
+    assert np.mean(errors) < 4.0, errors
+
+
+def test_wild_photos_change_only_masked_pixels(wild_photos, completer):
+    from facecomp.wild import complete_photo
+
+    done_any = 0
+    for path in wild_photos:
+        photo = read_rgb(path)
+        try:
+            res = complete_photo(completer, photo, "O3", seed=0, samples=2)
+        except ValueError as e:
+            assert "no face found" in str(e)
+            continue
+        done_any += 1
+        assert res.completed >= 1 and res.mask.any()
+        for out in res.images:
+            assert out.shape == photo.shape
+            assert np.array_equal(out[~res.mask], photo[~res.mask])
+            assert (out[res.mask] != photo[res.mask]).any()
+        x0, y0, x1, y1 = res.boxes[0]
+        ys, xs = np.nonzero(res.mask)
+        assert x0 <= xs.min() and xs.max() <= x1 and y0 <= ys.min() and ys.max() <= y1
+        # the eye band sits in the upper half of the face box
+        assert ys.mean() < (y0 + y1) / 2
+    assert done_any >= 4, f"faces found in only {done_any} of {len(wild_photos)} wild photos"
+
+
+def test_photo_box_mask_is_in_photo_pixels(wild_photos, completer):
+    from facecomp.wild import complete_photo
+
+    photo = read_rgb(wild_photos[0])
+    (matrix, found), *_ = faces.align_faces(photo)
+    cx, cy = found.points[27:36].mean(0).astype(int)  # nose
+    spec = f"box:{cx - 10},{cy - 10},{cx + 10},{cy + 10}"
+    res = complete_photo(completer, photo, spec, blend="poisson")
+    changed = (res.images[0] != photo).any(2)
+    ys, xs = np.nonzero(changed)
+    assert changed.any() and xs.min() >= cx - 10 and xs.max() < cx + 10 and ys.min() >= cy - 10 and ys.max() < cy + 10
+
+
+def test_no_face_is_a_clear_error(tmp_path, generator_weights):  # noqa: F811
+    blank = tmp_path / "wall.png"
+    write_png(blank, np.full((300, 400, 3), 200, np.uint8))
+    r = subprocess.run([sys.executable, "-m", "facecomp", "complete", str(blank), "--mask", "O3", "--model",
+                        str(generator_weights), "-o", str(tmp_path / "out.png")], capture_output=True, text=True)
+    assert r.returncode == 2 and "no face found" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_cli_wild_and_demo(tmp_path, wild_photos, generator_weights):  # noqa: F811
+    r = subprocess.run([sys.executable, "-m", "facecomp", "complete", str(wild_photos[0]), "--mask", "O6",
+                        "--model", str(generator_weights), "-o", str(tmp_path / "w.png")], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    assert read_rgb(tmp_path / "w.png").shape == read_rgb(wild_photos[0]).shape
+    r = subprocess.run([sys.executable, "-m", "facecomp", "demo", "-o", str(tmp_path / "demo"), "--model",
+                        str(generator_weights)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    demo = read_rgb(tmp_path / "demo" / "demo.png")
+    assert demo.shape[0] > 6 * 100 and demo.shape[1] > 3 * 100  # six rows of original | masked | completed
