@@ -42,8 +42,9 @@ def _box_mask() -> np.ndarray:
     return box
 
 
-def complete_photo(completer: Completer, photo: np.ndarray, mask_spec: str, seed: int = 0, samples: int = 1,
-                   blend: str = "none", detector=None) -> PhotoResult:
+def complete_photo(completer: Completer, photo: np.ndarray, mask_spec: str | np.ndarray, seed: int = 0,
+                   samples: int = 1, blend: str = "none", detector=None) -> PhotoResult:
+    """``mask_spec``: O1..O6 (for every face), 'box:...' or a mask image path, or a [H, W] array (1 = missing)."""
     from facecomp.faces import align_faces
 
     if blend not in BLENDS:
@@ -52,8 +53,17 @@ def complete_photo(completer: Completer, photo: np.ndarray, mask_spec: str, seed
     found = align_faces(photo, detector)
     if not found:
         raise ValueError("no face found in the photo")
-    named = mask_spec.upper() in masks.OCCLUSIONS
-    user_mask = None if named else masks.from_spec(mask_spec, w, h) > 0.5
+    named = isinstance(mask_spec, str) and mask_spec.upper() in masks.OCCLUSIONS
+    if named:
+        user_mask = None
+    elif isinstance(mask_spec, str):
+        user_mask = masks.from_spec(mask_spec, w, h) > 0.5
+    else:
+        if mask_spec.shape != (h, w):
+            raise ValueError(f"mask is {mask_spec.shape[1]}x{mask_spec.shape[0]} but the image is {w}x{h}")
+        user_mask = mask_spec > 0.5
+        if not user_mask.any():
+            raise ValueError("the mask is empty: nothing to complete")
     results = [photo.copy() for _ in range(samples)]
     box = _box_mask()
     covered = np.zeros((h, w), bool)
@@ -93,3 +103,18 @@ def complete_photo(completer: Completer, photo: np.ndarray, mask_spec: str, seed
     if uncovered:
         log.warning("%d masked pixel(s) lie on no face's completion box and were left as they were", uncovered)
     return PhotoResult(results, len(found), completed, uncovered, covered, boxes)
+
+
+def complete_image(completer: Completer, image: np.ndarray, mask_spec: str | np.ndarray, align: str = "auto",
+                   seed: int = 0, samples: int = 1, blend: str = "none") -> tuple[list[np.ndarray], int]:
+    """The one entry for any input: (completions, faces found). ``align="auto"``: a 178x218
+    CelebA-aligned face goes straight to the model (faces found = 1), anything else through
+    detection and alignment; ``"none"``: the whole image is taken as the face."""
+    if align not in ("auto", "none"):
+        raise ValueError(f"unknown align '{align}' (valid: auto, none)")
+    h, w = image.shape[:2]
+    if align == "auto" and not layout.is_aligned_size(w, h):
+        done = complete_photo(completer, image, mask_spec, seed=seed, samples=samples, blend=blend)
+        return done.images, done.faces
+    mask = masks.from_spec(mask_spec, w, h) if isinstance(mask_spec, str) else mask_spec
+    return completer.complete(image, mask, seed=seed, samples=samples, blend=blend), 1

@@ -189,3 +189,21 @@ def test_parsing_training_learns_the_labels(tmp_path, face_files, smoke_cfg):
     target = np.stack([b["labels"].numpy() for b in batch])
     assert (pred == target).mean() > 0.6  # background+skin alone are ~70%: it must have learnt the layout
     assert read_gray(tmp_path / "labels" / f"{files[0].stem}.png").shape == (218, 178)
+
+
+def test_stage3_loads_the_shipped_parsing_network_frozen(smoke_cfg):
+    """Stage 3 by default: the shipped parsing weights, eval mode, no gradients, in no optimizer."""
+    from facecomp.parse import DEFAULT_PARSING
+    from facecomp.train.loop import build_models
+
+    if not DEFAULT_PARSING.is_file():
+        pytest.fail(f"the shipped parsing weights are missing: {DEFAULT_PARSING}")
+    models = build_models(smoke_cfg, 3, torch.device("cpu"))
+    net = models.parsing
+    assert net is not None and not net.training and not any(p.requires_grad for p in net.parameters())
+    from facecomp.train import checkpoint as ck
+
+    meta = ck.read_metadata(DEFAULT_PARSING)
+    assert meta["kind"] == "parsing" and meta.get("trained") is True
+    owned = {id(p) for m in (models.generator, models.d_local, models.d_global) for p in m.parameters()}
+    assert not owned & {id(p) for p in net.parameters()}

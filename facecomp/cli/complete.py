@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from facecomp import images, layout, masks
+from facecomp import images, masks
 
 
 def add_parser(sub) -> None:
@@ -54,6 +54,7 @@ def _outputs(path: Path, args: argparse.Namespace) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     from facecomp.complete import Completer
+    from facecomp.wild import complete_image
 
     paths = _inputs(args.inputs)
     if args.output and len(paths) > 1:
@@ -68,17 +69,10 @@ def run(args: argparse.Namespace) -> int:
     for path in paths:
         try:
             image = images.read_rgb(path)
-            h, w = image.shape[:2]
-            if args.align == "auto" and not layout.is_aligned_size(w, h):
-                from facecomp.wild import complete_photo
-
-                done = complete_photo(completer, image, args.mask, seed=args.seed, samples=args.samples,
-                                      blend=args.blend)
-                results = done.images
-                print(f"{path}: {done.faces} face(s) found, {done.completed} completed", file=sys.stderr)
-            else:
-                mask = masks.from_spec(args.mask, w, h)
-                results = completer.complete(image, mask, seed=args.seed, samples=args.samples, blend=args.blend)
+            results, found = complete_image(completer, image, args.mask, args.align, seed=args.seed,
+                                            samples=args.samples, blend=args.blend)
+            if found > 1:
+                print(f"{path}: {found} faces found", file=sys.stderr)
         except ValueError as e:
             if len(paths) == 1:
                 raise

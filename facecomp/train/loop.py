@@ -50,7 +50,10 @@ def load_parsing(cfg: Config) -> nn.Module:
     """The frozen parsing network of the stage-3 loss: parsing.weights, or the shipped one."""
     from facecomp.parse import load_parsing_net
 
-    return load_parsing_net(cfg.parsing.weights or None)
+    try:
+        return load_parsing_net(cfg.parsing.weights or None)
+    except ValueError as e:
+        raise ValueError(f"stage 3 needs face-parsing weights: {e}") from None
 
 
 def weights_meta(cfg: Config, name: str, stage: int, step: int) -> dict:
