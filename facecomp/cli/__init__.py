@@ -10,10 +10,11 @@ from facecomp.cli import complete as complete_cli
 from facecomp.cli import demo as demo_cli
 from facecomp.cli import eval as eval_cli
 from facecomp.cli import parsing as parsing_cli
+from facecomp.cli import serve as serve_cli
 from facecomp.cli import train as train_cli
 from facecomp.faces import FaceToolsMissing
 
-SUBCOMMANDS = (train_cli, complete_cli, eval_cli, parsing_cli, demo_cli)
+SUBCOMMANDS = (train_cli, complete_cli, eval_cli, parsing_cli, demo_cli, serve_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,38 @@
+"""`facecomp serve`: the brush page and the HTTP API."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("serve", help="web page to brush a mask on your photo, and an HTTP API",
+                       description="Serves a page (open a photo, brush or pick O1-O6, complete) and the API: "
+                       "POST /v1/complete, GET /healthz, GET /v1/model, OpenAPI at /docs and /openapi.json. "
+                       "Needs the 'serve' extra (and 'faces' for unaligned photos).")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model", help="generator weights (default: the shipped model)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--workers", type=int, default=1, help="server processes, each with its own model")
+    p.add_argument("--max-pending", type=int, default=8, help="requests in flight per worker before 503")
+    p.add_argument("--max-upload-mb", type=float, default=10.0)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    try:
+        import uvicorn
+    except ImportError:
+        raise ValueError("facecomp serve needs the 'serve' extra: pip install 'facecomp[serve]'") from None
+    if args.workers < 1 or args.max_pending < 1:
+        raise ValueError("--workers and --max-pending must be at least 1")
+    # uvicorn's workers import the app by name; the settings travel in the environment.
+    os.environ["FACECOMP_SERVE"] = repr({"model": args.model, "device": args.device, "max_pending": args.max_pending,
+                                         "max_upload_bytes": int(args.max_upload_mb * 1024 * 1024)})
+    print(f"facecomp: serving on http://{args.host}:{args.port}/ (API docs at /docs)")
+    uvicorn.run("facecomp.serve.main:app", host=args.host, port=args.port, workers=args.workers,
+                factory=True, log_level="info")
+    return 0

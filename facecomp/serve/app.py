@@ -1,0 +1,251 @@
+"""`facecomp serve`: the brush page and the HTTP API (FastAPI on uvicorn).
+
+Requests are decoded and checked in the request's own thread; the model runs in one inference slot
+per worker process (``Runner``), which holds the model loaded once. Work in flight is bounded: a
+request that finds ``max_pending`` others admitted gets 503 with ``Retry-After`` at once, so a burst
+cannot pile up images in memory. Every bad input is a 4xx with ``{"error": "<one line>"}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from facecomp import masks
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).resolve().parent / "static"
+BLENDS = ("none", "poisson", "both")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    model: str | None = None  # generator weights; None = the shipped model
+    device: str = "cpu"
+    max_upload_bytes: int = 10 * 1024 * 1024
+    max_pixels: int = 12_000_000  # a 4000x3000 photo
+    max_samples: int = 8
+    max_pending: int = 8  # requests admitted at once (running + waiting for the model)
+    retry_after_s: int = 1
+
+
+class BadRequest(ValueError):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def decode_image(data: bytes, max_pixels: int, what: str, mode: str = "RGB") -> np.ndarray:
+    """Bytes of an image file -> [H, W, 3] (or [H, W] for mode 'L') uint8; BadRequest otherwise."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise BadRequest(400, f"{what}: empty upload")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                w, h = img.size
+                if w * h > max_pixels:
+                    raise BadRequest(413, f"{what}: {w}x{h} is over the {max_pixels:,}-pixel limit")
+                img.load()
+                return np.asarray(img.convert(mode))
+    except BadRequest:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise BadRequest(413, f"{what}: over the pixel limit (decompression bomb?)") from None
+    except UnidentifiedImageError:
+        raise BadRequest(415, f"{what}: not an image (PNG, JPEG, WebP, BMP or TIFF expected)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise BadRequest(400, f"{what}: corrupt or truncated image ({e})") from None
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class Runner:
+    """The model, loaded once, behind a bounded admission gate and one inference slot."""
+
+    def __init__(self, cfg: ServeConfig):
+        from facecomp.complete import Completer
+
+        self.cfg = cfg
+        self.completer = Completer(cfg.model, device=cfg.device)
+        self._admit = threading.BoundedSemaphore(cfg.max_pending)
+        self._model = threading.Lock()  # torch already uses every core for one forward pass
+        self.served = 0
+        self.rejected = 0
+
+    def try_admit(self) -> bool:
+        ok = self._admit.acquire(blocking=False)
+        if not ok:
+            self.rejected += 1
+        return ok
+
+    def release(self) -> None:
+        self._admit.release()
+
+    def complete(self, image: np.ndarray, mask: np.ndarray, seed: int = 0, samples: int = 1,
+                 blend: str = "none") -> list[np.ndarray]:
+        """Completer.complete through the single inference slot (the wild path calls this per face)."""
+        with self._model:
+            return self.completer.complete(image, mask, seed=seed, samples=samples, blend=blend)
+
+
+def model_facts(runner: Runner) -> dict:
+    from facecomp.complete import DEFAULT_WEIGHTS
+    from facecomp.train import checkpoint as ck
+
+    path = Path(runner.cfg.model) if runner.cfg.model else DEFAULT_WEIGHTS
+    if path.is_dir():
+        path = path / "generator.safetensors"
+    meta = ck.read_metadata(path) if path.is_file() else {}
+    gen = runner.completer.generator
+    return {"weights": path.name, "shipped": path == DEFAULT_WEIGHTS, "sha256": meta.get("sha256"),
+            "stage": meta.get("stage"), "step": meta.get("step"), "config": meta.get("config"),
+            "parameters": sum(p.numel() for p in gen.parameters()), "image_size": gen.cfg.image_size,
+            "masks": {k: masks.OCCLUSION_NAMES[k] for k in masks.OCCLUSIONS},
+            "card": "MODEL_CARD.md (trained on CelebA: non-commercial research use only)",
+            "limits": {"max_upload_bytes": runner.cfg.max_upload_bytes, "max_pixels": runner.cfg.max_pixels,
+                       "max_samples": runner.cfg.max_samples, "max_pending": runner.cfg.max_pending}}
+
+
+def create_app(cfg: ServeConfig, runner: Runner | None = None):
+    from facecomp.wild import complete_image
+
+    runner = runner or Runner(cfg)
+    app = FastAPI(title="facecomp", version="1", description="Generative face completion (Li et al., CVPR 2017): "
+                  "complete the masked region of a face photo.")
+    app.state.runner = runner
+
+    def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ())[1:]) or "request"
+        return error(422, f"{where}: {first.get('msg', 'invalid request')}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        return error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception):  # a bug must not take the server down
+        log.exception("unexpected error")
+        return error(500, f"internal error: {type(exc).__name__}")
+
+    @app.middleware("http")
+    async def _limit_size(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > cfg.max_upload_bytes + 64 * 1024:
+            return error(413, f"upload of {int(length):,} bytes is over the {cfg.max_upload_bytes:,}-byte limit")
+        return await call_next(request)
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok", "served": runner.served, "rejected_busy": runner.rejected}
+
+    @app.get("/v1/model")
+    async def model():
+        return model_facts(runner)
+
+    @app.post("/v1/complete", responses={200: {"content": {"image/png": {}, "application/json": {}}},
+                                         400: {}, 413: {}, 415: {}, 422: {}, 503: {}})
+    async def complete(
+        image: Annotated[UploadFile, File(description="the photo (PNG, JPEG, WebP, ...)")],
+        mask: Annotated[UploadFile | None, File(description="mask of the photo's size, white = missing")] = None,
+        preset: Annotated[str | None, Form(description="O1..O6 instead of a mask image")] = None,
+        seed: Annotated[int, Form()] = 0,
+        samples: Annotated[int, Form(description="completions from different noise")] = 1,
+        blend: Annotated[str, Form(description="none, poisson or both")] = "none",
+        align: Annotated[str, Form(description="auto (detect + align unaligned photos) or none")] = "auto",
+        format: Annotated[str, Form(description="png (one image) or json (base64 PNGs)")] = "png",
+    ):
+        try:
+            if not 1 <= samples <= cfg.max_samples:
+                raise BadRequest(422, f"samples must be in 1..{cfg.max_samples}, got {samples}")
+            if blend not in BLENDS:
+                raise BadRequest(422, f"blend must be one of {', '.join(BLENDS)}, got '{blend}'")
+            if format not in ("png", "json"):
+                raise BadRequest(422, f"format must be png or json, got '{format}'")
+            if format == "png" and (samples > 1 or blend == "both"):
+                raise BadRequest(422, "format=png returns one image: use format=json for several")
+            if align not in ("auto", "none"):
+                raise BadRequest(422, f"align must be auto or none, got '{align}'")
+            if (mask is None) == (not preset):
+                raise BadRequest(422, "give either a mask image or a preset (O1..O6)")
+            if preset and preset.upper() not in masks.OCCLUSIONS:
+                raise BadRequest(422, f"unknown preset '{preset}' (valid: {', '.join(masks.OCCLUSIONS)})")
+            photo_bytes = await image.read(cfg.max_upload_bytes + 1)
+            if len(photo_bytes) > cfg.max_upload_bytes:
+                raise BadRequest(413, f"image is over the {cfg.max_upload_bytes:,}-byte limit")
+            mask_bytes = await mask.read(cfg.max_upload_bytes + 1) if mask is not None else None
+            if mask_bytes is not None and len(mask_bytes) > cfg.max_upload_bytes:
+                raise BadRequest(413, f"mask is over the {cfg.max_upload_bytes:,}-byte limit")
+        except BadRequest as e:
+            return error(e.status, str(e))
+        if not runner.try_admit():
+            return error(503, "busy: too many requests in flight, retry shortly",
+                         headers={"Retry-After": str(cfg.retry_after_s)})
+        try:
+            started = time.perf_counter()
+            outs, faces = await run_in_threadpool(_complete_sync, runner, cfg, photo_bytes, mask_bytes, preset,
+                                                  seed, samples, blend, align, complete_image)
+            runner.served += 1
+        except BadRequest as e:
+            return error(e.status, str(e))
+        except ValueError as e:  # the library's one-line user errors (no face, empty mask, ...)
+            return error(422, str(e))
+        finally:
+            runner.release()
+        if format == "png":
+            return Response(png_bytes(outs[0][1]), media_type="image/png", headers={"X-Faces": str(faces)})
+        return {"faces": faces, "seconds": round(time.perf_counter() - started, 3),
+                "images": [{"sample": k % samples, "blend": b, "png_base64": base64.b64encode(png_bytes(img)).decode()}
+                           for k, (b, img) in enumerate(outs)]}
+
+    return app
+
+
+def _complete_sync(runner: Runner, cfg: ServeConfig, photo_bytes: bytes, mask_bytes: bytes | None,
+                   preset: str | None, seed: int, samples: int, blend: str, align: str, complete_image):
+    photo = decode_image(photo_bytes, cfg.max_pixels, "image")
+    if mask_bytes is not None:
+        m = decode_image(mask_bytes, cfg.max_pixels, "mask", mode="L")
+        if m.shape != photo.shape[:2]:
+            raise BadRequest(422, f"mask is {m.shape[1]}x{m.shape[0]} but the image is "
+                             f"{photo.shape[1]}x{photo.shape[0]}")
+        spec: str | np.ndarray = (m > 127).astype(np.float32)
+    else:
+        spec = preset.upper()
+    outs: list[tuple[str, np.ndarray]] = []
+    for b in (("none", "poisson") if blend == "both" else (blend,)):
+        imgs, faces = complete_image(runner, photo, spec, align, seed=seed, samples=samples, blend=b)
+        outs += [(b, img) for img in imgs]
+    return outs, faces

@@ -1,0 +1,217 @@
+"""`facecomp serve`: real HTTP on loopback against a server the tests start, and a real browser."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facecomp import faces, masks
+from facecomp.images import read_rgb
+
+from .test_complete import generator_weights  # noqa: F401  (module-scoped fixture)
+
+pytest.importorskip("fastapi", reason="needs the 'serve' extra")
+httpx = pytest.importorskip("httpx", reason="needs httpx (the 'test' extra)")
+ARTIFACTS = Path(os.environ.get("FACECOMP_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "runs" /
+                                "test-artifacts"))
+
+
+def png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def unpng(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def server(generator_weights):  # noqa: F811
+    import uvicorn
+
+    from facecomp.serve.app import ServeConfig, create_app
+
+    cfg = ServeConfig(model=str(generator_weights), max_upload_bytes=2 * 1024 * 1024, max_pixels=4_000_000,
+                      max_samples=4, max_pending=2)
+    app = create_app(cfg)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not srv.started:
+        assert time.time() < deadline, "server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", app
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def face(face_files):
+    return face_files[0], read_rgb(face_files[0])
+
+
+def post(url: str, image: bytes | None, **fields) -> httpx.Response:
+    files = {}
+    if image is not None:
+        files["image"] = ("face.png", image, "image/png")
+    if "mask_png" in fields:
+        files["mask"] = ("mask.png", fields.pop("mask_png"), "image/png")
+    return httpx.post(f"{url}/v1/complete", files=files, data={k: str(v) for k, v in fields.items()}, timeout=120)
+
+
+def test_health_model_and_schema(server):
+    url, _ = server
+    assert httpx.get(f"{url}/healthz").json()["status"] == "ok"
+    model = httpx.get(f"{url}/v1/model").json()
+    assert model["parameters"] > 0 and model["image_size"] == 128 and set(model["masks"]) == set(masks.OCCLUSIONS)
+    schema = httpx.get(f"{url}/openapi.json").json()
+    assert "/v1/complete" in schema["paths"]
+    page = httpx.get(f"{url}/")
+    assert page.status_code == 200 and "Complete" in page.text and "text/html" in page.headers["content-type"]
+
+
+def test_preset_completion_changes_only_the_hole(server, face):
+    url, _ = server
+    _, img = face
+    r = post(url, png(img), preset="O3")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png", r.text
+    out = unpng(r.content)
+    hole = masks.occlusion("O3", img.shape[1], img.shape[0]) > 0.5
+    assert out.shape == img.shape and np.array_equal(out[~hole], img[~hole]) and (out[hole] != img[hole]).any()
+
+
+def test_json_samples_and_both_blends(server, face):
+    url, _ = server
+    _, img = face
+    mask = np.zeros(img.shape[:2], np.uint8)
+    mask[150:170, 70:110] = 255  # the mouth
+    r = post(url, png(img), mask_png=png(mask), samples=2, blend="both", format="json", seed=3)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [(i["sample"], i["blend"]) for i in body["images"]] == [(0, "none"), (1, "none"), (0, "poisson"),
+                                                                   (1, "poisson")]
+    outs = [unpng(base64.b64decode(i["png_base64"])) for i in body["images"]]
+    for out in outs:
+        assert np.array_equal(out[mask == 0], img[mask == 0])
+    assert not np.array_equal(outs[0], outs[1])  # different noise, different completions
+
+
+@pytest.mark.parametrize("fields,status,words", [
+    ({}, 422, "either a mask image or a preset"),
+    ({"preset": "O9"}, 422, "unknown preset"),
+    ({"preset": "O3", "samples": 99}, 422, "samples must be in 1..4"),
+    ({"preset": "O3", "samples": 2}, 422, "format=json"),
+    ({"preset": "O3", "blend": "sharpen"}, 422, "blend must be"),
+    ({"preset": "O3", "seed": "abc"}, 422, "seed"),
+])
+def test_bad_fields(server, face, fields, status, words):
+    url, _ = server
+    r = post(url, png(face[1]), **fields)
+    assert r.status_code == status and words in r.json()["error"], r.text
+
+
+def test_bad_images(server, face):
+    url, _ = server
+    img = face[1]
+    cases = [
+        (post(url, b"this is text, not a picture", preset="O3"), 415, "not an image"),
+        (post(url, png(img)[:300], preset="O3"), 400, "corrupt or truncated"),
+        (post(url, b"", preset="O3"), 400, "empty upload"),
+        (post(url, png(np.zeros((2100, 2100, 3), np.uint8)), preset="O3"), 413, "pixel limit"),
+        (post(url, os.urandom(3 * 1024 * 1024), preset="O3"), 413, "byte limit"),
+        (post(url, png(img), mask_png=png(np.full((10, 10), 255, np.uint8))), 422, "but the image is"),
+        (post(url, png(img), mask_png=png(np.zeros(img.shape[:2], np.uint8))), 422, "mask is empty"),
+        (post(url, None, preset="O3"), 422, "image"),
+    ]
+    for r, status, words in cases:
+        assert r.status_code == status and words in r.json()["error"], (status, r.status_code, r.text)
+    assert httpx.get(f"{url}/healthz").status_code == 200  # still serving
+
+
+@pytest.mark.skipif(not faces.available(), reason="needs the 'faces' extra")
+def test_unaligned_photo_and_no_face(server, celeba):
+    url, _ = server
+    wild = sorted((celeba.parent / "celeba_wild" / "img_celeba").glob("*.jpg"))[:1]
+    if not wild:
+        pytest.skip("no wild photos")
+    photo = read_rgb(wild[0])
+    r = post(url, png(photo), preset="O6", format="json")
+    assert r.status_code == 200 and r.json()["faces"] >= 1, r.text
+    r = post(url, png(np.full((300, 400, 3), 200, np.uint8)), preset="O3")
+    assert r.status_code == 422 and "no face found" in r.json()["error"]
+
+
+def test_busy_server_says_503_with_retry_after(server, face):
+    url, app = server
+    runner = app.state.runner
+    taken = 0
+    while runner._admit.acquire(blocking=False):  # fill every admission slot, as a burst would
+        taken += 1
+    try:
+        r = post(url, png(face[1]), preset="O4")
+        assert r.status_code == 503 and r.headers["retry-after"] == "1" and "busy" in r.json()["error"]
+    finally:
+        for _ in range(taken):
+            runner._admit.release()
+    assert post(url, png(face[1]), preset="O4").status_code == 200
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(chromium() is None, reason="needs Debian's chromium (scripts/test.sh installs it)")
+def test_browser_brush_and_complete(server, face):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (the 'test' extra)")
+    url, _ = server
+    path, img = face
+    h, w = img.shape[:2]
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium(), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.goto(url)
+            page.set_input_files("#file", str(path))
+            page.wait_for_function("document.getElementById('status').textContent.includes('brush over')")
+            box = page.locator("#maskView").bounding_box()
+            sx, sy = box["width"] / w, box["height"] / h
+            y = 112  # the eyes of an aligned CelebA face
+            page.mouse.move(box["x"] + 60 * sx, box["y"] + y * sy)
+            page.mouse.down()
+            for x in range(60, 121, 10):
+                page.mouse.move(box["x"] + x * sx, box["y"] + y * sy)
+            page.mouse.up()
+            page.click("#complete")
+            page.wait_for_selector("figure[data-blend='none'] img", timeout=120_000)
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "serve_page.png"), full_page=True)
+            src = page.locator("figure[data-blend='none'] img").first.get_attribute("src")
+        finally:
+            browser.close()
+    out = unpng(base64.b64decode(src.split(",", 1)[1]))
+    changed = (out != img).any(2)
+    ys, xs = np.nonzero(changed)
+    assert changed.sum() > 200, "the brushed region was not completed"
+    radius = 28 / 2 / min(sx, sy) + 2  # brush of 28 screen px
+    assert ys.min() >= y - radius and ys.max() <= y + radius
+    assert xs.min() >= 60 - radius and xs.max() <= 120 + radius
