@@ -32,3 +32,15 @@ def tune_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = 1 << 30)
     ok = bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
     log.debug("malloc tuning %s", "applied" if ok else "refused")
     return ok
+
+
+def start(rt) -> torch.device:  # noqa: F821  (torch imported lazily: this module stays light)
+    """Apply a RuntimeConfig for a training process: thread count, allocator; the device to use."""
+    import torch
+
+    device = torch.device(rt.device)
+    if rt.threads > 0:
+        torch.set_num_threads(rt.threads)
+    if rt.tune_malloc and device.type == "cpu":
+        tune_allocator()
+    return device

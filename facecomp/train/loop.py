@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from facecomp import config as config_mod
+from facecomp import runtime
 from facecomp.config import Config
 from facecomp.data.celeba import CelebAIndex
 from facecomp.data.pipeline import build_loader
 from facecomp.models import Generator, build_discriminators
-from facecomp.runtime import tune_allocator
 from facecomp.train import checkpoint as ck
 from facecomp.train.stages import STAGES, check_stage
 from facecomp.train.step import Models, OptimizerUpdater, train_step
@@ -90,11 +90,7 @@ def train(cfg: Config, stage: int, data_root: str | Path, run_dir: str | Path, i
           resume: bool = False, progress: bool = True) -> RunResult:
     check_stage(stage)
     run_dir = Path(run_dir)
-    device = torch.device(cfg.runtime.device)
-    if cfg.runtime.threads > 0:
-        torch.set_num_threads(cfg.runtime.threads)
-    if cfg.runtime.tune_malloc and device.type == "cpu":
-        tune_allocator()
+    device = runtime.start(cfg.runtime)
 
     start_step, skipped, images_seen, seconds, wall = 0, 0, 0, 0.0, 0.0
     ckpt = None

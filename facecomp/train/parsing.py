@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from facecomp import config as config_mod
+from facecomp import runtime
 from facecomp.config import Config
 from facecomp.data.celeba import CelebAIndex
 from facecomp.data.parsing import eval_loader, labelled_pairs, train_loader
@@ -27,16 +28,11 @@ from facecomp.data.pipeline import Augment
 from facecomp.eval.parsing_scores import confusion, f_scores, mean_iou
 from facecomp.images import read_gray
 from facecomp.models.parsing import LABELS, ParsingNet
-from facecomp.runtime import tune_allocator
 from facecomp.train import checkpoint as ck
+from facecomp.train.step import autocast
 
 log = logging.getLogger(__name__)
 SIZE = 128
-
-
-def autocast(cfg: Config, device: torch.device):
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.runtime.amp)
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 def class_weights(pairs: list[tuple[Path, Path]], power: float, num_classes: int, sample: int = 400) -> torch.Tensor:
@@ -64,11 +60,7 @@ def train_parsing(cfg: Config, data_root: str | Path, run_dir: str | Path, resum
                   progress: bool = True) -> ParsingRun:
     pt = cfg.parsing_train
     run_dir = Path(run_dir)
-    device = torch.device(cfg.runtime.device)
-    if cfg.runtime.threads > 0:
-        torch.set_num_threads(cfg.runtime.threads)
-    if cfg.runtime.tune_malloc and device.type == "cpu":
-        tune_allocator()
+    device = runtime.start(cfg.runtime)
 
     files = CelebAIndex.open(data_root).files(cfg.data.partition, cfg.data.limit)
     pairs = labelled_pairs(files, pt.labels)
