@@ -207,3 +207,35 @@ def test_stage3_loads_the_shipped_parsing_network_frozen(smoke_cfg):
     assert meta["kind"] == "parsing" and meta.get("trained") is True
     owned = {id(p) for m in (models.generator, models.d_local, models.d_global) for p in m.parameters()}
     assert not owned & {id(p) for p in net.parameters()}
+
+
+def test_shipped_network_beats_the_per_pixel_prior_on_held_out_faces(celeba, detector):
+    """Labels drawn on the fly: a prior from 16 train faces vs the shipped network on 8 val faces."""
+    from facecomp.data.celeba import CelebAIndex
+    from facecomp.parse import DEFAULT_PARSING, load_parsing_net
+
+    index = CelebAIndex.open(celeba)
+
+    def crops(files):
+        out = []
+        for f in files:
+            rgb = read_rgb(f)
+            found = detector(rgb)
+            if found is not None:
+                out.append(warp_pair(rgb, draw_labels(rgb, found.points), 128))
+        return out
+
+    train = crops(index.files("train")[::300][:16])
+    prior = np.stack([np.bincount(col, minlength=len(LABELS)) for col in
+                      np.stack([lbl for _, lbl in train]).reshape(len(train), -1).T]).argmax(1).reshape(128, 128)
+    val = crops(index.files("val")[::100][:8])
+    net = load_parsing_net(DEFAULT_PARSING)
+    from facecomp.images import to_tensor
+
+    with torch.no_grad():
+        pred = net(torch.stack([to_tensor(face) for face, _ in val])).argmax(1).numpy()
+    target = np.stack([lbl for _, lbl in val])
+    ours = f_scores(confusion(pred, target))
+    base = f_scores(confusion(np.broadcast_to(prior, target.shape), target))
+    assert ours["overall"] > 0.75 and ours["overall"] > base["overall"] + 0.1, (ours["overall"], base["overall"])
+    assert mean_iou(confusion(pred, target)) > mean_iou(confusion(np.broadcast_to(prior, target.shape), target))
