@@ -178,7 +178,21 @@ def test_recognition_command(celeba, generator_weights, tmp_path):  # noqa: F811
                         "--data", str(celeba), "--limit", "120", "--masks", "O4", "--probes-per-identity", "1",
                         "--out", str(out), "--no-progress"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    res = json.loads((out / "recognition.json").read_text())
-    assert res["methods"] == ["original", "noise", "telea", "smoke"] and res["gallery"] >= 2
+    res = json.loads((out / "results.json").read_text())
+    assert res["methods"] == ["original", "noise", "telea", "smoke"] and res["identities"] >= 2
+    assert (out / "recognition.png").stat().st_size > 1000
     s = res["summary"]["O4"]
     assert s["original"]["top5"] >= 0.8 and all(0 <= s[m]["top1"] <= s[m]["top5"] <= 1 for m in res["methods"])
+
+
+def test_recognition_split_is_disjoint_and_seeded(celeba):
+    from facecomp.data.celeba import CelebAIndex
+    from facecomp.eval.recognition import split_gallery
+
+    index = CelebAIndex.open(celeba)
+    files = index.files("val")
+    g, gi, p, pi = split_gallery(files, index.identity, seed=0)
+    assert not set(g) & set(p) and len(g) + len(p) == len(files)
+    assert set(gi) == set(pi) and all(index.identity(f) == i for f, i in zip(g + p, gi + pi, strict=True))
+    assert split_gallery(files, index.identity, seed=0) == (g, gi, p, pi)
+    assert split_gallery(files, index.identity, seed=1)[0] != g

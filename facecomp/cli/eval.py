@@ -53,6 +53,7 @@ def add_parser(sub) -> None:
     _common(r)
     r.add_argument("--masks", default="O1,O2,O3,O4,O5,O6")
     r.add_argument("--probes-per-identity", type=int, default=0, help="at most N probes per identity (0 = all)")
+    r.add_argument("--seed", type=int, default=0, help="seed of the gallery/probe split")
     r.set_defaults(func=run_recognition)
     i = esub.add_parser("identity", help="sanity check of the identity embedding: same vs other identity",
                         description="Mean embedding distance between faces of the same identity and of different "
@@ -179,10 +180,10 @@ def run_recognition(args: argparse.Namespace) -> int:
     if not index.identity_of:
         raise ValueError(f"{args.data}: no identity_CelebA.txt, so no identities to recognise")
     result = recognition.run(_methods(args), _files(args), index.identity, _masks(args.masks),
-                             args.probes_per_identity, progress=not args.no_progress)
+                             args.probes_per_identity, progress=not args.no_progress, seed=args.seed)
     recognition.write(result, Path(args.out))
     print(recognition.markdown(result))
-    print(f"wrote {Path(args.out) / 'recognition.md'}, recognition.json")
+    print(f"wrote {Path(args.out) / 'recognition.md'}, results.json, recognition.png")
     return 0
 
 

@@ -1,10 +1,11 @@
 """Recognition of completed faces (the paper's Fig. 11): top-1/3/5 of occluded, then completed, probes.
 
-Gallery: the first face of every identity, unoccluded. Probes: that identity's other faces with a
-mask Ox, completed by each method (the "noise" baseline is the occluded probe itself, as the paper's
-lower bound). Each probe's embedding is ranked against the gallery by dlib's 128-D embedding
-distance (``facecomp.eval.identity``); a hit at rank k counts for top-k. The probe is aligned with
-landmarks of its unoccluded original, so detection failures on occluded faces do not enter.
+Each identity's faces are split in halves by a seeded shuffle: the gallery half unoccluded, the
+probe half masked with Ox and completed by each method (the "noise" baseline is the occluded probe
+itself, the lower bound; "original" the unmasked probe, the upper bound). Identities are ranked for
+a probe by their nearest gallery face in dlib's 128-D embedding (``facecomp.eval.identity``); a hit
+within the first k counts for top-k. A probe is aligned with the landmarks of its unoccluded
+original, so detection failures on occluded faces do not enter.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from facecomp.images import read_rgb
 TOP_K = (1, 3, 5)
 
 
-def split_gallery(files: list[Path], identity_of) -> tuple[list[Path], list[int], list[Path], list[int]]:
-    """First face of each identity to the gallery, the rest are probes."""
+def split_gallery(files: list[Path], identity_of, seed: int = 0) -> tuple[list[Path], list[int], list[Path], list[int]]:
+    """Per identity (with two or more faces), a seeded shuffle: first half gallery, second half probes."""
     by_id: dict[int, list[Path]] = defaultdict(list)
     for f in files:
         i = identity_of(f)
@@ -34,15 +35,22 @@ def split_gallery(files: list[Path], identity_of) -> tuple[list[Path], list[int]
     ids = sorted(k for k, v in by_id.items() if len(v) >= 2)
     if len(ids) < 2:
         raise ValueError("recognition needs at least two identities with two or more faces each")
-    gallery = [by_id[i][0] for i in ids]
-    probes = [(f, i) for i in ids for f in by_id[i][1:]]
-    return gallery, ids, [p for p, _ in probes], [i for _, i in probes]
+    gallery, gallery_ids, probes, probe_ids = [], [], [], []
+    for i in ids:
+        faces = sorted(by_id[i])
+        order = np.random.default_rng([seed, i]).permutation(len(faces))
+        half = len(faces) // 2
+        gallery += [faces[j] for j in order[:half]]
+        gallery_ids += [i] * half
+        probes += [faces[j] for j in order[half:]]
+        probe_ids += [i] * (len(faces) - half)
+    return gallery, gallery_ids, probes, probe_ids
 
 
 def run(methods: dict[str, Method], files: list[Path], identity_of, mask_names: list[str],
-        probes_per_identity: int = 0, progress: bool = True) -> dict:
+        probes_per_identity: int = 0, progress: bool = True, seed: int = 0) -> dict:
     embedder = IdentityEmbedder()
-    gallery, gallery_ids, probes, probe_ids = split_gallery(files, identity_of)
+    gallery, gallery_ids, probes, probe_ids = split_gallery(files, identity_of, seed)
     if probes_per_identity > 0:
         kept, seen = [], defaultdict(int)
         for p, i in zip(probes, probe_ids, strict=True):
@@ -66,20 +74,23 @@ def run(methods: dict[str, Method], files: list[Path], identity_of, mask_names: 
                 ranks[o][name].append(_rank(embedder.embed(method(image, mask), align), g, gids, true_id))
     summary = {o: {m: {f"top{k}": float(np.mean(np.asarray(r) < k)) for k in TOP_K} for m, r in per.items()}
                for o, per in ranks.items()}
-    return {"gallery": len(gallery), "probes": len(probes), "masks": mask_names,
-            "methods": ["original", *methods], "summary": summary}
+    return {"gallery": len(gallery), "identities": len(set(gallery_ids)), "probes": len(probes), "seed": seed,
+            "masks": mask_names, "methods": ["original", *methods], "summary": summary}
 
 
 def _rank(e: np.ndarray, gallery: np.ndarray, gallery_ids: np.ndarray, true_id: int) -> int:
-    """0-based rank of the true identity among gallery entries sorted by distance."""
+    """0-based rank of the true identity among identities ordered by their nearest gallery face."""
     d = np.linalg.norm(gallery - e, axis=1)
-    order = gallery_ids[np.argsort(d, kind="stable")]
-    return int(np.nonzero(order == true_id)[0][0])
+    seen: list[int] = []
+    for gid in gallery_ids[np.argsort(d, kind="stable")]:
+        if gid not in seen:
+            seen.append(int(gid))
+    return seen.index(true_id)
 
 
 def markdown(result: dict) -> str:
     lines = [f"# Recognition of completed probes: {result['probes']} probes against a gallery of "
-             f"{result['gallery']} identities", "",
+             f"{result['gallery']} faces of {result['identities']} identities", "",
              "Top-k accuracy (dlib 128-D embedding, nearest gallery face). 'original' = unoccluded probe, "
              "'noise' = the occluded probe (noise in the hole).", ""]
     for k in TOP_K:
@@ -92,7 +103,32 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def plot(result: dict, path: Path) -> None:
+    """Grouped bars like the paper's Fig. 11: top-k accuracy per mask, one bar per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(TOP_K), figsize=(5 * len(TOP_K), 3.6), sharey=True)
+    methods, names = result["methods"], result["masks"]
+    width = 0.8 / len(methods)
+    for ax, k in zip(np.atleast_1d(axes), TOP_K, strict=True):
+        for j, m in enumerate(methods):
+            ax.bar(np.arange(len(names)) + j * width, [result["summary"][o][m][f"top{k}"] for o in names], width,
+                   label=m)
+        ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names)
+        ax.set_title(f"top-{k}")
+        ax.set_ylim(0, 1)
+    np.atleast_1d(axes)[0].set_ylabel("accuracy")
+    np.atleast_1d(axes)[-1].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write(result: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "recognition.json").write_text(json.dumps(result, indent=2))
+    (out / "results.json").write_text(json.dumps(result, indent=2))
     (out / "recognition.md").write_text(markdown(result))
+    plot(result, out / "recognition.png")
