@@ -6,6 +6,7 @@ one line that names the file, so callers can skip, count or report it.
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -17,25 +18,39 @@ MAX_PIXELS = 40_000_000
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
+class ImageTooLarge(ValueError):
+    """Over the pixel limit (or a decompression bomb)."""
+
+
+class NotAnImage(ValueError):
+    """Data Pillow does not recognise as any image format."""
+
+
+def decode(data: bytes, mode: str = "RGB", max_pixels: int = MAX_PIXELS, name: str = "image") -> np.ndarray:
+    """Image file bytes -> [H, W, 3] ('RGB') or [H, W] ('L') uint8. Failures are one-line
+    ``ValueError``s naming ``name``: ImageTooLarge, NotAnImage, or a plain one for corrupt data."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                w, h = img.size
+                if w * h > max_pixels:
+                    raise ImageTooLarge(f"{name}: {w}x{h} is over the {max_pixels:,}-pixel limit")
+                img.load()  # decode now: a truncated file fails here, not later
+                return np.asarray(img.convert(mode))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageTooLarge(f"{name}: refused, over the {max_pixels:,}-pixel limit (decompression bomb?)") from None
+    except UnidentifiedImageError:
+        raise NotAnImage(f"{name}: not an image Pillow can read") from None
+    except (OSError, SyntaxError) as e:  # Pillow reports truncated/corrupt data as OSError
+        raise ValueError(f"{name}: corrupt or truncated image ({e})") from None
+
+
 def _open(path: str | Path, mode: str) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                w, h = img.size
-                if w * h > MAX_PIXELS:
-                    raise ValueError(f"{path}: {w}x{h} is over the {MAX_PIXELS:,}-pixel limit")
-                img.load()  # decode now: a truncated file fails here, not later
-                return np.asarray(img.convert(mode))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ValueError(f"{path}: refused, over the {MAX_PIXELS:,}-pixel limit (decompression bomb?)") from None
-    except UnidentifiedImageError:
-        raise ValueError(f"{path}: not an image Pillow can read") from None
-    except (OSError, SyntaxError) as e:  # Pillow reports truncated/corrupt data as OSError
-        raise ValueError(f"{path}: corrupt or truncated image ({e})") from None
+    return decode(path.read_bytes(), mode, name=str(path))
 
 
 def read_rgb(path: str | Path) -> np.ndarray:

@@ -49,30 +49,19 @@ class BadRequest(ValueError):
 
 
 def decode_image(data: bytes, max_pixels: int, what: str, mode: str = "RGB") -> np.ndarray:
-    """Bytes of an image file -> [H, W, 3] (or [H, W] for mode 'L') uint8; BadRequest otherwise."""
-    import warnings
-
-    from PIL import Image, UnidentifiedImageError
+    """Bytes of an uploaded image -> uint8 array; the library's decode errors as 413 / 415 / 400."""
+    from facecomp import images
 
     if not data:
         raise BadRequest(400, f"{what}: empty upload")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                w, h = img.size
-                if w * h > max_pixels:
-                    raise BadRequest(413, f"{what}: {w}x{h} is over the {max_pixels:,}-pixel limit")
-                img.load()
-                return np.asarray(img.convert(mode))
-    except BadRequest:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise BadRequest(413, f"{what}: over the pixel limit (decompression bomb?)") from None
-    except UnidentifiedImageError:
-        raise BadRequest(415, f"{what}: not an image (PNG, JPEG, WebP, BMP or TIFF expected)") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise BadRequest(400, f"{what}: corrupt or truncated image ({e})") from None
+        return images.decode(data, mode, max_pixels, what)
+    except images.ImageTooLarge as e:
+        raise BadRequest(413, str(e)) from None
+    except images.NotAnImage as e:
+        raise BadRequest(415, str(e)) from None
+    except ValueError as e:
+        raise BadRequest(400, str(e)) from None
 
 
 def png_bytes(image: np.ndarray) -> bytes:
