@@ -57,7 +57,8 @@ class DataConfig:
     rotate: float = 15.0  # max rotation in degrees (the paper: +/- 15)
     scale_min: float = 0.9
     scale_max: float = 1.1
-    workers: int = 0  # DataLoader worker processes
+    workers: int = 0  # DataLoader worker processes (torch) or decode threads (dali; 0 = one per core)
+    loader: str = "torch"  # "torch" (the reference DataLoader) | "dali" (NVIDIA DALI; facecomp[dali])
 
 
 @dataclass(kw_only=True)
@@ -283,5 +284,7 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"runtime.kernels must be auto, native or ref, got '{cfg.runtime.kernels}'")
     if cfg.data.partition not in ("train", "val", "test"):
         raise ValueError(f"data.partition must be train, val or test, got '{cfg.data.partition}'")
+    if cfg.data.loader not in ("torch", "dali"):
+        raise ValueError(f"data.loader must be torch or dali, got '{cfg.data.loader}'")
     if cfg.train.batch_size < 1:
         raise ValueError("train.batch_size must be >= 1")

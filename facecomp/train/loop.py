@@ -20,7 +20,7 @@ from facecomp import config as config_mod
 from facecomp import runtime
 from facecomp.config import Config
 from facecomp.data.celeba import CelebAIndex
-from facecomp.data.pipeline import build_loader
+from facecomp.data.loaders import make_loader
 from facecomp.models import Generator, build_discriminators
 from facecomp.train import checkpoint as ck
 from facecomp.train.stages import STAGES, check_stage
@@ -129,8 +129,7 @@ def train(cfg: Config, stage: int, data_root: str | Path, run_dir: str | Path, i
 
     files = CelebAIndex.open(data_root).files(cfg.data.partition, cfg.data.limit)
     total_steps = cfg.train.stage_steps[stage - 1]
-    loader = build_loader(files, cfg.generator.image_size, cfg.data, cfg.mask, cfg.train.batch_size,
-                          cfg.train.seed, start_step=start_step)
+    loader = make_loader(cfg, files, start_step=start_step, device=device)
 
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
