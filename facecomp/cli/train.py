@@ -18,6 +18,8 @@ def add_parser(sub) -> None:
     p.add_argument("--run-dir", required=True, help="where checkpoints, TensorBoard logs and the config go")
     p.add_argument("--init", help="previous stage's run directory, checkpoint or generator weights to start from")
     p.add_argument("--resume", action="store_true", help="continue this run directory from its latest checkpoint")
+    p.add_argument("--loader", choices=("torch", "dali"),
+                   help="input pipeline: the PyTorch DataLoader or NVIDIA DALI (facecomp[dali]); sets data.loader")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.batch_size=16")
@@ -28,6 +30,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.data:
         overrides.append(f"data.root={_quote(args.data)}")
+    if args.loader:
+        overrides.append(f"data.loader={args.loader}")
     if args.resume and args.init:
         raise ValueError("--resume continues a run; --init starts a new one: pick one")
     if args.resume:
@@ -45,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.init and not Path(args.init).exists():
         raise ValueError(f"--init {args.init}: no such run directory, checkpoint or weights file")
+    if cfg.data.loader == "dali":  # fail before building models when the extra is missing (one-line ValueError)
+        from facecomp.data import dali  # noqa: F401
 
     from facecomp.train.loop import train
 

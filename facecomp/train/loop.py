@@ -93,7 +93,7 @@ def train(cfg: Config, stage: int, data_root: str | Path, run_dir: str | Path, i
     device = runtime.start(cfg.runtime)
 
     start_step, skipped, images_seen, seconds, wall = 0, 0, 0, 0.0, 0.0
-    ckpt = None
+    ckpt, loader_state = None, None
     if resume:
         ckpt = ck.find_checkpoint(run_dir)
         state = ck.read_state(ckpt)
@@ -102,6 +102,7 @@ def train(cfg: Config, stage: int, data_root: str | Path, run_dir: str | Path, i
         start_step, skipped = state["step"], state.get("skipped", 0)
         images_seen, seconds = state.get("images", 0), state.get("seconds", 0.0)
         wall = state.get("wall_seconds", 0.0)
+        loader_state = state.get("loader_state")  # DALI's reader position (text); absent for the torch loader
 
     models = build_models(cfg, stage, device)
     opt_g = torch.optim.Adam(models.generator.parameters(), lr=cfg.optim.lr_g, betas=(cfg.optim.beta1, cfg.optim.beta2))
@@ -129,7 +130,7 @@ def train(cfg: Config, stage: int, data_root: str | Path, run_dir: str | Path, i
 
     files = CelebAIndex.open(data_root).files(cfg.data.partition, cfg.data.limit)
     total_steps = cfg.train.stage_steps[stage - 1]
-    loader = make_loader(cfg, files, start_step=start_step, device=device)
+    loader = make_loader(cfg, files, start_step=start_step, device=device, loader_state=loader_state)
 
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
@@ -141,6 +142,8 @@ def train(cfg: Config, stage: int, data_root: str | Path, run_dir: str | Path, i
     def save(step: int) -> None:
         state = {"stage": stage, "step": step, "skipped": skipped, "images": images_seen, "seconds": seconds,
                  "wall_seconds": wall + time.perf_counter() - started, "config": config_mod.to_dict(cfg)}
+        if hasattr(loader, "state"):  # a loader that keeps its own position (DALI): resume it from there
+            state["loader_state"] = loader.state()
         names = ("generator", "d_local", "d_global")
         mods = {n: (getattr(models, n), weights_meta(cfg, n, stage, step)) for n in names}
         ck.save_checkpoint(run_dir, step, mods, opts, state, keep=cfg.train.keep_checkpoints)
