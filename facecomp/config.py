@@ -139,6 +139,16 @@ class RuntimeConfig:
 
 
 @dataclass(kw_only=True)
+class ClusterConfig:
+    """`facecomp cluster train`: Ray Train launches the workers, DeepSpeed steps G and the Ds (facecomp.cluster)."""
+
+    deepspeed: str = "zero1_fp32"  # a config of cluster/configs/ (zero0|1|2 x fp32|bf16|fp16, ...) or a JSON path
+    cpus_per_worker: int = 1  # Ray's CPU reservation per worker, and its torch threads
+    max_failures: int = 3  # worker failures Ray Train restarts from the last checkpoint (-1 = no limit)
+    keep_checkpoints: int = 2  # newest checkpoints kept in the run's storage (0 = all)
+
+
+@dataclass(kw_only=True)
 class Config:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
@@ -151,6 +161,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     parsing_train: ParsingTrainConfig = field(default_factory=ParsingTrainConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
 def _check_type(key: str, value: Any, hint: Any) -> Any:
@@ -288,3 +299,8 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"data.loader must be torch or dali, got '{cfg.data.loader}'")
     if cfg.train.batch_size < 1:
         raise ValueError("train.batch_size must be >= 1")
+    c = cfg.cluster
+    if not c.deepspeed:
+        raise ValueError("cluster.deepspeed must name a DeepSpeed config (see cluster/configs/)")
+    if c.cpus_per_worker < 1 or c.max_failures < -1 or c.keep_checkpoints < 0:
+        raise ValueError(f"cluster: cpus_per_worker >= 1, max_failures >= -1, keep_checkpoints >= 0; got {c}")

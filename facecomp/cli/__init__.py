@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from facecomp.cli import cluster as cluster_cli
 from facecomp.cli import complete as complete_cli
 from facecomp.cli import demo as demo_cli
 from facecomp.cli import eval as eval_cli
@@ -14,7 +15,7 @@ from facecomp.cli import serve as serve_cli
 from facecomp.cli import train as train_cli
 from facecomp.faces import FaceToolsMissing
 
-SUBCOMMANDS = (train_cli, complete_cli, eval_cli, parsing_cli, demo_cli, serve_cli)
+SUBCOMMANDS = (train_cli, complete_cli, eval_cli, parsing_cli, demo_cli, serve_cli, cluster_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,6 +8,7 @@ Every loss term is gated on its stage weight, so stages are data, not branches.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -82,8 +83,12 @@ def adversarial_ramp(cfg: Config, step: int) -> float:
 
 
 def train_step(models: Models, updaters: dict[str, Updater], batch: dict, cfg: Config, stage: int,
-               step: int) -> StepResult:
-    """One D update (if a D is on) then one G update. ``step`` counts from 0 within the stage."""
+               step: int, agree: Callable[[torch.Tensor], torch.Tensor] | None = None) -> StepResult:
+    """One D update (if a D is on) then one G update. ``step`` counts from 0 within the stage.
+
+    ``agree`` averages a scalar over data-parallel ranks (facecomp.cluster): every rank must take the
+    same D-skip decision, or one rank's engine waits in a gradient all-reduce the others never join.
+    """
     x, m = batch["image"], batch["mask"]  # [N,3,S,S] in [-1,1], [N,1,S,S]
     device = x.device
     w = loss_weights(cfg.loss, stage)
@@ -111,7 +116,8 @@ def train_step(models: Models, updaters: dict[str, Updater], batch: dict, cfg: C
             real = disc(view(x))
             fake = disc(view(y.detach()))
         loss_d = losses.adversarial_d(real, fake, cfg.adversarial.real_label)
-        value = loss_d.item()  # one host sync per D: needed to decide the skip below
+        # one host sync per D: needed to decide the skip below
+        value = (loss_d.detach() if agree is None else agree(loss_d.detach())).item()
         metrics[f"d_{term}"] = value
         # A D that already separates real from fake this well only starves G of gradient
         # (the paper, after [19]): let G catch up first.

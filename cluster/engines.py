@@ -1,0 +1,120 @@
+"""DeepSpeed engines for G, D_local and D_global: one engine each, built from a JSON config.
+
+The JSON files in ``configs/`` say how DeepSpeed runs (ZeRO stage, precision, gradient accumulation,
+clipping); the facecomp config says what is trained (batch, learning rates, betas), so there is one
+place for each. An engine offers ``backward(loss)`` and ``step()``: it is an ``Updater`` of
+:func:`facecomp.train.step.train_step` as it is.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from facecomp.config import Config
+from facecomp.train.step import Models
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+ENGINES = ("g", "d_local", "d_global")  # updater names of facecomp.train.step
+
+
+def config_names() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+
+
+def load_ds_json(name: str) -> dict[str, Any]:
+    """A config of cluster/configs/ by name (``zero1_fp32``), or a JSON file by path."""
+    path = Path(name)
+    if path.suffix != ".json":
+        path = CONFIG_DIR / f"{name}.json"
+    if not path.is_file():
+        raise ValueError(f"cluster.deepspeed '{name}': no such DeepSpeed config "
+                         f"(valid names: {', '.join(config_names())}; or a path to a .json file)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"cluster.deepspeed '{name}': not valid JSON ({e})") from None
+
+
+def deepspeed_config(cfg: Config, lr: float, device: torch.device) -> dict[str, Any]:
+    """The full DeepSpeed config of one engine: the JSON file plus what the facecomp config decides."""
+    ds = copy.deepcopy(load_ds_json(cfg.cluster.deepspeed))
+    for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "optimizer"):
+        if key in ds:
+            raise ValueError(f"cluster.deepspeed '{cfg.cluster.deepspeed}' sets '{key}': the facecomp config "
+                             "owns it (train.batch_size, optim.*)")
+    if ds.get("fp16", {}).get("enabled") and device.type != "cuda":
+        raise ValueError(f"cluster.deepspeed '{cfg.cluster.deepspeed}' is fp16, which needs CUDA workers; "
+                         "use an fp32 or bf16 config on CPU")
+    for prec in ("bf16", "fp16"):
+        if ds.get(prec, {}).get("enabled") and cfg.runtime.amp != prec:
+            # the engine holds the weights in that precision; autocast feeds them the fp32 batch
+            raise ValueError(f"cluster.deepspeed '{cfg.cluster.deepspeed}' trains in {prec}: "
+                             f"set runtime.amp={prec}")
+    # One facecomp step = one micro-batch of train.batch_size per worker; DeepSpeed derives the global
+    # batch (micro x accumulation x world size) itself.
+    ds["train_micro_batch_size_per_gpu"] = cfg.train.batch_size
+    # DeepSpeed's "Adam" is AdamW with weight decay 0.01 unless told otherwise, and its fused kernel
+    # needs a build: ask for torch's own Adam with the plain loop's exact hyper-parameters.
+    ds["optimizer"] = {"type": "Adam", "params": {
+        "lr": lr, "betas": [cfg.optim.beta1, cfg.optim.beta2], "eps": 1e-8, "weight_decay": 0.0,
+        "adam_w_mode": False, "torch_adam": True}}
+    if cfg.optim.grad_clip > 0:
+        ds.setdefault("gradient_clipping", cfg.optim.grad_clip)
+    ds.setdefault("steps_per_print", 10**9)  # facecomp logs its own metrics
+    return ds
+
+
+@dataclass
+class Engines:
+    """The three engines, and the step's view of the models: D through ``engine.module``.
+
+    The G step runs the discriminators with their parameters frozen (facecomp.train.step.frozen);
+    called through its engine, a ZeRO-0 D refuses that backward, so the step sees the bare module.
+    """
+
+    g: Any
+    d_local: Any
+    d_global: Any
+
+    def updaters(self) -> dict[str, Any]:
+        return {"g": self.g, "d_local": self.d_local, "d_global": self.d_global}
+
+    def models(self, parsing: torch.nn.Module | None) -> Models:
+        return Models(generator=self.g, d_local=self.d_local.module, d_global=self.d_global.module, parsing=parsing)
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """Checkpoint names (generator, d_local, d_global) -> the trained modules."""
+        return {"generator": self.g.module, "d_local": self.d_local.module, "d_global": self.d_global.module}
+
+
+def build_engines(models: Models, cfg: Config, device: torch.device) -> Engines:
+    """Wrap the plain modules of ``models`` (already on ``device``) in DeepSpeed engines."""
+    import deepspeed  # after DS_ACCELERATOR is set (facecomp.cluster.worker)
+
+    lrs = {"g": cfg.optim.lr_g, "d_local": cfg.optim.lr_d, "d_global": cfg.optim.lr_d}
+    mods = {"g": models.generator, "d_local": models.d_local, "d_global": models.d_global}
+    engines = {}
+    for name in ENGINES:
+        mod = mods[name]
+        engine, *_ = deepspeed.initialize(model=mod, model_parameters=[p for p in mod.parameters()],
+                                          config=deepspeed_config(cfg, lrs[name], device))
+        engines[name] = engine
+    return Engines(**engines)
+
+
+def make_agree(world_size: int):
+    """The mean of a scalar over all ranks (the D-skip decision of train_step)."""
+    import torch.distributed as dist
+
+    def agree(t: torch.Tensor) -> torch.Tensor:
+        t = t.float().clone()
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t / world_size
+
+    return agree

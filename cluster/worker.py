@@ -1,0 +1,104 @@
+"""The per-worker loop Ray Train runs on every rank: build, wrap in DeepSpeed, (restore | init), step.
+
+It is the loop of facecomp.train.loop cut down to what differs: the models are DeepSpeed engines,
+the data is this rank's shard, and checkpoints go to Ray Train (every rank reports its part; Ray
+merges them into one folder in the run's storage). The step itself is facecomp.train.step.train_step.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from facecomp import config as config_mod
+
+log = logging.getLogger("facecomp.cluster")
+
+
+def _accelerator(device: torch.device) -> None:
+    # DeepSpeed picks its accelerator when first imported; say it, rather than let it guess from the
+    # packages it finds (a CPU worker on a node with CUDA libraries must still use gloo).
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if device.type == "cuda" else "cpu")
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+
+    from facecomp.data.celeba import CelebAIndex
+    from facecomp.data.loaders import make_loader
+    from facecomp.train.loop import build_models, init_from
+    from facecomp.train.step import train_step
+
+    from . import checkpoints
+    from .engines import build_engines, make_agree
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = config_mod.from_dict(config["config"])
+    stage: int = config["stage"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()  # cuda:<local rank> on GPU workers, cpu otherwise
+    _accelerator(device)
+    torch.set_num_threads(cfg.cluster.cpus_per_worker)
+    cfg.runtime.device = str(device)
+
+    models = build_models(cfg, stage, device)
+    ray_ckpt = ray.train.get_checkpoint()
+    if ray_ckpt is None and config.get("init"):
+        # weights only (safetensors), before the engines broadcast rank 0's parameters
+        source = init_from(models, config["init"])
+        if rank == 0:
+            log.info("stage %d initialised from %s", stage, source)
+    engines = build_engines(models, cfg, device)
+    step_models = engines.models(models.parsing)
+    updaters = engines.updaters()
+
+    start_step, images, seconds, restarts = 0, 0, 0.0, []
+    if ray_ckpt is not None:
+        with ray_ckpt.as_directory() as d:
+            state = checkpoints.restore(engines, Path(d), stage)
+        start_step, images, seconds = state["step"], state["images"], state["seconds"]
+        restarts = [*state.get("restarts", []), start_step]
+        if rank == 0:
+            log.info("resumed stage %d at step %d from %s", stage, start_step, ray_ckpt.path)
+
+    files = CelebAIndex.open(cfg.data.root).files(cfg.data.partition, cfg.data.limit)
+    loader = make_loader(cfg, files, start_step=start_step, rank=rank, world_size=world, device=device)
+    agree = make_agree(world)
+    for engine in updaters.values():
+        engine.train()
+
+    total = cfg.train.stage_steps[stage - 1]
+    step, metrics = start_step, {}
+    batches = iter(loader)
+    while step < total:
+        batch = next(batches)
+        # A rank whose whole batch was unreadable still takes the step (an empty one is not possible:
+        # the engines' collectives need every rank), so the pipeline's None batch is an error here.
+        if batch["image"] is None:
+            raise ValueError(f"rank {rank}: every image of batch {step} is unreadable")
+        tick = time.perf_counter()
+        batch = {**batch, "image": batch["image"].to(device), "mask": batch["mask"].to(device)}
+        metrics = train_step(step_models, updaters, batch, cfg, stage, step, agree=agree).metrics
+        seconds += time.perf_counter() - tick
+        images += batch["image"].shape[0] * world
+        step += 1
+        if rank == 0 and (step % cfg.train.log_every == 0 or step == total):
+            log.info("stage %d step %d/%d recon %.2f total %.2f", stage, step, total, metrics["recon"],
+                     metrics["total"])
+        if step % cfg.train.ckpt_every == 0 or step == total:
+            state = {"format": "facecomp-cluster/1", "stage": stage, "step": step, "images": images,
+                     "seconds": seconds, "world_size": world, "deepspeed": cfg.cluster.deepspeed,
+                     "restarts": restarts, "config": config_mod.to_dict(cfg)}
+            with tempfile.TemporaryDirectory(prefix="facecomp-ckpt-") as tmp:
+                checkpoints.save(engines, Path(tmp), rank, cfg, stage, step, state)
+                ray.train.report({"step": step, **metrics},
+                                 checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                                 checkpoint_dir_name=checkpoints.dir_name(step))

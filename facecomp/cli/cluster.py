@@ -1,0 +1,61 @@
+"""`facecomp cluster train`: one stage on a Ray cluster (local by default), DeepSpeed engines on every worker."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from facecomp import config as config_mod
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("cluster", help="train on a Ray cluster with DeepSpeed (needs the 'cluster' extra)",
+                       description="Ray Train launches the workers, DeepSpeed steps the generator and the "
+                       "discriminators. Needs the 'cluster' extra.")
+    csub = p.add_subparsers(dest="cluster_command", required=True)
+    t = csub.add_parser("train", help="train one stage with W workers",
+                        description="Train one stage. A run is STORAGE/NAME; running the same name again "
+                        "continues it from its newest checkpoint. Stage N+1 starts from stage N with --init.")
+    t.add_argument("--config", required=True, help="preset (smoke, cpu, paper) or a TOML file")
+    t.add_argument("--stage", type=int, required=True, choices=(1, 2, 3))
+    t.add_argument("--data", required=True, help="CelebA folder every worker can read; sets data.root")
+    t.add_argument("--num-workers", type=int, default=2)
+    t.add_argument("--gpus-per-worker", type=float, default=0, help="0 = CPU workers (gloo); > 0 = GPU (NCCL)")
+    t.add_argument("--storage", default="runs/cluster", help="where runs live (a folder every node sees)")
+    t.add_argument("--name", default="", help="run name (default stage<N>)")
+    t.add_argument("--address", help="join this Ray cluster ('auto' = the one this node belongs to); "
+                   "default: start a local Ray instance")
+    t.add_argument("--init", help="previous stage's cluster run (its newest checkpoint), a checkpoint folder "
+                   "or generator weights")
+    t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    t.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="dotted overrides, e.g. cluster.deepspeed=zero2_fp32")
+    t.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = [*args.overrides, f"data.root={_quote(str(Path(args.data).resolve()))}"]
+    cfg = config_mod.load_config(args.config, overrides)
+    if args.dry_run:
+        sys.stdout.write(config_mod.to_toml(cfg))
+        return 0
+    if args.init and not Path(args.init).exists():
+        raise ValueError(f"--init {args.init}: no such run, checkpoint or weights file")
+    try:
+        from facecomp.cluster.launch import LaunchConfig, train_stage
+    except ImportError as e:
+        raise ValueError(f"facecomp cluster needs the 'cluster' extra (pip install 'facecomp[cluster]'): {e}") from None
+
+    launch = LaunchConfig(num_workers=args.num_workers, gpus_per_worker=args.gpus_per_worker, storage=args.storage,
+                          name=args.name, address=args.address)
+    result = train_stage(cfg, args.stage, launch, init=args.init)
+    s = result.state
+    print(f"stage {args.stage}: {s['step']} steps on {s['world_size']} workers ({cfg.cluster.deepspeed}), "
+          f"{s['images']} images, restarts from steps {s['restarts']}; checkpoint: {result.checkpoint}; "
+          f"generator: {result.run_dir / 'generator.safetensors'}")
+    return 0
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
