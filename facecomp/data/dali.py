@@ -21,7 +21,8 @@ What matches the reference and what does not:
 - Randomness is DALI's own (seeded by (train.seed, rank)), so the samples agree with the
   reference in distribution, not one by one. Sample order: a full permutation of the partition
   per epoch (``shuffle_after_epoch`` with train.seed, the same on every rank, so shards never
-  overlap); each rank reads its shard, drops its last partial batch.
+  overlap); the shards are made equal (at most world_size - 1 files left out), and each rank
+  drops its shard's last partial batch each epoch, as the reference sampler does.
 - Resume: the reader and random-generator state (DALI checkpointing) goes into the training
   checkpoint as base64 text (:meth:`DaliLoader.state`); a resumed run continues the epoch exactly.
 - Unreadable files: a file whose JPEG start or end marker is missing (truncated, empty, not a
@@ -169,6 +170,9 @@ class DaliLoader:
         if per_rank < spec.batch_size:
             raise ValueError(f"{len(good)} readable images cannot fill a batch of {spec.batch_size} "
                              f"on {world_size} rank(s)")
+        # Equal shards: with unequal ones the reader's padding repeats samples and the ranks' epochs
+        # drift apart. At most world_size - 1 files (the last names) are left out of every epoch.
+        good = good[: per_rank * world_size]
         self.spec, self.rank, self.world_size = spec, rank, world_size
         self.unreadable = bad
         checkpoint = base64.b64decode(state) if state else None
@@ -176,6 +180,7 @@ class DaliLoader:
         names = [*OUTPUTS, "matrix"] if spec.with_matrix else list(OUTPUTS)
         self._it = DALIGenericIterator([self.pipe], names, reader_name=READER,
                                        last_batch_policy=LastBatchPolicy.DROP, auto_reset=True)
+        self.steps_per_epoch = len(self._it)  # this rank's full batches per epoch (its shard // batch)
         self._new_epoch = state is None  # a resumed run is mid-epoch: its unreadable files were counted
 
     def state(self) -> str:
