@@ -25,14 +25,20 @@ DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "generator.safet
 BLENDS = ("none", "poisson")
 
 
-def load_generator(path: str | Path | None = None, device: str | torch.device = "cpu") -> Generator:
-    """A generator from a weights file, a run directory or a checkpoint; default: the shipped model."""
+def resolve_weights(path: str | Path | None = None) -> Path:
+    """The generator weights file named by a file, a run directory or a checkpoint; default: the shipped model."""
     path = Path(path) if path is not None else DEFAULT_WEIGHTS
     if path.is_dir():
         path = (path / "generator.safetensors") if (path / "generator.safetensors").is_file() \
             else ck.find_checkpoint(path) / "generator.safetensors"
     if path == DEFAULT_WEIGHTS and not path.is_file():
         raise ValueError("no shipped model in this install yet; pass --model WEIGHTS (a trained generator)")
+    return path
+
+
+def load_generator(path: str | Path | None = None, device: str | torch.device = "cpu") -> Generator:
+    """A generator from a weights file, a run directory or a checkpoint; default: the shipped model."""
+    path = resolve_weights(path)
     meta = ck.read_metadata(path)
     if meta.get("kind") != "generator" or "config" not in meta:
         raise ValueError(f"{path}: not generator weights (kind {meta.get('kind')!r})")
@@ -70,10 +76,18 @@ class Completer:
     """Face completion with a trained generator."""
 
     def __init__(self, weights: str | Path | None = None, device: str | torch.device = "cpu",
-                 kernel_impl: str = "auto"):
+                 kernel_impl: str = "auto", engine: str | Path | None = None):
+        """``engine``: an artifact folder from ``facecomp export`` run in place of the eager generator (fill and
+        composite stay here). With ``weights`` too, the engine must have been built from those weights."""
         self.device = torch.device(device)
         self.kernel_impl = kernel_impl
-        self.generator = load_generator(weights, self.device)
+        if engine is not None:
+            from facecomp.export import load_engine
+
+            self.generator = load_engine(engine, weights=resolve_weights(weights) if weights is not None else None,
+                                         device=self.device.type)
+        else:
+            self.generator = load_generator(weights, self.device)
         self.size = self.generator.cfg.image_size
 
     @torch.no_grad()

@@ -8,6 +8,11 @@ import logging
 
 log = logging.getLogger(__name__)
 
+
+class MissingCapability(RuntimeError):
+    """What a command needs is not on this machine (an optional extra, a GPU); the message says what to do.
+    The CLI prints it as one line instead of a traceback."""
+
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3

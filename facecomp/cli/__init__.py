@@ -10,12 +10,14 @@ from facecomp.cli import cluster as cluster_cli
 from facecomp.cli import complete as complete_cli
 from facecomp.cli import demo as demo_cli
 from facecomp.cli import eval as eval_cli
+from facecomp.cli import export as export_cli
 from facecomp.cli import parsing as parsing_cli
 from facecomp.cli import serve as serve_cli
 from facecomp.cli import train as train_cli
 from facecomp.faces import FaceToolsMissing
+from facecomp.runtime import MissingCapability
 
-SUBCOMMANDS = (train_cli, complete_cli, eval_cli, parsing_cli, demo_cli, serve_cli, cluster_cli)
+SUBCOMMANDS = (train_cli, complete_cli, eval_cli, parsing_cli, demo_cli, serve_cli, cluster_cli, export_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # user errors: one line, no traceback
         print(f"facecomp: error: {e}", file=sys.stderr)
         return 2
-    except FaceToolsMissing as e:  # an optional extra is not installed: say which
+    except (FaceToolsMissing, MissingCapability) as e:  # an optional extra or a GPU is missing: say which
         print(f"facecomp: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

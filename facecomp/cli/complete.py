@@ -16,6 +16,8 @@ def add_parser(sub) -> None:
     p.add_argument("--mask", required=True,
                    help="O1..O6, box:x0,y0,x1,y1 (input pixels), or a mask image (white = missing)")
     p.add_argument("--model", help="generator weights, run directory or checkpoint (default: the shipped model)")
+    p.add_argument("--engine", help="an artifact folder from `facecomp export` (AOTInductor, ONNX or TensorRT) to run "
+                   "instead of the eager model; with --model, it must have been built from those weights")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--samples", type=int, default=1, help="K completions from different noise")
     p.add_argument("--blend", choices=("none", "poisson"), default="none", help="poisson: the paper's M5")
@@ -64,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     # Fail fast on a mask name that can never work, before loading the model.
     if not (args.mask.upper() in masks.OCCLUSIONS or args.mask.startswith("box:") or Path(args.mask).exists()):
         masks.from_spec(args.mask, 1, 1)
-    completer = Completer(args.model, device=args.device)
+    completer = Completer(args.model, device=args.device, engine=args.engine)
     bad: list[str] = []
     for path in paths:
         try:

@@ -1,0 +1,189 @@
+"""The compiled formats. Each one builds files from the exported program and runs them again.
+
+A format plugs in by name (``FORMATS``): ``build`` writes its files into the artifact folder and
+returns their names, ``load`` returns a callable float32 [N, C, S, S] -> float32 [N, 3, S, S] on
+the artifact's device. Nothing outside this module knows which runtime is behind an artifact.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from facecomp.export.metadata import ArtifactMeta, package_versions
+from facecomp.export.program import OUTPUT_NAME
+from facecomp.export.spec import ExportConfig
+from facecomp.runtime import MissingCapability
+
+Runner = Callable[[torch.Tensor], torch.Tensor]
+
+
+class ExportUnavailable(MissingCapability):
+    """This machine cannot build or run the format (missing package or GPU); the message says which."""
+
+
+class AotiFormat:
+    """AOTInductor: the program compiled ahead of time to a shared library in a .pt2 package (CPU or CUDA)."""
+
+    name = "aoti"
+    file = "generator.pt2"
+    triton_platform = None  # Triton serves these through its PyTorch backend's own packaging, not a plain file
+
+    # Freezing folds the weights into the graph as constants, which lets Inductor pre-pack them for
+    # oneDNN (CPU) and drop the per-call weight layout work; measured in bench/export_latency.py.
+    INDUCTOR_CONFIGS = {"freezing": True, "cpp.weight_prepack": True}
+
+    def check_available(self, cfg: ExportConfig) -> None:
+        if cfg.device == "cuda" and not torch.cuda.is_available():
+            raise ExportUnavailable("--device cuda needs a CUDA GPU and a CUDA build of torch; this machine lacks one")
+
+    def versions(self) -> dict[str, str]:
+        return package_versions("torch")
+
+    def build(self, program: torch.export.ExportedProgram, cfg: ExportConfig, folder: Path) -> list[str]:
+        with torch.no_grad():
+            torch._inductor.aoti_compile_and_package(program, package_path=str(folder / self.file),
+                                                     inductor_configs=self.INDUCTOR_CONFIGS)
+        return [self.file]
+
+    def load(self, folder: Path, meta: ArtifactMeta) -> Runner:
+        self.check_available(ExportConfig(format=self.name, device=meta.device))
+        model = torch._inductor.aoti_load_package(str(folder / self.file))
+        device = torch.device(meta.device)
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            return model(x.to(device, torch.float32).contiguous())
+
+        return run
+
+
+class OnnxFormat:
+    """ONNX from the dynamo exporter, checked by onnx's checker, run by ONNX Runtime."""
+
+    name = "onnx"
+    file = "generator.onnx"
+    triton_platform = "onnxruntime_onnx"
+
+    def check_available(self, cfg: ExportConfig) -> None:
+        try:
+            import onnx  # noqa: F401
+            import onnxruntime  # noqa: F401
+            import onnxscript  # noqa: F401
+        except ImportError:
+            raise ExportUnavailable("ONNX export needs onnx, onnxscript and onnxruntime: "
+                                    "pip install 'facecomp[export]'") from None
+        if cfg.precision == "bf16":
+            # ONNX Runtime's CPU provider has no bfloat16 convolution kernels: the model would not load.
+            raise ExportUnavailable("ONNX Runtime cannot run bf16 convolutions; use --precision fp32 or fp16")
+        if cfg.device == "cuda":
+            import onnxruntime
+
+            if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+                raise ExportUnavailable("--device cuda needs onnxruntime-gpu (CUDAExecutionProvider is missing)")
+
+    def versions(self) -> dict[str, str]:
+        return package_versions("torch", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu")
+
+    def build(self, program: torch.export.ExportedProgram, cfg: ExportConfig, folder: Path) -> list[str]:
+        import onnx
+
+        path = folder / self.file
+        for noisy in ("onnxscript", "onnx_ir"):  # their INFO lines list every rewrite; keep ours readable
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        onnx_program = torch.onnx.export(program, dynamo=True, output_names=[OUTPUT_NAME], optimize=True,
+                                         external_data=False, verbose=False)
+        onnx_program.save(str(path))
+        onnx.checker.check_model(str(path), full_check=True)
+        return [self.file]
+
+    def load(self, folder: Path, meta: ArtifactMeta) -> Runner:
+        import onnxruntime as ort
+
+        self.check_available(ExportConfig(format=self.name, precision=meta.precision, device=meta.device))
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = torch.get_num_threads()
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if meta.device == "cuda" \
+            else ["CPUExecutionProvider"]
+        session = ort.InferenceSession(str(folder / self.file), options, providers=providers)
+        in_name = session.get_inputs()[0].name
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            out = session.run(None, {in_name: x.detach().to("cpu", torch.float32).contiguous().numpy()})[0]
+            return torch.from_numpy(out).to(x.device)
+
+        return run
+
+
+class TensorRTFormat:
+    """Torch-TensorRT (dynamo frontend): a TensorRT program for PyTorch and the raw engine plan for Triton.
+
+    Needs CUDA and the ``tensorrt`` extra (torch-tensorrt 2.13.0, which matches torch 2.13.0). The
+    precision is the program's own (TensorRT's strongly typed mode): an fp16 export is an fp16 graph,
+    so no calibration or precision flags are involved.
+    """
+
+    name = "tensorrt"
+    file = "generator.trt.ep"
+    plan = "generator.plan"
+    triton_platform = "tensorrt_plan"
+
+    def check_available(self, cfg: ExportConfig) -> None:
+        if cfg.device != "cuda" or not torch.cuda.is_available():
+            raise ExportUnavailable("TensorRT needs a CUDA GPU; this machine has none (use --format aoti or onnx)")
+        try:
+            import torch_tensorrt  # noqa: F401
+        except ImportError:
+            raise ExportUnavailable("TensorRT export needs torch-tensorrt and TensorRT: "
+                                    "pip install 'facecomp[tensorrt]' on a CUDA machine") from None
+
+    def versions(self) -> dict[str, str]:
+        return package_versions("torch", "torch-tensorrt", "tensorrt", "tensorrt-cu13")
+
+    def inputs(self, b: dict[str, int], shape: tuple[int, ...]):
+        import torch_tensorrt
+
+        return [torch_tensorrt.Input(min_shape=(b["min"], *shape), opt_shape=(b["opt"], *shape),
+                                     max_shape=(b["max"], *shape), dtype=torch.float32)]
+
+    def build(self, program: torch.export.ExportedProgram, cfg: ExportConfig, folder: Path) -> list[str]:
+        import torch_tensorrt
+
+        shape = input_shape_of(program)
+        batch = {"min": cfg.batch.min, "opt": cfg.batch.opt, "max": cfg.batch.max}
+        inputs = self.inputs(batch, shape)
+        device = torch.device("cuda", torch.cuda.current_device())
+        trt_module = torch_tensorrt.dynamo.compile(program, arg_inputs=inputs, device=device,
+                                                   require_full_compilation=True)
+        example = torch.rand(cfg.batch.opt, *shape, device=device)
+        torch_tensorrt.save(trt_module, str(folder / self.file), output_format="exported_program",
+                            arg_inputs=[example], retrace=True)
+        engine = torch_tensorrt.dynamo.convert_exported_program_to_serialized_trt_engine(
+            program, arg_inputs=inputs, device=device, require_full_compilation=True)
+        (folder / self.plan).write_bytes(bytes(engine))
+        return [self.file, self.plan]
+
+    def load(self, folder: Path, meta: ArtifactMeta) -> Runner:
+        self.check_available(ExportConfig(format=self.name, precision=meta.precision, device=meta.device))
+        import torch_tensorrt
+
+        module = torch_tensorrt.load(str(folder / self.file)).module()
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            return module(x.to("cuda", torch.float32).contiguous())
+
+        return run
+
+
+def input_shape_of(program: torch.export.ExportedProgram) -> tuple[int, ...]:
+    """[C, S, S] of the program's one user input (its batch dimension is dynamic)."""
+    user = torch.export.graph_signature.InputKind.USER_INPUT
+    spec = next(s for s in program.graph_signature.input_specs if s.kind == user)
+    node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == spec.arg.name)
+    return tuple(int(d) for d in node.meta["val"].shape[1:])
+
+
+FORMATS = {f.name: f for f in (AotiFormat(), OnnxFormat(), TensorRTFormat())}

@@ -1,0 +1,131 @@
+"""A Triton Inference Server model repository for an exported artifact.
+
+The config is written from the signature the exporter produced, read back from the artifact
+itself (the ONNX graph's inputs and outputs, or the exported program's placeholders for a
+TensorRT plan), never from what we meant to export:
+
+    REPO/facecomp_generator/config.pbtxt
+    REPO/facecomp_generator/1/model.onnx | model.plan
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from facecomp.export.metadata import ArtifactMeta
+
+MODEL_NAME = "facecomp_generator"
+MODEL_FILES = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}
+TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16"}
+ONNX_TYPES = {1: "float32", 10: "float16", 16: "bfloat16"}  # onnx.TensorProto element types
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    dtype: str  # float32 | float16 | bfloat16
+    dims: tuple[int, ...]  # without the batch dimension
+    batch_dynamic: bool
+
+
+@dataclass(frozen=True)
+class Signature:
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+
+
+def onnx_signature(path: str | Path) -> Signature:
+    """Inputs and outputs of an ONNX file, as its graph declares them."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {t.name for t in graph.initializer}
+
+    def tensors(values) -> tuple[Tensor, ...]:
+        out = []
+        for v in values:
+            if v.name in initializers:
+                continue
+            t = v.type.tensor_type
+            dims = t.shape.dim
+            batch_dynamic = bool(dims[0].dim_param) or dims[0].dim_value == 0
+            out.append(Tensor(v.name, ONNX_TYPES[t.elem_type], tuple(d.dim_value for d in dims[1:]), batch_dynamic))
+        return tuple(out)
+
+    return Signature(tensors(graph.input), tensors(graph.output))
+
+
+def program_signature(program) -> Signature:
+    """Inputs and outputs of a torch.export program (what the TensorRT plan is built from)."""
+    import torch
+
+    nodes = {n.name: n for n in program.graph.nodes}
+    user = torch.export.graph_signature.InputKind.USER_INPUT
+    out_node = next(n for n in program.graph.nodes if n.op == "output")
+    out_vals = [a.meta["val"] for a in out_node.args[0]]
+
+    def tensor(name: str, val) -> Tensor:
+        dtype = str(val.dtype).removeprefix("torch.")
+        return Tensor(name, dtype, tuple(int(d) for d in val.shape[1:]), not isinstance(val.shape[0], int))
+
+    ins = [tensor(s.arg.name, nodes[s.arg.name].meta["val"]) for s in program.graph_signature.input_specs
+           if s.kind == user]
+    outs = [tensor(s.arg.name, v) for s, v in zip(program.graph_signature.output_specs, out_vals, strict=True)]
+    return Signature(tuple(ins), tuple(outs))
+
+
+def config_text(signature: Signature, platform: str, meta: ArtifactMeta, name: str = MODEL_NAME,
+                max_queue_delay_us: int = 2000) -> str:
+    """config.pbtxt: Triton batches requests itself up to the artifact's max batch."""
+    if not all(t.batch_dynamic for t in signature.inputs + signature.outputs) and meta.batch["max"] > 1:
+        raise ValueError("the artifact's batch dimension is not dynamic; Triton cannot batch it")
+    kind = "KIND_GPU" if meta.device == "cuda" else "KIND_CPU"
+
+    def block(tensors: tuple[Tensor, ...]) -> str:
+        items = []
+        for t in tensors:
+            dims = ", ".join(str(d) for d in t.dims)
+            fields = f'    name: "{t.name}"\n    data_type: {TRITON_TYPES[t.dtype]}\n    dims: [ {dims} ]'
+            items.append(f"  {{\n{fields}\n  }}")
+        return ",\n".join(items)
+
+    preferred = sorted({meta.batch["opt"], meta.batch["max"]})
+    return (
+        f'name: "{name}"\n'
+        f'platform: "{platform}"\n'
+        f"max_batch_size: {meta.batch['max']}\n"
+        f"input [\n{block(signature.inputs)}\n]\n"
+        f"output [\n{block(signature.outputs)}\n]\n"
+        "dynamic_batching {\n"
+        f"  preferred_batch_size: [ {', '.join(str(b) for b in preferred)} ]\n"
+        f"  max_queue_delay_microseconds: {max_queue_delay_us}\n"
+        "}\n"
+        f"instance_group [\n  {{\n    count: 1\n    kind: {kind}\n  }}\n]\n"
+        f'parameters {{\n  key: "facecomp_weights_sha256"\n  value: {{ string_value: "{meta.weights_sha256}" }}\n}}\n'
+    )
+
+
+def write_repository(repo: str | Path, model_file: Path, signature: Signature, platform: str,
+                     meta: ArtifactMeta, name: str = MODEL_NAME, version: int = 1) -> Path:
+    """Write REPO/NAME/config.pbtxt and REPO/NAME/VERSION/model.*; returns the model folder."""
+    folder = Path(repo) / name
+    (folder / str(version)).mkdir(parents=True, exist_ok=True)
+    target = folder / str(version) / MODEL_FILES[platform]
+    target.unlink(missing_ok=True)
+    try:  # a hard link costs no space; a copy where links cannot cross file systems
+        os.link(model_file, target)
+    except OSError:
+        shutil.copyfile(model_file, target)
+    (folder / "config.pbtxt").write_text(config_text(signature, platform, meta, name))
+    return folder
+
+
+def parse_config(text: str):
+    """Parse config.pbtxt with Triton's own ModelConfig schema (tritonclient); raises on any unknown field."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    return text_format.Parse(text, model_config_pb2.ModelConfig())
