@@ -142,16 +142,17 @@ def test_shards_cover_the_partition_once_per_epoch(celeba, n):
 
 
 @requires_dali
-def test_resume_mid_epoch_gives_the_same_next_batches(val64):
+@pytest.mark.parametrize("taken", [5, 8])  # mid-epoch, and right at the end of one
+def test_resume_mid_epoch_gives_the_same_next_batches(val64, taken):
     files = val64[:32]  # 8 batches an epoch: the 6 compared below cross into the next epoch
     first = loader(files)
     it = iter(first)
-    for _ in range(5):
+    for _ in range(taken):
         next(it)
     state = first.state()
     assert isinstance(state, str) and json.loads(json.dumps({"s": state}))["s"] == state  # plain text
     expected = [next(it) for _ in range(6)]
-    resumed = iter(loader(files, start_step=5, state=state))
+    resumed = iter(loader(files, start_step=taken, state=state))
     for want in expected:
         got = next(resumed)
         assert torch.equal(got["index"], want["index"])
