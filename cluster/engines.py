@@ -64,8 +64,9 @@ def deepspeed_config(cfg: Config, lr: float, device: torch.device) -> dict[str, 
     ds["optimizer"] = {"type": "Adam", "params": {
         "lr": lr, "betas": [cfg.optim.beta1, cfg.optim.beta2], "eps": 1e-8, "weight_decay": 0.0,
         "adam_w_mode": False, "torch_adam": True}}
-    if cfg.optim.grad_clip > 0:
-        ds.setdefault("gradient_clipping", cfg.optim.grad_clip)
+    # DeepSpeed clips at norm 1.0 unless told; the plain loop clips at optim.grad_clip (0 = never).
+    # A JSON config that sets its own clipping keeps it.
+    ds.setdefault("gradient_clipping", cfg.optim.grad_clip)
     ds.setdefault("steps_per_print", 10**9)  # facecomp logs its own metrics
     return ds
 
