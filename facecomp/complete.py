@@ -90,15 +90,22 @@ class Completer:
             self.generator = load_generator(weights, self.device)
         self.size = self.generator.cfg.image_size
 
-    @torch.no_grad()
     def complete(self, image: np.ndarray, mask: np.ndarray, seed: int = 0, samples: int = 1,
                  blend: str = "none") -> list[np.ndarray]:
         """image: [H, W, 3] uint8; mask: [H, W] in [0, 1] (1 = missing) -> ``samples`` x [H, W, 3] uint8.
 
         Sample k fills the hole with noise keyed by (seed, k): same seed, same completions.
         """
-        if blend not in BLENDS:
-            raise ValueError(f"unknown blend '{blend}' (valid: {', '.join(BLENDS)})")
+        return self.complete_blends(image, mask, seed, samples, (blend,))[blend]
+
+    @torch.no_grad()
+    def complete_blends(self, image: np.ndarray, mask: np.ndarray, seed: int = 0, samples: int = 1,
+                        blends: tuple[str, ...] = ("none",)) -> dict[str, list[np.ndarray]]:
+        """Like ``complete``, once per blend in ``blends`` from one generator pass (the plain completion is
+        what Poisson blending starts from, so asking for both costs one forward, not two)."""
+        for blend in blends:
+            if blend not in BLENDS:
+                raise ValueError(f"unknown blend '{blend}' (valid: {', '.join(BLENDS)})")
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"image must be [H, W, 3] uint8, got {image.shape} {image.dtype}")
         h, w = image.shape[:2]
@@ -129,10 +136,11 @@ class Completer:
         x_in = torch.cat([kernels.fill(x[k:k + 1], m[k:k + 1], seed=seed, offset=k, impl=self.kernel_impl,
                                       mask_channel=self.generator.cfg.mask_channel) for k in range(samples)])
         out = self.generator(x_in)  # [K,3,S,S]
-        results = []
+        results: dict[str, list[np.ndarray]] = {b: [] for b in blends}
         for k in range(samples):
             back = image.copy()
             back[y0:y1, x0:x1] = cv2.resize(to_uint8(out[k]), (x1 - x0, y1 - y0), interpolation=cv2.INTER_CUBIC)
             pasted = np.where(hole[..., None], back, image)
-            results.append(poisson_blend(pasted, image, mask) if blend == "poisson" else pasted)
+            for blend in blends:
+                results[blend].append(poisson_blend(pasted, image, mask) if blend == "poisson" else pasted)
         return results

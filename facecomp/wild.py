@@ -27,12 +27,13 @@ ALIGNED_W, ALIGNED_H = layout.ALIGNED_SIZE
 
 @dataclass
 class PhotoResult:
-    images: list[np.ndarray]  # one per sample, the photo's size
+    images: list[np.ndarray]  # one per sample, the photo's size (the first of ``blends``)
     faces: int  # faces found
     completed: int  # faces whose completion box the mask touched
     uncovered: int  # masked photo pixels on no face's completion box (left as they were)
     mask: np.ndarray  # [H, W] bool, the pixels that were completed
     boxes: list[tuple[int, int, int, int]]  # each found face's completion box in the photo (x0, y0, x1, y1)
+    by_blend: dict[str, list[np.ndarray]]  # the samples for each blend asked for
 
 
 def _box_mask() -> np.ndarray:
@@ -43,12 +44,16 @@ def _box_mask() -> np.ndarray:
 
 
 def complete_photo(completer: Completer, photo: np.ndarray, mask_spec: str | np.ndarray, seed: int = 0,
-                   samples: int = 1, blend: str = "none", detector=None) -> PhotoResult:
-    """``mask_spec``: O1..O6 (for every face), 'box:...' or a mask image path, or a [H, W] array (1 = missing)."""
+                   samples: int = 1, blend: str = "none", detector=None,
+                   blends: tuple[str, ...] | None = None) -> PhotoResult:
+    """``mask_spec``: O1..O6 (for every face), 'box:...' or a mask image path, or a [H, W] array (1 = missing).
+    ``blends``: several blends from one generator pass per face (default: just ``blend``)."""
     from facecomp.faces import align_faces
 
-    if blend not in BLENDS:
-        raise ValueError(f"unknown blend '{blend}' (valid: {', '.join(BLENDS)})")
+    blends = blends or (blend,)
+    for b in blends:
+        if b not in BLENDS:
+            raise ValueError(f"unknown blend '{b}' (valid: {', '.join(BLENDS)})")
     h, w = photo.shape[:2]
     found = align_faces(photo, detector)
     if not found:
@@ -64,7 +69,7 @@ def complete_photo(completer: Completer, photo: np.ndarray, mask_spec: str | np.
         user_mask = mask_spec > 0.5
         if not user_mask.any():
             raise ValueError("the mask is empty: nothing to complete")
-    results = [photo.copy() for _ in range(samples)]
+    results = {b: [photo.copy() for _ in range(samples)] for b in blends}
     box = _box_mask()
     covered = np.zeros((h, w), bool)
     completed = 0
@@ -93,8 +98,9 @@ def complete_photo(completer: Completer, photo: np.ndarray, mask_spec: str | np.
         outs = completer.complete(aligned, hole, seed=seed, samples=samples)
         for k, out in enumerate(outs):
             filled = cv2.warpAffine(out, back, (w, h), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
-            pasted = np.where(region[..., None], filled, results[k])
-            results[k] = poisson_blend(pasted, results[k], region.astype(np.float32)) if blend == "poisson" else pasted
+            for b, imgs in results.items():
+                pasted = np.where(region[..., None], filled, imgs[k])
+                imgs[k] = poisson_blend(pasted, imgs[k], region.astype(np.float32)) if b == "poisson" else pasted
         covered |= region
         completed += 1
     uncovered = 0 if user_mask is None else int((user_mask & ~covered).sum())
@@ -102,7 +108,7 @@ def complete_photo(completer: Completer, photo: np.ndarray, mask_spec: str | np.
         raise ValueError(f"the mask touches none of the {len(found)} face(s) found")
     if uncovered:
         log.warning("%d masked pixel(s) lie on no face's completion box and were left as they were", uncovered)
-    return PhotoResult(results, len(found), completed, uncovered, covered, boxes)
+    return PhotoResult(results[blends[0]], len(found), completed, uncovered, covered, boxes, results)
 
 
 def complete_image(completer: Completer, image: np.ndarray, mask_spec: str | np.ndarray, align: str = "auto",
@@ -110,11 +116,19 @@ def complete_image(completer: Completer, image: np.ndarray, mask_spec: str | np.
     """The one entry for any input: (completions, faces found). ``align="auto"``: a 178x218
     CelebA-aligned face goes straight to the model (faces found = 1), anything else through
     detection and alignment; ``"none"``: the whole image is taken as the face."""
+    by_blend, faces = complete_image_blends(completer, image, mask_spec, align, seed, samples, (blend,))
+    return by_blend[blend], faces
+
+
+def complete_image_blends(completer: Completer, image: np.ndarray, mask_spec: str | np.ndarray, align: str = "auto",
+                          seed: int = 0, samples: int = 1, blends: tuple[str, ...] = ("none",),
+                          ) -> tuple[dict[str, list[np.ndarray]], int]:
+    """``complete_image`` for several blends from one generator pass: ({blend: completions}, faces found)."""
     if align not in ("auto", "none"):
         raise ValueError(f"unknown align '{align}' (valid: auto, none)")
     h, w = image.shape[:2]
     if align == "auto" and not layout.is_aligned_size(w, h):
-        done = complete_photo(completer, image, mask_spec, seed=seed, samples=samples, blend=blend)
-        return done.images, done.faces
+        done = complete_photo(completer, image, mask_spec, seed=seed, samples=samples, blends=blends)
+        return done.by_blend, done.faces
     mask = masks.from_spec(mask_spec, w, h) if isinstance(mask_spec, str) else mask_spec
-    return completer.complete(image, mask, seed=seed, samples=samples, blend=blend), 1
+    return completer.complete_blends(image, mask, seed=seed, samples=samples, blends=blends), 1

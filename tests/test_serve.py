@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import os
 import shutil
@@ -39,14 +40,13 @@ def unpng(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
-@pytest.fixture(scope="module")
-def server(generator_weights):  # noqa: F811
+@contextlib.contextmanager
+def running(cfg):
+    """A real uvicorn server for ``cfg`` on a free loopback port: yields (base url, app)."""
     import uvicorn
 
-    from facecomp.serve.app import ServeConfig, create_app
+    from facecomp.serve.app import create_app
 
-    cfg = ServeConfig(model=str(generator_weights), max_upload_bytes=2 * 1024 * 1024, max_pixels=4_000_000,
-                      max_samples=4, max_pending=2)
     app = create_app(cfg)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -58,9 +58,21 @@ def server(generator_weights):  # noqa: F811
     while not srv.started:
         assert time.time() < deadline, "server did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", app
-    srv.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}", app
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(generator_weights):  # noqa: F811
+    from facecomp.serve.app import ServeConfig
+
+    cfg = ServeConfig(model=str(generator_weights), max_upload_bytes=2 * 1024 * 1024, max_pixels=4_000_000,
+                      max_samples=4, max_pending=2)
+    with running(cfg) as (url, app):
+        yield url, app
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +115,10 @@ def test_json_samples_and_both_blends(server, face):
     _, img = face
     mask = np.zeros(img.shape[:2], np.uint8)
     mask[150:170, 70:110] = 255  # the mouth
+    passes = httpx.get(f"{url}/healthz").json()["generator_passes"]
     r = post(url, png(img), mask_png=png(mask), samples=2, blend="both", format="json", seed=3)
     assert r.status_code == 200, r.text
+    assert httpx.get(f"{url}/healthz").json()["generator_passes"] == passes + 1  # both blends, one pass
     body = r.json()
     assert [(i["sample"], i["blend"]) for i in body["images"]] == [(0, "none"), (1, "none"), (0, "poisson"),
                                                                    (1, "poisson")]
@@ -112,6 +126,33 @@ def test_json_samples_and_both_blends(server, face):
     for out in outs:
         assert np.array_equal(out[mask == 0], img[mask == 0])
     assert not np.array_equal(outs[0], outs[1])  # different noise, different completions
+    assert not np.array_equal(outs[0], outs[2])  # Poisson blending changed the plain completion
+    r = post(url, png(img), mask_png=png(mask), samples=2, blend="none", format="json", seed=3)
+    plain = [unpng(base64.b64decode(i["png_base64"])) for i in r.json()["images"]]
+    assert all(np.array_equal(a, b) for a, b in zip(plain, outs[:2], strict=True))  # same pass, same pixels
+
+
+def test_engine_server_matches_eager_server(server, face, generator_weights, tmp_path_factory):  # noqa: F811
+    pytest.importorskip("onnxruntime", reason="needs the 'export' extra")
+    pytest.importorskip("onnxscript", reason="needs the 'export' extra")
+    from facecomp.export import BatchRange, ExportConfig, export_artifact
+    from facecomp.serve.app import ServeConfig
+
+    artifact = tmp_path_factory.mktemp("engine") / "onnx"
+    export_artifact(artifact, ExportConfig(format="onnx", batch=BatchRange(1, 1, 8)), generator_weights,
+                    check_batches=(2,))
+    eager_url, _ = server
+    img = face[1]
+    with running(ServeConfig(engine=str(artifact), max_samples=4)) as (url, _):
+        model = httpx.get(f"{url}/v1/model").json()
+        assert model["runtime"]["engine"] == "onnx" and model["runtime"]["precision"] == "fp32"
+        a = post(url, png(img), preset="O3", seed=5, samples=2, format="json")
+        b = post(eager_url, png(img), preset="O3", seed=5, samples=2, format="json")
+        assert a.status_code == 200 and b.status_code == 200, (a.text, b.text)
+        for x, y in zip(a.json()["images"], b.json()["images"], strict=True):
+            diff = np.abs(unpng(base64.b64decode(x["png_base64"])).astype(int) -
+                          unpng(base64.b64decode(y["png_base64"])).astype(int))
+            assert diff.max() <= 1  # uint8 rounding at most
 
 
 @pytest.mark.parametrize("fields,status,words", [

@@ -12,10 +12,14 @@ def add_parser(sub) -> None:
                        "Needs the 'serve' extra (and 'faces' for unaligned photos).")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--model", help="generator weights (default: the shipped model)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--model", help="generator weights (default: the shipped model)")
+    which.add_argument("--engine", help="an artifact folder from `facecomp export` (AOTInductor, ONNX, TensorRT)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, default=1, help="server processes, each with its own model")
     p.add_argument("--max-pending", type=int, default=8, help="requests in flight per worker before 503")
+    p.add_argument("--max-batch", type=int, default=8,
+                   help="images per generator pass when requests arrive together (1: no batching)")
     p.add_argument("--max-upload-mb", type=float, default=10.0)
     p.set_defaults(func=run)
 
@@ -27,10 +31,11 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn
     except ImportError:
         raise ValueError("facecomp serve needs the 'serve' extra: pip install 'facecomp[serve]'") from None
-    if args.workers < 1 or args.max_pending < 1:
-        raise ValueError("--workers and --max-pending must be at least 1")
+    if args.workers < 1 or args.max_pending < 1 or args.max_batch < 1:
+        raise ValueError("--workers, --max-pending and --max-batch must be at least 1")
     # uvicorn's workers import the app by name; the settings travel in the environment.
-    os.environ["FACECOMP_SERVE"] = repr({"model": args.model, "device": args.device, "max_pending": args.max_pending,
+    os.environ["FACECOMP_SERVE"] = repr({"model": args.model, "engine": args.engine, "device": args.device,
+                                         "max_pending": args.max_pending, "max_batch": args.max_batch,
                                          "max_upload_bytes": int(args.max_upload_mb * 1024 * 1024)})
     print(f"facecomp: serving on http://{args.host}:{args.port}/ (API docs at /docs)")
     uvicorn.run("facecomp.serve.main:app", host=args.host, port=args.port, workers=args.workers,

@@ -1,7 +1,9 @@
 """`facecomp serve`: the brush page and the HTTP API (FastAPI on uvicorn).
 
-Requests are decoded and checked in the request's own thread; the model runs in one inference slot
-per worker process (``Runner``), which holds the model loaded once. Work in flight is bounded: a
+Requests are decoded and checked in the request's own thread; the model, loaded once per worker
+process (``Runner``), runs one pass at a time, and requests that arrive together share a pass
+(``batching.BatchingGenerator``). The model is the eager generator or a compiled artifact from
+``facecomp export`` (``engine``). Work in flight is bounded: a
 request that finds ``max_pending`` others admitted gets 503 with ``Retry-After`` at once, so a burst
 cannot pile up images in memory. Every bad input is a 4xx with ``{"error": "<one line>"}``.
 """
@@ -34,7 +36,9 @@ BLENDS = ("none", "poisson", "both")
 @dataclass(frozen=True)
 class ServeConfig:
     model: str | None = None  # generator weights; None = the shipped model
+    engine: str | None = None  # an artifact folder from `facecomp export`, run instead of the eager model
     device: str = "cpu"
+    max_batch: int = 8  # images per generator pass when requests arrive together (1 = no batching)
     max_upload_bytes: int = 10 * 1024 * 1024
     max_pixels: int = 12_000_000  # a 4000x3000 photo
     max_samples: int = 8
@@ -73,15 +77,18 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 class Runner:
-    """The model, loaded once, behind a bounded admission gate and one inference slot."""
+    """The model, loaded once, behind a bounded admission gate; concurrent requests share generator passes."""
 
     def __init__(self, cfg: ServeConfig):
         from facecomp.complete import Completer
+        from facecomp.serve.batching import BatchingGenerator
 
         self.cfg = cfg
-        self.completer = Completer(cfg.model, device=cfg.device)
+        self.completer = Completer(cfg.model, device=cfg.device, engine=cfg.engine)
+        self.model = self.completer.generator  # eager module or compiled Engine
+        # Every generator call of the completer (aligned faces, each face of a photo) goes through the batcher.
+        self.batcher = self.completer.generator = BatchingGenerator(self.model, cfg.max_batch)
         self._admit = threading.BoundedSemaphore(cfg.max_pending)
-        self._model = threading.Lock()  # torch already uses every core for one forward pass
         self.served = 0
         self.rejected = 0
 
@@ -94,33 +101,35 @@ class Runner:
     def release(self) -> None:
         self._admit.release()
 
-    def complete(self, image: np.ndarray, mask: np.ndarray, seed: int = 0, samples: int = 1,
-                 blend: str = "none") -> list[np.ndarray]:
-        """Completer.complete through the single inference slot (the wild path calls this per face)."""
-        with self._model:
-            return self.completer.complete(image, mask, seed=seed, samples=samples, blend=blend)
-
 
 def model_facts(runner: Runner) -> dict:
-    from facecomp.complete import DEFAULT_WEIGHTS
+    from facecomp.complete import DEFAULT_WEIGHTS, resolve_weights
     from facecomp.train import checkpoint as ck
 
-    path = Path(runner.cfg.model) if runner.cfg.model else DEFAULT_WEIGHTS
-    if path.is_dir():
-        path = path / "generator.safetensors"
-    meta = ck.read_metadata(path) if path.is_file() else {}
-    gen = runner.completer.generator
+    model = runner.model
+    engine = getattr(model, "meta", None)  # a compiled artifact carries its own record
+    limits = {"max_upload_bytes": runner.cfg.max_upload_bytes, "max_pixels": runner.cfg.max_pixels,
+              "max_samples": runner.cfg.max_samples, "max_pending": runner.cfg.max_pending,
+              "max_batch": runner.cfg.max_batch}
+    common = {"image_size": model.cfg.image_size, "masks": {k: masks.OCCLUSION_NAMES[k] for k in masks.OCCLUSIONS},
+              "card": "MODEL_CARD.md (trained on CelebA: non-commercial research use only)", "limits": limits}
+    if engine is not None:
+        from facecomp.export.metadata import sha256_file
+
+        shipped = DEFAULT_WEIGHTS.is_file() and sha256_file(DEFAULT_WEIGHTS) == engine.weights_sha256
+        return {"weights": engine.weights_name, "shipped": shipped, "weights_file_sha256": engine.weights_sha256,
+                "config": engine.generator_config, "parameters": None,
+                "runtime": {"engine": engine.format, "precision": engine.precision, "device": engine.device,
+                            "batch": engine.batch, "parity_vs_eager": engine.parity}, **common}
+    path = resolve_weights(runner.cfg.model)
+    meta = ck.read_metadata(path)
     return {"weights": path.name, "shipped": path == DEFAULT_WEIGHTS, "sha256": meta.get("sha256"),
             "stage": meta.get("stage"), "step": meta.get("step"), "config": meta.get("config"),
-            "parameters": sum(p.numel() for p in gen.parameters()), "image_size": gen.cfg.image_size,
-            "masks": {k: masks.OCCLUSION_NAMES[k] for k in masks.OCCLUSIONS},
-            "card": "MODEL_CARD.md (trained on CelebA: non-commercial research use only)",
-            "limits": {"max_upload_bytes": runner.cfg.max_upload_bytes, "max_pixels": runner.cfg.max_pixels,
-                       "max_samples": runner.cfg.max_samples, "max_pending": runner.cfg.max_pending}}
+            "parameters": sum(p.numel() for p in model.parameters()), "runtime": {"engine": None}, **common}
 
 
 def create_app(cfg: ServeConfig, runner: Runner | None = None):
-    from facecomp.wild import complete_image
+    from facecomp.wild import complete_image_blends
 
     runner = runner or Runner(cfg)
     app = FastAPI(title="facecomp", version="1", description="Generative face completion (Li et al., CVPR 2017): "
@@ -158,7 +167,9 @@ def create_app(cfg: ServeConfig, runner: Runner | None = None):
 
     @app.get("/healthz")
     async def healthz():
-        return {"status": "ok", "served": runner.served, "rejected_busy": runner.rejected}
+        b = runner.batcher.stats
+        return {"status": "ok", "served": runner.served, "rejected_busy": runner.rejected,
+                "generator_passes": b.passes, "generator_calls": b.calls, "largest_batch_calls": b.largest}
 
     @app.get("/v1/model")
     async def model():
@@ -205,7 +216,7 @@ def create_app(cfg: ServeConfig, runner: Runner | None = None):
         try:
             started = time.perf_counter()
             outs, faces = await run_in_threadpool(_complete_sync, runner, cfg, photo_bytes, mask_bytes, preset,
-                                                  seed, samples, blend, align, complete_image)
+                                                  seed, samples, blend, align, complete_image_blends)
             runner.served += 1
         except BadRequest as e:
             return error(e.status, str(e))
@@ -223,7 +234,7 @@ def create_app(cfg: ServeConfig, runner: Runner | None = None):
 
 
 def _complete_sync(runner: Runner, cfg: ServeConfig, photo_bytes: bytes, mask_bytes: bytes | None,
-                   preset: str | None, seed: int, samples: int, blend: str, align: str, complete_image):
+                   preset: str | None, seed: int, samples: int, blend: str, align: str, complete_image_blends):
     photo = decode_image(photo_bytes, cfg.max_pixels, "image")
     if mask_bytes is not None:
         m = decode_image(mask_bytes, cfg.max_pixels, "mask", mode="L")
@@ -233,8 +244,7 @@ def _complete_sync(runner: Runner, cfg: ServeConfig, photo_bytes: bytes, mask_by
         spec: str | np.ndarray = (m > 127).astype(np.float32)
     else:
         spec = preset.upper()
-    outs: list[tuple[str, np.ndarray]] = []
-    for b in (("none", "poisson") if blend == "both" else (blend,)):
-        imgs, faces = complete_image(runner, photo, spec, align, seed=seed, samples=samples, blend=b)
-        outs += [(b, img) for img in imgs]
-    return outs, faces
+    blends = ("none", "poisson") if blend == "both" else (blend,)  # both: one generator pass, two pastes
+    by_blend, faces = complete_image_blends(runner.completer, photo, spec, align, seed=seed, samples=samples,
+                                            blends=blends)
+    return [(b, img) for b in blends for img in by_blend[b]], faces
