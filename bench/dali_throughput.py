@@ -23,6 +23,7 @@ import time
 from datetime import date
 from pathlib import Path
 
+import numpy as np
 import psutil
 import torch
 
@@ -57,6 +58,73 @@ def measure(make, batches: int, warmup: int) -> dict:
     wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
     del it, loader  # DataLoader workers and DALI threads end before the next configuration starts
     return {"images": n, "wall_s": wall, "cpu_s": cpu, "images_per_s": n / wall, "images_per_cpu_s": n / cpu}
+
+
+def stage_costs(files: list[Path], cfg, batches: int = 40) -> dict[str, float]:
+    """CPU ms per image of the DALI graph cut after each stage (one thread), and of the reference's
+    parts, so a throughput gap can be traced to an operator. Differences between rows are a stage's cost."""
+    import cv2
+    from nvidia.dali import fn, pipeline_def, types
+
+    from facecomp.data import dali as D
+    from facecomp.data.pipeline import Augment, FaceDataset
+    from facecomp.images import read_rgb
+
+    spec = dataclasses.replace(D.dali_spec(cfg), threads=1, prefetch=1)
+    names = [str(f) for f in files]
+    s = spec.image_size
+
+    def cut(k: int):
+        jpegs, index = fn.readers.file(files=names, shuffle_after_epoch=True, name=D.READER)
+        if k == 0:
+            return index
+        m = D._warp_matrix(jpegs, spec)
+        if k == 1:
+            return m
+        img = fn.decoders.image(jpegs, device="cpu", output_type=types.RGB)
+        if k == 2:
+            return m, img
+        return fn.warp_affine(img, matrix=m, size=[s, s], inverse_map=False, dtype=types.FLOAT)
+
+    def per_image(run, n: int) -> float:
+        for _ in range(3):
+            run()
+        t = time.process_time()
+        for _ in range(n):
+            run()
+        return (time.process_time() - t) / (n * spec.batch_size) * 1e3
+
+    out = {}
+    for k, name in enumerate(("dali: reader", "dali: + warp matrix", "dali: + decode", "dali: + warp")):
+        pipe = pipeline_def(lambda k=k: cut(k))(batch_size=spec.batch_size, num_threads=1, device_id=None, seed=1,
+                                                prefetch_queue_depth=1)
+        pipe.build()
+        out[name] = per_image(pipe.run, batches)
+    pipe = D.build_pipeline(names, list(range(len(names))), spec)
+    pipe.build()
+    out["dali: + normalize, mask (whole graph)"] = per_image(pipe.run, batches)
+    it = iter(D.DaliLoader(files, spec))
+    out["dali: + iterator to torch (whole loader)"] = per_image(lambda: next(it), batches)
+
+    cv2.setNumThreads(1)  # one core's cost, like a DataLoader worker without spare cores
+    n = batches * spec.batch_size // 4
+    imgs = [read_rgb(f) for f in files[:n]]
+    t = time.process_time()
+    for f in files[:n]:
+        read_rgb(f)
+    out["reference: PIL decode"] = (time.process_time() - t) / n * 1e3
+    mat = np.array([[0.8, 0.1, -7.0], [-0.1, 0.8, -30.0]])
+    t = time.process_time()
+    for im in imgs:
+        cv2.warpAffine(im, mat, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    out["reference: cv2 warp"] = (time.process_time() - t) / n * 1e3
+    ds = FaceDataset(files, s, Augment.from_config(cfg.data), cfg.mask, cfg.train.seed)
+    t = time.process_time()
+    for i in range(n):
+        ds[(0, i)]
+    out["reference: whole sample (decode, warp, mask, to tensor)"] = (time.process_time() - t) / n * 1e3
+    cv2.setNumThreads(-1)
+    return out
 
 
 def main() -> None:
@@ -103,10 +171,14 @@ def main() -> None:
         s["vs_best_torch"] = s["images_per_s"] / summary[best_torch]["images_per_s"]
         print(f"{name:32s} median {s['images_per_s']:7.1f} images/s  {s['images_per_cpu_s']:6.1f} images/cpu-s  "
               f"{s['vs_best_torch']:.2f}x {best_torch}")
+    costs = stage_costs(files, cfg)
+    for name, ms in costs.items():
+        print(f"{name:58s} {ms:6.3f} CPU ms/image")
     out = {"date": str(date.today()), "machine": platform.platform(), "cpus": os.cpu_count(),
            "load_avg_at_start": load_at_start, "load_avg_at_end": os.getloadavg(), "files": len(files),
            "batch": args.batch, "image_size": cfg.generator.image_size, "batches_timed": args.batches,
-           "warmup": args.warmup, "repeats": args.repeats, "best_torch": best_torch, "summary": summary, "runs": runs}
+           "warmup": args.warmup, "repeats": args.repeats, "best_torch": best_torch, "summary": summary, "runs": runs,
+           "cpu_ms_per_image": costs}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
     print(f"wrote {args.out}")

@@ -109,20 +109,21 @@ def _warp_matrix(jpegs, spec: DaliSpec):
     x0, y0 = aligned * CROP_X0, aligned * CROP_Y0
     bw = aligned * CROP_SIDE + (1.0 - aligned) * w
     bh = aligned * CROP_SIDE + (1.0 - aligned) * h
-    c = s / 2.0
-    m = fn.transforms.translation(offset=[-0.5, -0.5])  # DALI centres (+0.5) -> OpenCV centres
-    m = fn.transforms.translation(m, offset=fn.stack(-x0, -y0))
-    m = fn.transforms.scale(m, scale=fn.stack(s / bw, s / bh))  # the face box onto the S x S crop
-    m = fn.transforms.translation(m, offset=[-c, -c])
+    # The face box onto the S x S crop, in DALI's pixel-centre convention (+0.5 where OpenCV has 0):
+    # OpenCV's box edges x0 and x0 + bw sit at x0 + 0.5 and x0 + bw + 0.5 here, the crop's at 0.5, S + 0.5.
+    # Few operators on purpose: each costs a pass over the batch, and these are tiny.
+    m = fn.transforms.crop(from_start=fn.stack(x0, y0) + 0.5, from_end=fn.stack(x0 + bw, y0 + bh) + 0.5,
+                           to_start=[0.5, 0.5], to_end=[s + 0.5, s + 0.5])
+    centre = [s / 2.0 + 0.5] * 2
     flip = 1.0 - 2.0 * fn.cast(fn.random.coin_flip(probability=d.flip), dtype=types.FLOAT)
     # a zero range skips its random op (DALI refuses an empty range)
     scale = fn.random.uniform(range=[d.scale_min, d.scale_max]) if d.scale_max > d.scale_min else d.scale_min
-    m = fn.transforms.scale(m, scale=fn.stack(flip * scale, scale))
+    m = fn.transforms.scale(m, scale=fn.stack(flip * scale, scale), center=centre)  # flip first, as crop_matrix
     if d.rotate > 0:
-        m = fn.transforms.rotation(m, angle=fn.random.uniform(range=[-d.rotate, d.rotate]))
-    shift = fn.random.uniform(range=[-d.shift, d.shift], shape=[2]) * s + c if d.shift > 0 else [c, c]
-    m = fn.transforms.translation(m, offset=shift)
-    return fn.transforms.translation(m, offset=[0.5, 0.5])  # back to DALI centres
+        m = fn.transforms.rotation(m, angle=fn.random.uniform(range=[-d.rotate, d.rotate]), center=centre)
+    if d.shift > 0:
+        m = fn.transforms.translation(m, offset=fn.random.uniform(range=[-d.shift, d.shift], shape=[2]) * s)
+    return m
 
 
 def _graph(files: list[str], labels: list[int], spec: DaliSpec, shard_id: int, num_shards: int):
