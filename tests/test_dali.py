@@ -160,13 +160,18 @@ def test_resume_mid_epoch_gives_the_same_next_batches(val64, taken):
 
 
 @requires_dali
-def test_truncated_jpeg_is_left_out_not_fatal(val64, tmp_path):
-    from facecomp.data.dali import jpeg_intact
+def test_truncated_files_are_left_out_not_fatal(val64, tmp_path):
+    from facecomp.data.dali import jpeg_intact, png_intact
 
-    files = [Path(shutil.copy(p, tmp_path / p.name)) for p in val64[:9]]
+    files = [Path(shutil.copy(p, tmp_path / p.name)) for p in val64[:8]]
     data = files[3].read_bytes()
     files[3].write_bytes(data[: len(data) // 2])  # a real face cut in half, as an interrupted copy leaves it
-    assert not jpeg_intact(files[3]) and all(jpeg_intact(p) for p in files if p != files[3])
+    for k, name in ((4, "whole.png"), (5, "cut.png")):  # PNGs (DALI decodes them too): one whole, one cut
+        assert cv2.imwrite(str(tmp_path / name), cv2.imread(str(val64[k])))
+        files.append(tmp_path / name)
+    files[-1].write_bytes(files[-1].read_bytes()[:5000])
+    assert not jpeg_intact(files[3]) and not png_intact(files[-1]) and png_intact(files[-2])
+    assert all(jpeg_intact(p) for p in files[:8] if p != files[3])
     with pytest.raises(ValueError, match="truncated"):  # the reference pipeline refuses it too
         load_face(files[3], 128)
 
@@ -174,9 +179,9 @@ def test_truncated_jpeg_is_left_out_not_fatal(val64, tmp_path):
     assert ld.steps_per_epoch == 2  # 8 readable faces, batch 4
     it = iter(ld)
     batches = [next(it) for _ in range(6)]  # three epochs
-    assert [b["skipped"] for b in batches] == [1, 0, 1, 0, 1, 0]  # counted once an epoch, as the reference does
+    assert [b["skipped"] for b in batches] == [2, 0, 2, 0, 2, 0]  # counted once an epoch, as the reference does
     seen = {i for b in batches for i in b["index"].tolist()}
-    assert seen == set(range(9)) - {3}
+    assert seen == set(range(10)) - {3, 9}
 
 
 @requires_dali

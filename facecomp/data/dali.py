@@ -25,8 +25,8 @@ What matches the reference and what does not:
   drops its shard's last partial batch each epoch, as the reference sampler does.
 - Resume: the reader and random-generator state (DALI checkpointing) goes into the training
   checkpoint as base64 text (:meth:`DaliLoader.state`); a resumed run continues the epoch exactly.
-- Unreadable files: a file whose JPEG start or end marker is missing (truncated, empty, not a
-  JPEG) is left out of the file list before the pipeline is built, so the decoder never meets it;
+- Unreadable files: a file whose JPEG (or PNG) start or end marker is missing (truncated, empty,
+  another format) is left out of the file list before the pipeline is built, so the decoder never meets it;
   rank 0 reports their number as ``skipped`` on the first batch of each epoch, as the reference
   counts each unreadable file once per epoch.
 """
@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from facecomp import layout
 from facecomp.config import Config, DataConfig
 
 try:
@@ -56,8 +57,9 @@ log = logging.getLogger(__name__)
 
 READER = "reader"  # the reader's name: the iterator sizes epochs by it
 OUTPUTS = ("image", "mask", "index")
-ALIGNED_W, ALIGNED_H = 178, 218  # layout.ALIGNED_SIZE
-CROP_X0, CROP_Y0, CROP_SIDE = 9, 41, 160  # layout.CROP_BOX as corner and side
+ALIGNED_W, ALIGNED_H = layout.ALIGNED_SIZE
+CROP_X0, CROP_Y0, _, _ = layout.CROP_BOX
+CROP_SIDE = layout.CROP_BOX[2] - CROP_X0  # the box is square
 
 
 def jpeg_intact(path: str | Path, tail: int = 64) -> bool:
@@ -75,11 +77,26 @@ def jpeg_intact(path: str | Path, tail: int = 64) -> bool:
         return False
 
 
+def png_intact(path: str | Path, tail: int = 64) -> bool:
+    """The PNG signature at the start and the IEND chunk at the end."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != b"\x89PNG\r\n\x1a\n":
+                return False
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(8, size - tail))
+            return b"IEND" in f.read()
+    except OSError:
+        return False
+
+
 def readable_files(files: list[Path]) -> tuple[list[int], list[Path]]:
-    """Indices of the files that pass :func:`jpeg_intact`, and the paths of those that do not."""
+    """Indices of the files that pass :func:`jpeg_intact` or :func:`png_intact`, and the paths of
+    those that pass neither. Strict on purpose: a JPEG with more than 64 bytes after its end marker
+    (some camera trailers) is left out too; CelebA's faces have none."""
     good, bad = [], []
     for i, p in enumerate(files):
-        (good.append(i) if jpeg_intact(p) else bad.append(Path(p)))
+        (good.append(i) if jpeg_intact(p) or png_intact(p) else bad.append(Path(p)))
     return good, bad
 
 
