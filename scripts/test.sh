@@ -2,10 +2,16 @@
 # The test command: set up, then every test that runs on a CPU (slow ones excluded; see README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh test,faces,serve,dali,export
+bash scripts/setup.sh test,faces,serve,dali,export,cluster
 # The browser test drives Debian's Chromium (Playwright with executable_path); it skips if absent.
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
     || echo "note: could not install chromium; the browser test will skip"
+fi
+# The Slurm scripts are tested against a real single-node Slurm (slurm/local.sh starts it; needs root),
+# and linted with shellcheck; those tests skip if the packages are absent.
+if ! command -v slurmctld >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge shellcheck) \
+    >/dev/null 2>&1 || echo "note: could not install slurm-wlm/munge/shellcheck; the Slurm tests will skip"
 fi
 .venv/bin/python -m pytest -q "$@"

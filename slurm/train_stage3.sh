@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Stage 3 (+ global adversarial and parsing losses, from stage 2) on a Slurm allocation: Ray head on the first node,
+# workers on the others, one DeepSpeed worker per GPU. Submit from the repository root:
+#   FACECOMP_DATA=/shared/celeba sbatch slurm/train_stage3.sh
+# Settings: slurm/ray_stage.sh. Override the allocation on the command line (sbatch --nodes=4 ...).
+#SBATCH --job-name=facecomp-stage3
+#SBATCH --nodes=2
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=8
+#SBATCH --cpus-per-task=64
+#SBATCH --time=24:00:00
+#SBATCH --output=%x-%j.out
+
+# shellcheck source=slurm/ray_stage.sh
+source "${SLURM_SUBMIT_DIR:-.}/slurm/ray_stage.sh"
+run_stage 3 --init "$storage/stage2"
