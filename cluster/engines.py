@@ -98,11 +98,21 @@ def build_engines(models: Models, cfg: Config, device: torch.device) -> Engines:
     """Wrap the plain modules of ``models`` (already on ``device``) in DeepSpeed engines."""
     import deepspeed  # after DS_ACCELERATOR is set (facecomp.cluster.worker)
 
+    ds_json = load_ds_json(cfg.cluster.deepspeed)
+    dtype = next((t for key, t in (("bf16", torch.bfloat16), ("fp16", torch.float16))
+                  if ds_json.get(key, {}).get("enabled")), None)
     lrs = {"g": cfg.optim.lr_g, "d_local": cfg.optim.lr_d, "d_global": cfg.optim.lr_d}
     mods = {"g": models.generator, "d_local": models.d_local, "d_global": models.d_global}
     engines = {}
     for name in ENGINES:
-        mod = mods[name]
+        # DeepSpeed broadcasts and flattens parameters as contiguous byte views, which channels_last
+        # weights are not. The step still feeds channels_last activations (runtime.channels_last), and
+        # a conv with one channels_last operand runs channels_last.
+        mod = mods[name].to(memory_format=torch.contiguous_format)
+        if dtype is not None:
+            # DeepSpeed casts only the parameters; BatchNorm then meets bf16 weights and fp32 running
+            # statistics, which CPU batch_norm refuses. Cast the buffers with them.
+            mod = mod.to(dtype)
         engine, *_ = deepspeed.initialize(model=mod, model_parameters=[p for p in mod.parameters()],
                                           config=deepspeed_config(cfg, lrs[name], device))
         engines[name] = engine

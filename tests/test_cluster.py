@@ -222,3 +222,61 @@ def test_bad_deepspeed_config_is_one_line(celeba, tmp_path):
                         "--data", str(celeba), "--storage", str(tmp_path), "cluster.deepspeed=zero9"],
                        capture_output=True, text=True, env=ENV, timeout=120)
     assert r.returncode == 2 and "zero1_fp32" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_deepspeed_config_takes_the_facecomp_side(smoke_cfg):
+    from facecomp.cluster.engines import config_names, deepspeed_config
+
+    cpu = torch.device("cpu")
+    assert {"zero0_fp32", "zero1_fp32", "zero2_fp32", "zero1_bf16", "zero2_bf16", "zero1_fp16"} <= set(config_names())
+    smoke_cfg.optim.beta1 = 0.3
+    ds = deepspeed_config(smoke_cfg, 1e-3, cpu)
+    assert ds["train_micro_batch_size_per_gpu"] == smoke_cfg.train.batch_size
+    assert ds["optimizer"]["params"] == {"lr": 1e-3, "betas": [0.3, 0.999], "eps": 1e-8, "weight_decay": 0.0,
+                                         "adam_w_mode": False, "torch_adam": True}
+    assert ds["gradient_clipping"] == 0.0  # the plain loop's optim.grad_clip, not DeepSpeed's 1.0
+    smoke_cfg.cluster.deepspeed = "zero1_fp32_accum4_clip1"
+    ds = deepspeed_config(smoke_cfg, 1e-3, cpu)
+    assert ds["gradient_accumulation_steps"] == 4 and ds["gradient_clipping"] == 1.0  # the JSON's own
+    smoke_cfg.cluster.deepspeed = "zero1_bf16"
+    with pytest.raises(ValueError, match="runtime.amp=bf16"):
+        deepspeed_config(smoke_cfg, 1e-3, cpu)
+    smoke_cfg.cluster.deepspeed, smoke_cfg.runtime.amp = "zero1_fp16", "fp16"
+    with pytest.raises(ValueError, match="needs CUDA"):
+        deepspeed_config(smoke_cfg, 1e-3, cpu)
+
+
+def test_deepspeed_config_may_not_own_batch_or_optimizer(smoke_cfg, tmp_path):
+    from facecomp.cluster.engines import deepspeed_config
+
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"zero_optimization": {"stage": 1}, "optimizer": {"type": "AdamW"}}))
+    smoke_cfg.cluster.deepspeed = str(path)
+    with pytest.raises(ValueError, match="owns it"):
+        deepspeed_config(smoke_cfg, 1e-3, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("ds_name", ["zero1_bf16", "zero2_bf16"])
+def test_bf16_engines_train(smoke_cfg, face_files, dist_world_1, ds_name):
+    """bf16 engines (weights in bf16, fp32 master copy in ZeRO) with channels_last activations, as the cpu
+    preset trains, run stage 2 and move the models that stage trains."""
+    from facecomp.cluster.engines import build_engines, make_agree
+    from facecomp.data.pipeline import build_loader
+    from facecomp.train.loop import build_models
+    from facecomp.train.step import train_step
+
+    cfg = smoke_cfg
+    cfg.cluster.deepspeed, cfg.runtime.amp = ds_name, "bf16"
+    cfg.runtime.channels_last = True  # as the cpu preset: engines need contiguous weights, get them
+    cfg.adversarial.d_skip_below = 0.0
+    b = next(iter(build_loader(face_files, cfg.generator.image_size, cfg.data, cfg.mask, 4, 0)))
+    batch = {"image": b["image"], "mask": b["mask"]}
+    engines = build_engines(build_models(cfg, 1, torch.device("cpu")), cfg, torch.device("cpu"))
+    assert next(engines.g.module.parameters()).dtype == torch.bfloat16
+    before = {n: [p.detach().float().clone() for p in m.parameters()] for n, m in engines.modules().items()}
+    for step in range(2):
+        metrics = train_step(engines.models(None), engines.updaters(), batch, cfg, 2, step, agree=make_agree(1)).metrics
+        assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+    for name in ("generator", "d_local"):
+        after = [p.detach().float() for p in engines.modules()[name].parameters()]
+        assert any(not torch.equal(a, b) for a, b in zip(before[name], after, strict=True)), f"{name} did not move"
