@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -112,6 +113,7 @@ def main() -> None:
     tune_allocator()
     device = args.device
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    load_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         gen, methods = build_methods(device, Path(tmp), set(args.include.split(",")))
         torch.manual_seed(0)
@@ -148,6 +150,8 @@ def main() -> None:
     out.write_text(json.dumps({"date": str(date.today()), "device": device, "torch": torch.__version__,
                                "cpu": platform.processor() or platform.machine(),
                                "threads": torch.get_num_threads(), "rounds": args.rounds, "repeats": args.repeats,
+                               # 1-minute load average before and after: other work on the machine shows here
+                               "loadavg_start": load_start[0], "loadavg_end": os.getloadavg()[0],
                                "rows": rows}, indent=2))
     print(f"wrote {out}")
 
