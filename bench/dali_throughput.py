@@ -84,6 +84,8 @@ def stage_costs(files: list[Path], cfg, batches: int = 40) -> dict[str, float]:
         img = fn.decoders.image(jpegs, device="cpu", output_type=types.RGB)
         if k == 2:
             return m, img
+        if k == 3:
+            return D._warp(img, m, s)
         return fn.warp_affine(img, matrix=m, size=[s, s], inverse_map=False, dtype=types.FLOAT)
 
     def per_image(run, n: int) -> float:
@@ -95,16 +97,21 @@ def stage_costs(files: list[Path], cfg, batches: int = 40) -> dict[str, float]:
         return (time.process_time() - t) / (n * spec.batch_size) * 1e3
 
     out = {}
-    for k, name in enumerate(("dali: reader", "dali: + warp matrix", "dali: + decode", "dali: + warp")):
-        pipe = pipeline_def(lambda k=k: cut(k))(batch_size=spec.batch_size, num_threads=1, device_id=None, seed=1,
-                                                prefetch_queue_depth=1)
+    def graph_cut(k: int):
+        pipe = pipeline_def(lambda: cut(k))(batch_size=spec.batch_size, num_threads=1, device_id=None, seed=1,
+                                            prefetch_queue_depth=1)
         pipe.build()
-        out[name] = per_image(pipe.run, batches)
+        return pipe
+
+    for k, name in enumerate(("dali: reader", "dali: + warp matrix", "dali: + decode", "dali: + warp")):
+        out[name] = per_image(graph_cut(k).run, batches)
     pipe = D.build_pipeline(names, list(range(len(names))), spec)
     pipe.build()
     out["dali: + normalize, mask (whole graph)"] = per_image(pipe.run, batches)
     it = iter(D.DaliLoader(files, spec))
     out["dali: + iterator to torch (whole loader)"] = per_image(lambda: next(it), batches)
+    # fn.warp_affine (float output) in place of the graph's warp, as the pipeline first had it
+    out["dali: decode + fn.warp_affine instead (not used)"] = per_image(graph_cut(4).run, batches)
 
     cv2.setNumThreads(1)  # one core's cost, like a DataLoader worker without spare cores
     n = batches * spec.batch_size // 4

@@ -36,12 +36,6 @@ def loader(files, overrides=(), **kw):
     return build_dali_loader(cfg, files, **kw)
 
 
-def to_opencv(m: np.ndarray) -> np.ndarray:
-    """A DALI warp matrix (pixel centres at +0.5) in OpenCV's convention (centres at 0)."""
-    t = np.array([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1.0]])
-    return (np.linalg.inv(t) @ np.vstack([m, [0, 0, 1]]) @ t)[:2]
-
-
 def similarity(m: np.ndarray, size: int = 128) -> tuple[bool, float, float, float, float]:
     """(flip, angle in degrees, scale, shift x, shift y as fractions of the crop) of an OpenCV crop matrix."""
     a = m[:, :2] / (size / 160)  # remove the crop box's own scale
@@ -76,16 +70,15 @@ def test_batch_contract_and_the_crop(val64):
 
 @requires_dali
 def test_augmented_image_is_warped_by_its_matrix(val64):
-    """The matrix output is the one warp_affine applied: OpenCV with it reproduces the image (all but
-    the corners a rotation pulls from outside the face, where DALI clamps and OpenCV reflects)."""
+    """The matrix output is the one the warp applied: OpenCV's warpAffine with it (the reference's
+    call, borders reflected) reproduces the DALI image to rounding."""
     batch = next(iter(loader(val64, with_matrix=True)))
     for k in range(4):
         src = cv2.cvtColor(cv2.imread(str(val64[int(batch["index"][k])])), cv2.COLOR_BGR2RGB)
-        mat = to_opencv(batch["matrix"][k].numpy())
+        mat = batch["matrix"][k].numpy().astype(np.float64)
         ref = cv2.warpAffine(src, mat, (128, 128), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
         got = (batch["image"][k].permute(1, 2, 0).numpy() + 1) * 127.5
-        close = np.abs(got - ref) <= 1.01
-        assert close.mean() > 0.97, close.mean()
+        assert np.abs(got - ref).max() <= 1.01  # equal on this CPU; one grey level allowed for rounding
 
 
 @requires_dali
@@ -98,7 +91,7 @@ def test_statistics_agree_with_the_reference_pipeline(val64):
     params, corners = [], []
     for _ in range(48):
         b = next(it)
-        params += [similarity(to_opencv(m)) for m in b["matrix"].numpy()]
+        params += [similarity(m.astype(np.float64)) for m in b["matrix"].numpy()]
         ys = b["mask"][:, 0].amax(dim=2).argmax(dim=1)  # first masked row
         xs = b["mask"][:, 0].amax(dim=1).argmax(dim=1)  # first masked column
         corners += list(zip(ys.tolist(), xs.tolist(), strict=True))

@@ -13,9 +13,9 @@ contract of :mod:`facecomp.data.pipeline`:
 What matches the reference and what does not:
 - Geometry: the same 2x3 matrix as :func:`pipeline.crop_matrix` (crop box, flip, shift, rotation,
   scale about the crop centre, the same ranges from the same DataConfig), built with
-  ``fn.transforms`` and applied by ``fn.warp_affine``. DALI puts pixel centres at +0.5 where OpenCV
-  puts them at 0; the half-pixel shifts below make the two resample the same points. Outside the
-  source, DALI repeats the border pixel where OpenCV reflects (only rotated or shrunk corners).
+  ``fn.transforms`` and applied by ``fn.experimental.warp_perspective`` with OpenCV's pixel origin
+  and border mode (reflect 101), so each output pixel is the one ``cv2.warpAffine`` makes from the
+  same matrix, up to rounding.
 - Mask: a ``mask.size`` square at a uniform random position (both corners uniform over
   0..S-size inclusive, as :func:`masks.square`); only the "square" kind exists here.
 - Randomness is DALI's own (seeded by (train.seed, rank)), so the samples agree with the
@@ -118,7 +118,7 @@ class DaliSpec:
 
 
 def _warp_matrix(jpegs, spec: DaliSpec):
-    """[2, 3] per sample: input pixels -> crop pixels, in DALI's pixel-centre convention."""
+    """[2, 3] per sample: input pixels -> crop pixels, OpenCV's convention (pixel centres at integers)."""
     s, d = float(spec.image_size), spec.data
     hw = fn.peek_image_shape(jpegs, dtype=types.FLOAT)  # [H, W, C] from the header, no decode
     h, w = hw[0], hw[1]
@@ -126,12 +126,11 @@ def _warp_matrix(jpegs, spec: DaliSpec):
     x0, y0 = aligned * CROP_X0, aligned * CROP_Y0
     bw = aligned * CROP_SIDE + (1.0 - aligned) * w
     bh = aligned * CROP_SIDE + (1.0 - aligned) * h
-    # The face box onto the S x S crop, in DALI's pixel-centre convention (+0.5 where OpenCV has 0):
-    # OpenCV's box edges x0 and x0 + bw sit at x0 + 0.5 and x0 + bw + 0.5 here, the crop's at 0.5, S + 0.5.
-    # Few operators on purpose: each costs a pass over the batch, and these are tiny.
-    m = fn.transforms.crop(from_start=fn.stack(x0, y0) + 0.5, from_end=fn.stack(x0 + bw, y0 + bh) + 0.5,
-                           to_start=[0.5, 0.5], to_end=[s + 0.5, s + 0.5])
-    centre = [s / 2.0 + 0.5] * 2
+    # The face box onto the S x S crop (layout.input_to_crop), then the augmentation about the crop's
+    # centre. Few operators on purpose: each costs a pass over the batch, and these are tiny.
+    m = fn.transforms.crop(from_start=fn.stack(x0, y0), from_end=fn.stack(x0 + bw, y0 + bh),
+                           to_start=[0.0, 0.0], to_end=[s, s])
+    centre = [s / 2.0] * 2
     flip = 1.0 - 2.0 * fn.cast(fn.random.coin_flip(probability=d.flip), dtype=types.FLOAT)
     # a zero range skips its random op (DALI refuses an empty range)
     scale = fn.random.uniform(range=[d.scale_min, d.scale_max]) if d.scale_max > d.scale_min else d.scale_min
@@ -143,6 +142,19 @@ def _warp_matrix(jpegs, spec: DaliSpec):
     return m
 
 
+def _warp(img, matrix, size: int):
+    """[H, W, 3] uint8 -> [S, S, 3] uint8 through the [2, 3] matrix (source -> crop).
+
+    The perspective warp with an affine matrix, not fn.warp_affine: it takes OpenCV's pixel origin
+    and border (reflect 101), so it resamples what cv2.warpAffine does in the reference (equal on
+    this CPU, tests/test_dali.py), and it costs about half of fn.warp_affine here (bench/RESULTS.md).
+    """
+    affine3 = fn.cat(matrix, fn.constant(fdata=[0.0, 0.0, 1.0], shape=[1, 3]), axis=0)  # [3, 3]
+    return fn.experimental.warp_perspective(img, matrix=affine3, size=[size, size], inverse_map=False,
+                                            pixel_origin="center", border_mode="reflect_101",
+                                            interp_type=types.INTERP_LINEAR)
+
+
 def _graph(files: list[str], labels: list[int], spec: DaliSpec, shard_id: int, num_shards: int):
     jpegs, index = fn.readers.file(files=files, labels=labels, shard_id=shard_id, num_shards=num_shards,
                                    shuffle_after_epoch=True, shuffle_after_epoch_seed=spec.seed,
@@ -151,10 +163,7 @@ def _graph(files: list[str], labels: list[int], spec: DaliSpec, shard_id: int, n
     img = fn.decoders.image(jpegs, device="mixed" if spec.gpu else "cpu", output_type=types.RGB,
                             use_fast_idct=spec.fast_idct)
     s = spec.image_size
-    # inverse_map=False: the matrix maps source to destination (as crop_matrix does). Float output:
-    # 16% less CPU per image than uint8 here (no rounding pass), and one rounding fewer than OpenCV's.
-    face = fn.warp_affine(img, matrix=matrix, size=[s, s], inverse_map=False, interp_type=types.INTERP_LINEAR,
-                          dtype=types.FLOAT)
+    face = _warp(img, matrix, s)
     image = fn.crop_mirror_normalize(face, dtype=types.FLOAT, output_layout="CHW",
                                      mean=[127.5] * 3, std=[127.5] * 3)  # [3, S, S] in [-1, 1]
     corner = fn.random.uniform(range=[0, s - spec.mask_size], dtype=types.INT32, shape=[2])  # (y, x), inclusive
