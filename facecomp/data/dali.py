@@ -147,7 +147,7 @@ def _warp(img, matrix, size: int):
 
     The perspective warp with an affine matrix, not fn.warp_affine: it takes OpenCV's pixel origin
     and border (reflect 101), so it resamples what cv2.warpAffine does in the reference (equal on
-    this CPU, tests/test_dali.py), and it costs about half of fn.warp_affine here (bench/RESULTS.md).
+    this CPU, tests/test_dali.py), and it costs about 40% of fn.warp_affine here (bench/RESULTS.md).
     """
     affine3 = fn.cat(matrix, fn.constant(fdata=[0.0, 0.0, 1.0], shape=[1, 3]), axis=0)  # [3, 3]
     return fn.experimental.warp_perspective(img, matrix=affine3, size=[size, size], inverse_map=False,
