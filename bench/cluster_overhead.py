@@ -5,12 +5,13 @@ All in one run, side by side, on the same real batch (loader excluded, as in tra
   plain-2t    the same, 2 threads, batch 2B (the whole machine doing both workers' work)
   ray-1w      Ray Train, 1 worker (1 thread), DeepSpeed engines, batch B
   ray-2w      Ray Train, 2 workers (1 thread each), engines, B per worker = 2B per step, gloo all-reduce
+  plain-1t-contig  plain-1t with contiguous weights, the layout DeepSpeed needs (channels_last presets)
 Per-step overhead = ray-2w step / plain-1t step - 1 (each rank does plain-1t's work, plus the
 collectives and DeepSpeed's bookkeeping). Scaling = ray-2w images/s over plain-1t's (2.0 is ideal)
 and over plain-2t's (what the same 2 cores give without the cluster stack). Step times are medians of
-the timed steps inside the workers (rank 0), after warm-up steps.
+the timed steps (rank 0's inside the workers), after warm-up steps, over all repeats.
 
-    python bench/cluster_overhead.py [--preset cpu] [--stages 1,3] [--steps 6] [--warmup 2]
+    python bench/cluster_overhead.py [--preset cpu] [--stages 1,3] [--steps 6] [--warmup 2] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -62,11 +63,14 @@ def _time_steps(step_fn, warmup: int, steps: int) -> list[float]:
     return times
 
 
-def plain(cfg, stage: int, batch: dict, threads: int, warmup: int, steps: int) -> list[float]:
+def plain(cfg, stage: int, batch: dict, threads: int, warmup: int, steps: int, contiguous: bool = False) -> list[float]:
     from facecomp.train.step import OptimizerUpdater, train_step
 
     torch.set_num_threads(threads)
     models = _models(cfg, stage)
+    if contiguous:  # the weight layout DeepSpeed engines get (cluster.engines.build_engines)
+        for name in ("generator", "d_local", "d_global"):
+            setattr(models, name, getattr(models, name).to(memory_format=torch.contiguous_format))
     opt = lambda m, lr: torch.optim.Adam(m.parameters(), lr=lr, betas=(cfg.optim.beta1, cfg.optim.beta2))  # noqa: E731
     updaters = {"g": OptimizerUpdater(models.generator, opt(models.generator, cfg.optim.lr_g)),
                 "d_local": OptimizerUpdater(models.d_local, opt(models.d_local, cfg.optim.lr_d)),
@@ -122,6 +126,7 @@ def main() -> None:
     ap.add_argument("--stages", default="1,3")
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=2, help="rounds of all variants, interleaved")
     ap.add_argument("--deepspeed", default="zero1_fp32")
     ap.add_argument("--storage", default="/tmp/facecomp-bench-cluster")
     ap.add_argument("--out", default=f"bench/results/cluster_overhead_{date.today()}.json")
@@ -135,22 +140,31 @@ def main() -> None:
     ray.init(num_cpus=2, log_to_driver=False)
     rows = []
     for stage in [int(s) for s in args.stages.split(",")]:
-        t = {"plain-1t": plain(cfg, stage, batch1, 1, args.warmup, args.steps),
-             "plain-2t": plain(cfg, stage, batch2, 2, args.warmup, args.steps),
-             "ray-1w": ray_run(cfg, stage, batch1, 1, args.warmup, args.steps, Path(args.storage)),
-             "ray-2w": ray_run(cfg, stage, batch1, 2, args.warmup, args.steps, Path(args.storage))}
+        # repeats interleave the variants, so a burst of load from another process hits all of them
+        t: dict[str, list[float]] = {}
+        for _ in range(args.repeats):
+            variants = {
+                "plain-1t": (plain, (cfg, stage, batch1, 1, args.warmup, args.steps)),
+                "plain-1t-contig": (plain, (cfg, stage, batch1, 1, args.warmup, args.steps, True)),
+                "plain-2t": (plain, (cfg, stage, batch2, 2, args.warmup, args.steps)),
+                "ray-1w": (ray_run, (cfg, stage, batch1, 1, args.warmup, args.steps, Path(args.storage))),
+                "ray-2w": (ray_run, (cfg, stage, batch1, 2, args.warmup, args.steps, Path(args.storage)))}
+            for key, (fn, fn_args) in variants.items():
+                t.setdefault(key, []).extend(fn(*fn_args))
         med = {k: statistics.median(v) for k, v in t.items()}
-        images = {"plain-1t": b, "plain-2t": 2 * b, "ray-1w": b, "ray-2w": 2 * b}
+        images = {"plain-1t": b, "plain-1t-contig": b, "plain-2t": 2 * b, "ray-1w": b, "ray-2w": 2 * b}
         ips = {k: images[k] / med[k] for k in med}
         row = {"stage": stage, "batch_per_worker": b, "step_s": med, "images_per_s": ips, "all_step_s": t,
                "overhead_ray_1w_vs_plain_1t": med["ray-1w"] / med["plain-1t"] - 1,
                "overhead_ray_2w_vs_plain_1t": med["ray-2w"] / med["plain-1t"] - 1,
+               "cost_of_contiguous_weights": med["plain-1t-contig"] / med["plain-1t"] - 1,
                "scaling_2w_vs_plain_1t": ips["ray-2w"] / ips["plain-1t"],
                "scaling_2w_vs_plain_2t": ips["ray-2w"] / ips["plain-2t"]}
         rows.append(row)
         print(f"stage {stage}: step s " + ", ".join(f"{k} {v:.3f}" for k, v in med.items())
               + f" | overhead 1w {100 * row['overhead_ray_1w_vs_plain_1t']:+.1f}%, "
-              f"2w {100 * row['overhead_ray_2w_vs_plain_1t']:+.1f}% | 2w images/s x{row['scaling_2w_vs_plain_1t']:.2f} "
+              f"2w {100 * row['overhead_ray_2w_vs_plain_1t']:+.1f}%, contiguous weights "
+              f"{100 * row['cost_of_contiguous_weights']:+.1f}% | 2w images/s x{row['scaling_2w_vs_plain_1t']:.2f} "
               f"of plain-1t, x{row['scaling_2w_vs_plain_2t']:.2f} of plain-2t", flush=True)
     ray.shutdown()
     out = Path(args.out)
@@ -161,7 +175,7 @@ def main() -> None:
         "date": str(date.today()), "machine": platform.processor() or platform.machine(), "cores": os.cpu_count(),
         "torch": torch.__version__, "ray": ray.__version__, "deepspeed": deepspeed.__version__,
         "preset": args.preset, "deepspeed_config": args.deepspeed, "amp": cfg.runtime.amp,
-        "warmup": args.warmup, "steps": args.steps, "stages": rows}, indent=2))
+        "warmup": args.warmup, "steps": args.steps, "repeats": args.repeats, "stages": rows}, indent=2))
     print(f"wrote {out}")
 
 
