@@ -46,6 +46,9 @@ teardown() {
 }
 trap teardown EXIT
 
+if [ "$RAY_AUTH_MODE" = token ] && [ -z "${RAY_AUTH_TOKEN:-}" ]; then
+  ray get-auth-token --generate >/dev/null  # writes ~/.ray/auth_token unless there is one
+fi
 echo "ray head on $head_node ($address); ${#nodes[@]} node(s), $num_workers training worker(s)"
 srun --nodes=1 --ntasks=1 --overlap -w "$head_node" \
   ray start --head --block --node-ip-address="$head_ip" --port="$port" --num-cpus="$cpus" --num-gpus="$gpus" \

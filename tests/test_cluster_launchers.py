@@ -56,6 +56,9 @@ def ray_head():
     port, dash = _free_port(), _free_port()
     temp = tempfile.mkdtemp(prefix="rfc", dir="/tmp")  # short: Ray's socket paths have a length limit
     env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{BIN}:{os.environ['PATH']}"}
+    # token mode needs a token (~/.ray/auth_token); a first ray.init writes one, a fresh machine has none
+    subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], capture_output=True, env=env, timeout=60,
+                   check=True)
     # its own session: every daemon it leaves behind shares its process group, which teardown stops
     proc = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--port", str(port), "--dashboard-port", str(dash),
                              "--dashboard-host", "127.0.0.1", "--include-dashboard", "true", "--num-cpus", "2",
