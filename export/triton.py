@@ -28,7 +28,7 @@ class Tensor:
     name: str
     dtype: str  # float32 | float16 | bfloat16
     dims: tuple[int, ...]  # without the batch dimension
-    batch_dynamic: bool
+    batch: int | None  # None: dynamic; else the fixed batch size the graph was exported with
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,8 @@ def onnx_signature(path: str | Path) -> Signature:
                 continue
             t = v.type.tensor_type
             dims = t.shape.dim
-            batch_dynamic = bool(dims[0].dim_param) or dims[0].dim_value == 0
-            out.append(Tensor(v.name, ONNX_TYPES[t.elem_type], tuple(d.dim_value for d in dims[1:]), batch_dynamic))
+            batch = None if dims[0].dim_param or dims[0].dim_value == 0 else dims[0].dim_value
+            out.append(Tensor(v.name, ONNX_TYPES[t.elem_type], tuple(d.dim_value for d in dims[1:]), batch))
         return tuple(out)
 
     return Signature(tensors(graph.input), tensors(graph.output))
@@ -69,7 +69,8 @@ def program_signature(program) -> Signature:
 
     def tensor(name: str, val) -> Tensor:
         dtype = str(val.dtype).removeprefix("torch.")
-        return Tensor(name, dtype, tuple(int(d) for d in val.shape[1:]), not isinstance(val.shape[0], int))
+        batch = int(val.shape[0]) if isinstance(val.shape[0], int) else None
+        return Tensor(name, dtype, tuple(int(d) for d in val.shape[1:]), batch)
 
     ins = [tensor(s.arg.name, nodes[s.arg.name].meta["val"]) for s in program.graph_signature.input_specs
            if s.kind == user]
@@ -79,30 +80,36 @@ def program_signature(program) -> Signature:
 
 def config_text(signature: Signature, platform: str, meta: ArtifactMeta, name: str = MODEL_NAME,
                 max_queue_delay_us: int = 2000) -> str:
-    """config.pbtxt: Triton batches requests itself up to the artifact's max batch."""
-    if not all(t.batch_dynamic for t in signature.inputs + signature.outputs) and meta.batch["max"] > 1:
-        raise ValueError("the artifact's batch dimension is not dynamic; Triton cannot batch it")
+    """config.pbtxt. A dynamic batch dimension becomes Triton's own batching (max_batch_size = the artifact's
+    max, dynamic_batching); a fixed one (``--batch N``) is stated in the dims with max_batch_size 0."""
+    tensors = signature.inputs + signature.outputs
+    dynamic = all(t.batch is None for t in tensors)
+    if not dynamic and any(t.batch is None for t in tensors):
+        raise ValueError("the artifact mixes fixed and dynamic batch dimensions; Triton cannot describe it")
     kind = "KIND_GPU" if meta.device == "cuda" else "KIND_CPU"
 
-    def block(tensors: tuple[Tensor, ...]) -> str:
+    def block(group: tuple[Tensor, ...]) -> str:
         items = []
-        for t in tensors:
-            dims = ", ".join(str(d) for d in t.dims)
+        for t in group:
+            dims = ", ".join(str(d) for d in (t.dims if dynamic else (t.batch, *t.dims)))
             fields = f'    name: "{t.name}"\n    data_type: {TRITON_TYPES[t.dtype]}\n    dims: [ {dims} ]'
             items.append(f"  {{\n{fields}\n  }}")
         return ",\n".join(items)
 
-    preferred = sorted({meta.batch["opt"], meta.batch["max"]})
+    batching = ""
+    if dynamic:
+        preferred = sorted({meta.batch["opt"], meta.batch["max"]})
+        batching = ("dynamic_batching {\n"
+                    f"  preferred_batch_size: [ {', '.join(str(b) for b in preferred)} ]\n"
+                    f"  max_queue_delay_microseconds: {max_queue_delay_us}\n"
+                    "}\n")
     return (
         f'name: "{name}"\n'
         f'platform: "{platform}"\n'
-        f"max_batch_size: {meta.batch['max']}\n"
+        f"max_batch_size: {meta.batch['max'] if dynamic else 0}\n"
         f"input [\n{block(signature.inputs)}\n]\n"
         f"output [\n{block(signature.outputs)}\n]\n"
-        "dynamic_batching {\n"
-        f"  preferred_batch_size: [ {', '.join(str(b) for b in preferred)} ]\n"
-        f"  max_queue_delay_microseconds: {max_queue_delay_us}\n"
-        "}\n"
+        f"{batching}"
         f"instance_group [\n  {{\n    count: 1\n    kind: {kind}\n  }}\n]\n"
         f'parameters {{\n  key: "facecomp_weights_sha256"\n  value: {{ string_value: "{meta.weights_sha256}" }}\n}}\n'
     )

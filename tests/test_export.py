@@ -172,6 +172,28 @@ def test_onnx_is_valid_and_triton_config_matches_its_real_signature(onnx_fp32):
     assert list(config.dynamic_batching.preferred_batch_size) == [2, 8]
 
 
+def test_fixed_batch_onnx_gets_a_fixed_batch_triton_config(tmp_path):
+    pytest.importorskip("onnxruntime", reason="ONNX needs the 'export' extra")
+    pytest.importorskip("onnxscript", reason="ONNX needs the 'export' extra")
+    from facecomp import config as config_mod
+    from facecomp.models import Generator
+    from facecomp.train import checkpoint as ck
+
+    torch.manual_seed(0)
+    cfg = config_mod.load_config("smoke").generator
+    weights = tmp_path / "g.safetensors"
+    gen = Generator(cfg)
+    ck.save_module(weights, gen, "generator", {"config": config_mod.to_dict(cfg)})
+    c = gen.in_channels
+    out = tmp_path / "fixed"
+    export_artifact(out, ExportConfig(format="onnx", batch=BatchRange.parse("4")), weights)
+    config = triton.parse_config((out / "triton" / triton.MODEL_NAME / "config.pbtxt").read_text())
+    assert config.max_batch_size == 0 and not config.HasField("dynamic_batching")
+    assert list(config.input[0].dims) == [4, c, 128, 128]
+    engine = load_engine(out)
+    assert engine(torch.rand(6, c, 128, 128)).shape == (6, 3, 128, 128)  # padded and chunked to the fixed 4
+
+
 def test_tensorrt_plan_config_matches_the_exported_program(eager, tmp_path):
     """The TensorRT plan is built from this program: its config must state the program's signature."""
     cfg = ExportConfig(format="tensorrt", precision="fp16", batch=BatchRange(1, 4, 16), device="cpu")
