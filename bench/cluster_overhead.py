@@ -29,6 +29,7 @@ import torch
 
 from facecomp import config as config_mod
 from facecomp.config import load_config
+from facecomp.runtime import tune_allocator
 
 
 def _batch(cfg, data: str, n: int) -> dict:
@@ -88,6 +89,8 @@ def _worker(config: dict) -> None:
     cfg = config_mod.from_dict(config["config"])
     stage, batch = config["stage"], config["batch"]
     torch.set_num_threads(1)
+    if config["tune_malloc"]:
+        tune_allocator()
     world = ray.train.get_context().get_world_size()
     models = _models(cfg, stage)
     engines = build_engines(models, cfg, torch.device("cpu"))
@@ -109,7 +112,8 @@ def ray_run(cfg, stage: int, batch: dict, workers: int, warmup: int, steps: int,
 
     trainer = TorchTrainer(
         _worker, train_loop_config={"config": config_mod.to_dict(cfg), "stage": stage, "batch": batch,
-                                    "warmup": warmup, "steps": steps, "out": str(out)},
+                                    "warmup": warmup, "steps": steps, "out": str(out),
+                                    "tune_malloc": cfg.runtime.tune_malloc},
         torch_config=TorchConfig(backend="gloo"),
         scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
         run_config=RunConfig(name=name, storage_path=str(storage)))
@@ -127,6 +131,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2, help="rounds of all variants, interleaved")
+    ap.add_argument("--default-malloc", action="store_true", help="without facecomp.runtime.tune_allocator (in "
+                    "the plain process and the workers alike)")
     ap.add_argument("--deepspeed", default="zero1_fp32")
     ap.add_argument("--storage", default="/tmp/facecomp-bench-cluster")
     ap.add_argument("--out", default=f"bench/results/cluster_overhead_{date.today()}.json")
@@ -135,6 +141,9 @@ def main() -> None:
     import ray
 
     cfg = load_config(args.preset, [f"cluster.deepspeed={args.deepspeed}", "adversarial.d_skip_below=0.0"])
+    cfg.runtime.tune_malloc = not args.default_malloc
+    if cfg.runtime.tune_malloc:
+        tune_allocator()  # as facecomp train and the cluster workers do
     b = cfg.train.batch_size
     batch1, batch2 = _batch(cfg, args.data, b), _batch(cfg, args.data, 2 * b)
     ray.init(num_cpus=2, log_to_driver=False)
@@ -175,7 +184,8 @@ def main() -> None:
         "date": str(date.today()), "machine": platform.processor() or platform.machine(), "cores": os.cpu_count(),
         "torch": torch.__version__, "ray": ray.__version__, "deepspeed": deepspeed.__version__,
         "preset": args.preset, "deepspeed_config": args.deepspeed, "amp": cfg.runtime.amp,
-        "warmup": args.warmup, "steps": args.steps, "repeats": args.repeats, "stages": rows}, indent=2))
+        "warmup": args.warmup, "steps": args.steps, "repeats": args.repeats,
+        "tuned_malloc": cfg.runtime.tune_malloc, "stages": rows}, indent=2))
     print(f"wrote {out}")
 
 
