@@ -3,6 +3,7 @@
   ds_g/, ds_d_local/, ds_d_global/   DeepSpeed's save_checkpoint (model + ZeRO shard of each rank)
   generator.safetensors, d_local.safetensors, d_global.safetensors   facecomp weights (rank 0)
   state.json                          stage, step, config, restarts (rank 0)
+  loader_rank0000.txt, ...            each rank's DALI reader position (text; data.loader=dali only)
 
 The safetensors files and state.json make the folder a facecomp checkpoint: ``facecomp complete
 --model``, ``export`` and ``--init`` of the next stage read those and nothing else. DeepSpeed's
@@ -54,6 +55,21 @@ def restore(engines: Engines, ckpt: Path, stage: int) -> dict[str, Any]:
         if path is None:
             raise ValueError(f"{ckpt / f'ds_{name}'}: DeepSpeed found no checkpoint to load")
     return state
+
+
+def save_loader_state(out: Path, rank: int, loader) -> None:
+    """This rank's input position, where the loader has one (DALI's reader; the torch loader resumes from
+    the step alone). Every rank reports its own folder and Ray Train merges them into one checkpoint."""
+    if hasattr(loader, "state"):
+        (out / f"loader_rank{rank:04d}.txt").write_text(loader.state())
+
+
+def loader_state(ckpt: Path, rank: int, world_size: int, state: dict[str, Any]) -> str | None:
+    """The position this rank saved, if the run had as many ranks then (shards differ otherwise)."""
+    path = ckpt / f"loader_rank{rank:04d}.txt"
+    if not path.is_file() or state.get("world_size") != world_size:
+        return None
+    return path.read_text()
 
 
 def latest(run_dir: str | Path) -> Path:

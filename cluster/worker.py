@@ -63,17 +63,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     step_models = engines.models(models.parsing)
     updaters = engines.updaters()
 
-    start_step, images, seconds, restarts = 0, 0, 0.0, []
+    start_step, images, seconds, restarts, position = 0, 0, 0.0, [], None
     if ray_ckpt is not None:
         with ray_ckpt.as_directory() as d:
             state = checkpoints.restore(engines, Path(d), stage)
+            position = checkpoints.loader_state(Path(d), rank, world, state)
         start_step, images, seconds = state["step"], state["images"], state["seconds"]
         restarts = [*state.get("restarts", []), start_step]
         if rank == 0:
             log.info("resumed stage %d at step %d from %s", stage, start_step, ray_ckpt.path)
 
     files = CelebAIndex.open(cfg.data.root).files(cfg.data.partition, cfg.data.limit)
-    loader = make_loader(cfg, files, start_step=start_step, rank=rank, world_size=world, device=device)
+    loader = make_loader(cfg, files, start_step=start_step, rank=rank, world_size=world, device=device,
+                         loader_state=position)
     agree = make_agree(world)
     for engine in updaters.values():
         engine.train()
@@ -102,6 +104,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                      "restarts": restarts, "config": config_mod.to_dict(cfg)}
             with tempfile.TemporaryDirectory(prefix="facecomp-ckpt-") as tmp:
                 checkpoints.save(engines, Path(tmp), rank, cfg, stage, step, state)
+                checkpoints.save_loader_state(Path(tmp), rank, loader)
                 ray.train.report({"step": step, **metrics},
                                  checkpoint=ray.train.Checkpoint.from_directory(tmp),
                                  checkpoint_dir_name=checkpoints.dir_name(step))

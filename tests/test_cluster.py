@@ -99,6 +99,22 @@ def test_rerun_continues_from_newest_checkpoint(stage_runs, celeba):
     assert sorted(p.name for p in (stage_runs / "stage1").glob("step_*")) == ["step_0000004", "step_0000006"]
 
 
+@pytest.mark.dali
+@pytest.mark.skipif(importlib.util.find_spec("nvidia.dali") is None, reason="needs the 'dali' extra")
+def test_dali_loader_position_survives_a_rerun(celeba, tmp_path):
+    """Each rank saves its DALI reader position in the checkpoint and picks it up on resume (without it
+    the loader warns and restarts the epoch order)."""
+    common = ("--config", "smoke", "--data", celeba, "--storage", tmp_path, "--stage", 1, "data.loader=dali",
+              "train.ckpt_every=2")
+    _cluster(*common, "train.stage_steps=[2, 4, 4]")
+    saved = sorted(p.name for p in (tmp_path / "stage1" / "step_0000002").glob("loader_rank*.txt"))
+    assert saved == ["loader_rank0000.txt", "loader_rank0001.txt"]
+    r = _cluster(*common, "train.stage_steps=[4, 4, 4]")
+    log = r.stdout + r.stderr
+    assert "resumed stage 1 at step 2" in log and _state(tmp_path / "stage1")["step"] == 4
+    assert "no DALI reader state" not in log, log[-2000:]
+
+
 def _registered_step(snapshot: Path) -> int:
     """The newest checkpoint Ray Train's controller has registered (its own snapshot file)."""
     try:
