@@ -62,32 +62,29 @@ CROP_X0, CROP_Y0, _, _ = layout.CROP_BOX
 CROP_SIDE = layout.CROP_BOX[2] - CROP_X0  # the box is square
 
 
+def _intact(path: str | Path, head: bytes, end: bytes, tail: int) -> bool:
+    """``head`` at the start of the file and ``end`` within its last ``tail`` bytes."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(len(head)) != head:
+                return False
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(len(head), size - tail))
+            return end in f.read()
+    except OSError:
+        return False
+
+
 def jpeg_intact(path: str | Path, tail: int = 64) -> bool:
     """Cheap structural check: the file starts with a JPEG SOI marker and has its EOI marker near
     the end. Truncation (a cut-off download or copy) removes the EOI; 0xFFD9 cannot occur inside
     entropy-coded data (0xFF is byte-stuffed there), so a cut file is not mistaken for a whole one."""
-    try:
-        with open(path, "rb") as f:
-            if f.read(2) != b"\xff\xd8":
-                return False
-            size = f.seek(0, os.SEEK_END)
-            f.seek(max(2, size - tail))
-            return b"\xff\xd9" in f.read()
-    except OSError:
-        return False
+    return _intact(path, b"\xff\xd8", b"\xff\xd9", tail)
 
 
 def png_intact(path: str | Path, tail: int = 64) -> bool:
     """The PNG signature at the start and the IEND chunk at the end."""
-    try:
-        with open(path, "rb") as f:
-            if f.read(8) != b"\x89PNG\r\n\x1a\n":
-                return False
-            size = f.seek(0, os.SEEK_END)
-            f.seek(max(8, size - tail))
-            return b"IEND" in f.read()
-    except OSError:
-        return False
+    return _intact(path, b"\x89PNG\r\n\x1a\n", b"IEND", tail)
 
 
 def readable_files(files: list[Path]) -> tuple[list[int], list[Path]]:
