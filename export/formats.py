@@ -32,8 +32,9 @@ class AotiFormat:
     file = "generator.pt2"
     triton_platform = None  # Triton serves these through its PyTorch backend's own packaging, not a plain file
 
-    # Freezing folds the weights into the graph as constants, which lets Inductor pre-pack them for
-    # oneDNN (CPU) and drop the per-call weight layout work; measured in bench/export_latency.py.
+    # Freezing folds the weights into the graph as constants so Inductor can pre-pack them for oneDNN
+    # (CPU). On the 2-core build machine it made no measurable difference for bf16 at batch 1
+    # (bench/RESULTS.md, "no freezing" row); it is kept because it never cost time there.
     INDUCTOR_CONFIGS = {"freezing": True, "cpp.weight_prepack": True}
 
     def check_available(self, cfg: ExportConfig) -> None:

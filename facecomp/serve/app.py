@@ -132,6 +132,7 @@ def create_app(cfg: ServeConfig, runner: Runner | None = None):
     from facecomp.wild import complete_image_blends
 
     runner = runner or Runner(cfg)
+    facts = model_facts(runner)  # fixed for the worker's life; hashing the weights once, not per request
     app = FastAPI(title="facecomp", version="1", description="Generative face completion (Li et al., CVPR 2017): "
                   "complete the masked region of a face photo.")
     app.state.runner = runner
@@ -173,7 +174,7 @@ def create_app(cfg: ServeConfig, runner: Runner | None = None):
 
     @app.get("/v1/model")
     async def model():
-        return model_facts(runner)
+        return facts
 
     @app.post("/v1/complete", responses={200: {"content": {"image/png": {}, "application/json": {}}},
                                          400: {}, 413: {}, 415: {}, 422: {}, 503: {}})
