@@ -4,7 +4,8 @@
     composite(x, g, m, impl="auto")                             -> m * g + (1 - m) * x
 
 x, g: [N, 3, H, W]; m: [N, 1, H, W] with 1 = missing (broadcast over channels); fp32, bf16 or fp16;
-NCHW-contiguous, channels_last or any other strides; the output takes x's memory format.
+NCHW-contiguous, channels_last or any other strides; the output takes x's memory format. A mask of
+another float dtype is rounded to x's dtype first, by both implementations (``reference.mask_as``).
 
 ``impl``: "ref" is the pure-PyTorch reference (kernels/reference.py), "native" the fused C++/CUDA
 op (kernels/csrc, built on first use; raises if the build fails), "auto" the native op, or the
@@ -87,7 +88,7 @@ def fill(x: torch.Tensor, m: torch.Tensor, seed: int, offset: int = 0, mask_chan
     if not _use_native(impl):
         return reference.fill(x, m, seed, offset, mask_channel)
     k0, k1 = reference.keys(seed, offset)
-    return torch.ops.facecomp.fill(x, m.to(x.dtype), k0, k1, mask_channel)  # registered by _use_native
+    return torch.ops.facecomp.fill(x, reference.mask_as(m, x), k0, k1, mask_channel)  # registered by _use_native
 
 
 def composite(x: torch.Tensor, g: torch.Tensor, m: torch.Tensor, impl: str = "auto") -> torch.Tensor:
@@ -95,4 +96,4 @@ def composite(x: torch.Tensor, g: torch.Tensor, m: torch.Tensor, impl: str = "au
     _check(x, m, "composite", g)
     if not _use_native(impl):
         return reference.composite(x, g, m)
-    return torch.ops.facecomp.composite(x, g, m.to(x.dtype))
+    return torch.ops.facecomp.composite(x, g, reference.mask_as(m, x))

@@ -17,6 +17,22 @@ from torch._prims_common import suggest_memory_format
 from . import build
 
 
+def check_operands(op: str, x: Tensor, m: Tensor, g: Tensor | None = None) -> None:
+    """The C++ preconditions (fused.cpp, check_pair), stated again for the fake kernels: torch.compile,
+    torch.export and meta tensors run these instead of the C++ op, and must refuse what it refuses."""
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise RuntimeError(f"{op}: x must be [N,3,H,W], got {list(x.shape)}")
+    if m.shape != (x.shape[0], 1, *x.shape[2:]):
+        raise RuntimeError(f"{op}: m must be [N,1,H,W] = {[x.shape[0], 1, *x.shape[2:]]}, got {list(m.shape)}")
+    if m.device != x.device:
+        raise RuntimeError(f"{op}: m is on {m.device} but x is on {x.device}")
+    if m.dtype != x.dtype:
+        raise RuntimeError(f"{op}: m is {m.dtype} but x is {x.dtype}")
+    if g is not None and (g.shape != x.shape or g.device != x.device or g.dtype != x.dtype):
+        raise RuntimeError(f"{op}: g is {g.dtype} {list(g.shape)} on {g.device}, "
+                           f"x is {x.dtype} {list(x.shape)} on {x.device}")
+
+
 def _empty_like_format(x: Tensor, channels: int) -> Tensor:
     return torch.empty((x.shape[0], channels, x.shape[2], x.shape[3]), dtype=x.dtype, device=x.device,
                        memory_format=suggest_memory_format(x))
@@ -29,6 +45,7 @@ def fill(x: Tensor, m: Tensor, k0: int, k1: int, mask_channel: bool) -> Tensor:
 
 @fill.register_fake
 def _(x: Tensor, m: Tensor, k0: int, k1: int, mask_channel: bool) -> Tensor:
+    check_operands("fill", x, m)
     return _empty_like_format(x, 4 if mask_channel else 3)
 
 
@@ -39,6 +56,7 @@ def composite(x: Tensor, g: Tensor, m: Tensor) -> Tensor:
 
 @composite.register_fake
 def _(x: Tensor, g: Tensor, m: Tensor) -> Tensor:
+    check_operands("composite", x, m, g)
     return _empty_like_format(x, 3)
 
 
@@ -49,6 +67,7 @@ def blend_backward(gy: Tensor, m: Tensor, both: bool) -> list[Tensor]:
 
 @blend_backward.register_fake
 def _(gy: Tensor, m: Tensor, both: bool) -> list[Tensor]:
+    check_operands("blend_backward", gy, m)
     return [_empty_like_format(gy, 3) for _ in range(2 if both else 1)]
 
 

@@ -73,20 +73,31 @@ def noise(shape: tuple[int, ...], seed: int, offset: int, device: torch.device |
 def fill(x: torch.Tensor, m: torch.Tensor, seed: int, offset: int = 0, mask_channel: bool = False) -> torch.Tensor:
     """x: [N, 3, H, W] in [-1, 1]; m: [N, 1, H, W] -> [N, 3 (+1), H, W] in x's dtype.
 
-    Computed in fp32 (fp64 for fp64 inputs) and rounded once to x's dtype, as the fused kernels do.
+    The mask is first rounded to x's dtype (:func:`mask_as`), then everything is computed in fp32
+    (fp64 for fp64 inputs) and rounded once to x's dtype, as the fused kernels do.
     """
     acc = _acc(x.dtype)
     z = noise(tuple(x.shape), seed, offset, x.device).to(acc)
+    m = mask_as(m, x)
     mf = m.to(acc)
     out = (mf * z + (1 - mf) * x.to(acc)).to(x.dtype)
-    return torch.cat([out, m.to(x.dtype)], dim=1) if mask_channel else out
+    return torch.cat([out, m], dim=1) if mask_channel else out
 
 
 def composite(x: torch.Tensor, g: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """x, g: [N, 3, H, W]; m: [N, 1, H, W] -> m * g + (1 - m) * x, in fp32 then rounded to x's dtype."""
+    """x, g: [N, 3, H, W]; m: [N, 1, H, W] (rounded to x's dtype first) -> m * g + (1 - m) * x, in fp32
+    then rounded to x's dtype."""
     acc = _acc(x.dtype)
-    mf = m.to(acc)
+    mf = mask_as(m, x).to(acc)
     return (mf * g.to(acc) + (1 - mf) * x.to(acc)).to(x.dtype)
+
+
+def mask_as(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The one dtype rule for masks: a mask is stored in x's dtype before any arithmetic, in the
+    reference and in the fused kernels alike (they read m and x through one element type). A
+    binary mask is exact in every dtype; a soft fp32 mask with a bf16 image is rounded to bf16 first.
+    """
+    return m.to(x.dtype)
 
 
 def _acc(dtype: torch.dtype) -> torch.dtype:

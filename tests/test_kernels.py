@@ -206,3 +206,57 @@ def test_cuda_matches_cpu_bit_for_bit(dtype):
     assert torch.equal(gpu.cpu(), cpu)
     assert torch.equal(kernels.composite(x.cuda(), g.cuda(), m.cuda(), impl="native").cpu(),
                        kernels.composite(x, g, m, impl="native"))
+
+
+@pytest.mark.parametrize("x_dtype", DTYPES)
+@pytest.mark.parametrize("m_dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_a_mask_of_another_dtype_follows_one_rule(x_dtype, m_dtype):
+    """A soft mask in a dtype other than x's (a bf16 image with an fp32 mask): native and reference agree
+    bit for bit, and both round the mask to x's dtype first (reference.mask_as)."""
+    x, _ = _inputs((2, 3, 17, 23), x_dtype, "channels_last", soft=True)
+    m = torch.rand((2, 1, 17, 23), generator=torch.Generator().manual_seed(3)).to(m_dtype)
+    g = (torch.rand(2, 3, 17, 23) * 2 - 1).to(x_dtype)
+    for mask_channel in (False, True):
+        a = kernels.fill(x, m, seed=4, offset=1, mask_channel=mask_channel, impl="native")
+        b = kernels.fill(x, m, seed=4, offset=1, mask_channel=mask_channel, impl="ref")
+        assert a.dtype == x_dtype and torch.equal(a, b)
+        assert torch.equal(b, kernels.fill(x, m.to(x_dtype), seed=4, offset=1, mask_channel=mask_channel,
+                                           impl="ref"))
+    a, b = kernels.composite(x, g, m, impl="native"), kernels.composite(x, g, m, impl="ref")
+    assert torch.equal(a, b) and torch.equal(b, reference.composite(x, g, m.to(x_dtype)))
+
+
+def test_fill_checks_its_operands_before_choosing_a_device():
+    """The C++ fill runs the shape/device/dtype checks before the device branch (the CUDA kernel would
+    otherwise index a mis-shaped or CPU mask through a raw pointer). Meta tensors take the same branch
+    a CUDA tensor does here: past the checks, not into the CPU kernel."""
+    from facecomp.kernels import build
+
+    mod = build.load()
+    x = torch.empty(2, 3, 8, 8, device="meta")
+    with pytest.raises(RuntimeError, match=r"fill: m must be \[N,1,H,W\]"):
+        mod.fill(x, torch.empty(2, 1, 8, 7, device="meta"), 0, 0, False)
+    with pytest.raises(RuntimeError, match="fill: m is on cpu but x is on meta"):
+        mod.fill(x, torch.zeros(2, 1, 8, 8), 0, 0, False)
+    with pytest.raises(RuntimeError, match="fill: m is Half but x is Float"):
+        mod.fill(x, torch.empty(2, 1, 8, 8, device="meta", dtype=torch.half), 0, 0, False)
+    m = torch.empty(2, 1, 8, 8, device="meta")
+    for call in (lambda: mod.fill(x, m, 0, 0, False), lambda: mod.composite(x, x, m),
+                 lambda: mod.blend_backward(x, m, True)):
+        with pytest.raises(RuntimeError, match="unsupported device meta"):  # well-formed, but no kernel
+            call()
+
+
+def test_fake_kernels_refuse_what_the_native_op_refuses():
+    """torch.compile, torch.export and meta tensors run the fake kernels, not the C++ checks."""
+    x = torch.empty(2, 3, 8, 8, device="meta")
+    m = torch.empty(2, 1, 8, 8, device="meta")
+    with pytest.raises(RuntimeError, match=r"fill: m must be \[N,1,H,W\]"):
+        ops.fill(x, m[..., :-1], 0, 0, False)
+    with pytest.raises(RuntimeError, match="fill: m is torch.float16 but x is torch.float32"):
+        ops.fill(x, m.half(), 0, 0, True)
+    with pytest.raises(RuntimeError, match="composite: g is"):
+        ops.composite(x, x[:1], m)
+    with pytest.raises(RuntimeError, match="blend_backward: x must be"):
+        ops.blend_backward(x[:, :2], m, False)
+    assert ops.fill(x, m, 0, 0, True).shape == (2, 4, 8, 8)  # well-formed operands pass

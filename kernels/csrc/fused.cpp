@@ -88,7 +88,7 @@ void backward_row(const T* __restrict__ gy, const T* __restrict__ m, T* __restri
 
 template <typename T>
 at::Tensor fill_cpu_impl(const at::Tensor& x, const at::Tensor& m, uint32_t k0, uint32_t k1, bool mask_channel) {
-  const auto g = check_pair(x, m, "fill");
+  const Geometry g{x.size(0), x.size(2), x.size(3)};  // checked by fill() before any device's kernel
   at::Tensor out = empty_like_format(x, mask_channel ? 4 : 3);
   const T* xp = x.data_ptr<T>();
   const T* mp = m.data_ptr<T>();
@@ -177,6 +177,9 @@ std::vector<at::Tensor> blend_backward_cuda(const at::Tensor& gy, const at::Tens
 
 at::Tensor fill(const at::Tensor& x, const at::Tensor& m, int64_t k0, int64_t k1, bool mask_channel) {
   TORCH_CHECK(0 <= k0 && k0 < (int64_t(1) << 32) && 0 <= k1 && k1 < (int64_t(1) << 32), "fill: keys must be uint32");
+  // Every check before the device branch: the CUDA kernel indexes m by x's geometry and reads it
+  // through a raw pointer, so a mis-shaped, CPU-resident or other-dtype mask must never reach it.
+  check_pair(x, m, "fill");
   if (x.is_cuda()) {
 #ifdef WITH_CUDA
     return fill_cuda(x, m, uint32_t(k0), uint32_t(k1), mask_channel);
@@ -204,6 +207,7 @@ at::Tensor composite(const at::Tensor& x, const at::Tensor& g, const at::Tensor&
     TORCH_CHECK(false, "composite: this build of the facecomp kernels has no CUDA");
 #endif
   }
+  TORCH_CHECK(x.is_cpu(), "composite: unsupported device ", x.device());
   at::Tensor out = empty_like_format(x, 3);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "composite", [&] {
     blend_rows<scalar_t, true>(x, &g, m, out, nullptr);
@@ -222,6 +226,7 @@ std::vector<at::Tensor> blend_backward(const at::Tensor& gy, const at::Tensor& m
     TORCH_CHECK(false, "blend_backward: this build of the facecomp kernels has no CUDA");
 #endif
   }
+  TORCH_CHECK(gy.is_cpu(), "blend_backward: unsupported device ", gy.device());
   at::Tensor gx = empty_like_format(gy, 3);
   at::Tensor gg = both ? empty_like_format(gy, 3) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gy.scalar_type(), "blend_backward", [&] {
