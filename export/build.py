@@ -74,7 +74,7 @@ def export_artifact(out: str | Path, cfg: ExportConfig, weights: str | Path | No
 
         if fmt.triton_platform:
             model_file = staging / (fmt.plan if cfg.format == "tensorrt" else fmt.file)
-            signature = triton.onnx_signature(model_file) if cfg.format == "onnx" else triton.program_signature(program)
+            signature = triton.onnx_signature(model_file) if cfg.format == "onnx" else triton.plan_signature(model_file)
             triton.write_repository(staging / "triton", model_file, signature, fmt.triton_platform, meta)
 
         if out.exists():

@@ -9,20 +9,33 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from facecomp.export.metadata import ArtifactMeta, package_versions
 from facecomp.export.program import OUTPUT_NAME
-from facecomp.export.spec import ExportConfig
+from facecomp.export.spec import BatchRange, ExportConfig
 from facecomp.runtime import MissingCapability
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
+# ONNX Runtime providers per artifact device, the wanted one first. CUDA keeps the CPU provider after
+# it: ONNX Runtime places the few ops CUDA lacks (shape arithmetic) there, as its docs recommend.
+ONNX_PROVIDERS = {"cpu": ("CPUExecutionProvider",), "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider")}
 
 
 class ExportUnavailable(MissingCapability):
     """This machine cannot build or run the format (missing package or GPU); the message says which."""
+
+
+@dataclass(frozen=True)
+class ShapeRange:
+    """One input's shapes for TensorRT: the smallest and largest it accepts and the one it tunes for."""
+
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
 
 
 class AotiFormat:
@@ -88,6 +101,28 @@ class OnnxFormat:
     def versions(self) -> dict[str, str]:
         return package_versions("torch", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu")
 
+    @staticmethod
+    def open_session(path: Path, device: str):
+        """An ONNX Runtime session whose first (active) provider is ``device``'s, or ExportUnavailable.
+
+        ONNX Runtime treats the provider list as a wish: a CUDA provider it cannot start (a CPU-only
+        build, missing CUDA libraries) is dropped with a warning and the session runs on the CPU. A
+        ``cuda`` artifact must not quietly run there, so the session's own provider list decides.
+        """
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = torch.get_num_threads()
+        wanted = ONNX_PROVIDERS[device]
+        session = ort.InferenceSession(str(path), options, providers=list(wanted))
+        active = session.get_providers()
+        if not active or active[0] != wanted[0]:
+            raise ExportUnavailable(f"ONNX Runtime could not start {wanted[0]} for this {device} artifact "
+                                    f"(active providers: {', '.join(active) or 'none'}); "
+                                    "install onnxruntime-gpu with its CUDA libraries")
+        return session
+
     def build(self, program: torch.export.ExportedProgram, cfg: ExportConfig, folder: Path) -> list[str]:
         import onnx
 
@@ -101,15 +136,8 @@ class OnnxFormat:
         return [self.file]
 
     def load(self, folder: Path, meta: ArtifactMeta) -> Runner:
-        import onnxruntime as ort
-
         self.check_available(ExportConfig(format=self.name, precision=meta.precision, device=meta.device))
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = torch.get_num_threads()
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if meta.device == "cuda" \
-            else ["CPUExecutionProvider"]
-        session = ort.InferenceSession(str(folder / self.file), options, providers=providers)
+        session = self.open_session(folder / self.file, meta.device)
         in_name = session.get_inputs()[0].name
 
         def run(x: torch.Tensor) -> torch.Tensor:
@@ -144,24 +172,29 @@ class TensorRTFormat:
     def versions(self) -> dict[str, str]:
         return package_versions("torch", "torch-tensorrt", "tensorrt", "tensorrt-cu13")
 
-    def inputs(self, b: dict[str, int], shape: tuple[int, ...]):
+    @staticmethod
+    def input_ranges(batch: BatchRange, shape: tuple[int, ...]) -> list[ShapeRange]:
+        """The program's one input over the artifact's batch range: [N, C, S, S] with N in min..opt..max."""
+        return [ShapeRange(min=(batch.min, *shape), opt=(batch.opt, *shape), max=(batch.max, *shape))]
+
+    @staticmethod
+    def trt_inputs(ranges: list[ShapeRange]) -> list:
         import torch_tensorrt
 
-        return [torch_tensorrt.Input(min_shape=(b["min"], *shape), opt_shape=(b["opt"], *shape),
-                                     max_shape=(b["max"], *shape), dtype=torch.float32)]
+        return [torch_tensorrt.Input(min_shape=r.min, opt_shape=r.opt, max_shape=r.max, dtype=torch.float32)
+                for r in ranges]
 
     def build(self, program: torch.export.ExportedProgram, cfg: ExportConfig, folder: Path) -> list[str]:
         import torch_tensorrt
 
-        shape = input_shape_of(program)
-        batch = {"min": cfg.batch.min, "opt": cfg.batch.opt, "max": cfg.batch.max}
-        inputs = self.inputs(batch, shape)
+        inputs = self.trt_inputs(self.input_ranges(cfg.batch, input_shape_of(program)))
         device = torch.device("cuda", torch.cuda.current_device())
         trt_module = torch_tensorrt.dynamo.compile(program, arg_inputs=inputs, device=device,
                                                    require_full_compilation=True)
-        example = torch.rand(cfg.batch.opt, *shape, device=device)
+        # The same Input objects, not an example tensor: save retraces the module, and a tensor would
+        # fix its batch to that tensor's size (a batch-8 program refusing batch 1 when loaded).
         torch_tensorrt.save(trt_module, str(folder / self.file), output_format="exported_program",
-                            arg_inputs=[example], retrace=True)
+                            arg_inputs=inputs, retrace=True)
         engine = torch_tensorrt.dynamo.convert_exported_program_to_serialized_trt_engine(
             program, arg_inputs=inputs, device=device, require_full_compilation=True)
         (folder / self.plan).write_bytes(bytes(engine))

@@ -1,8 +1,8 @@
 """A Triton Inference Server model repository for an exported artifact.
 
-The config is written from the signature the exporter produced, read back from the artifact
-itself (the ONNX graph's inputs and outputs, or the exported program's placeholders for a
-TensorRT plan), never from what we meant to export:
+The config is written from the signature read back from the artifact itself (the ONNX graph's
+inputs and outputs, or the TensorRT engine's own I/O tensors), never from what we meant to
+export or the graph the artifact was compiled from:
 
     REPO/facecomp_generator/config.pbtxt
     REPO/facecomp_generator/1/model.onnx | model.plan
@@ -58,24 +58,54 @@ def onnx_signature(path: str | Path) -> Signature:
     return Signature(tensors(graph.input), tensors(graph.output))
 
 
-def program_signature(program) -> Signature:
-    """Inputs and outputs of a torch.export program (what the TensorRT plan is built from)."""
-    import torch
+@dataclass(frozen=True)
+class EngineTensor:
+    """One I/O tensor as a TensorRT engine reports it (``ICudaEngine.get_tensor_*``)."""
 
-    nodes = {n.name: n for n in program.graph.nodes}
-    user = torch.export.graph_signature.InputKind.USER_INPUT
-    out_node = next(n for n in program.graph.nodes if n.op == "output")
-    out_vals = [a.meta["val"] for a in out_node.args[0]]
+    name: str
+    is_input: bool
+    shape: tuple[int, ...]  # -1 where the dimension is dynamic
+    dtype: str  # tensorrt.DataType name: FLOAT | HALF | BF16
 
-    def tensor(name: str, val) -> Tensor:
-        dtype = str(val.dtype).removeprefix("torch.")
-        batch = int(val.shape[0]) if isinstance(val.shape[0], int) else None
-        return Tensor(name, dtype, tuple(int(d) for d in val.shape[1:]), batch)
 
-    ins = [tensor(s.arg.name, nodes[s.arg.name].meta["val"]) for s in program.graph_signature.input_specs
-           if s.kind == user]
-    outs = [tensor(s.arg.name, v) for s, v in zip(program.graph_signature.output_specs, out_vals, strict=True)]
-    return Signature(tuple(ins), tuple(outs))
+TRT_TYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16"}
+
+
+def engine_tensors(engine) -> list[EngineTensor]:
+    """The I/O tensors of a deserialized ``tensorrt.ICudaEngine``, in the engine's order."""
+    import tensorrt as trt
+
+    out = []
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        out.append(EngineTensor(name, engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
+                                tuple(int(d) for d in engine.get_tensor_shape(name)),
+                                engine.get_tensor_dtype(name).name))
+    return out
+
+
+def engine_signature(tensors: list[EngineTensor]) -> Signature:
+    """The Triton signature of an engine's I/O: TensorRT names its own tensors (outputs ``output0``, ...),
+    which need not be the exported graph's names, and Triton refuses a plan whose config names others."""
+
+    def tensor(t: EngineTensor) -> Tensor:
+        if t.dtype not in TRT_TYPES:
+            raise ValueError(f"TensorRT tensor '{t.name}' has type {t.dtype}; Triton config supports "
+                             f"{', '.join(TRT_TYPES)}")
+        return Tensor(t.name, TRT_TYPES[t.dtype], t.shape[1:], None if t.shape[0] == -1 else t.shape[0])
+
+    return Signature(tuple(tensor(t) for t in tensors if t.is_input),
+                     tuple(tensor(t) for t in tensors if not t.is_input))
+
+
+def plan_signature(path: str | Path) -> Signature:
+    """Inputs and outputs of a TensorRT plan, read back from the engine itself (needs TensorRT and a GPU)."""
+    import tensorrt as trt
+
+    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(Path(path).read_bytes())
+    if engine is None:
+        raise ValueError(f"{path}: TensorRT could not deserialize the plan")
+    return engine_signature(engine_tensors(engine))
 
 
 def config_text(signature: Signature, platform: str, meta: ArtifactMeta, name: str = MODEL_NAME,

@@ -27,7 +27,6 @@ from facecomp.export import (
 )
 from facecomp.export.program import example_input, export_program
 
-REPO_WEIGHTS_OTHER = "training/cpu/stage1_generator.fp16.safetensors"
 BATCHES = (1, 3, 8)
 # Stated tolerances (output scale [-1, 1]). fp32 artifacts differ from eager by float reassociation
 # only; bf16 keeps 8 mantissa bits, so its error is bounded by PSNR of the difference instead.
@@ -39,6 +38,20 @@ BF16_MAX_ABS = 0.1
 @pytest.fixture(scope="module")
 def eager():
     return load_generator().float()
+
+
+@pytest.fixture(scope="module")
+def other_weights(tmp_path_factory):
+    """Generator weights that are not the shipped ones: a randomly initialised smoke-preset generator."""
+    from facecomp import config as config_mod
+    from facecomp.models import Generator
+    from facecomp.train import checkpoint as ck
+
+    torch.manual_seed(1)
+    cfg = config_mod.load_config("smoke").generator
+    path = tmp_path_factory.mktemp("other") / "other_generator.safetensors"
+    ck.save_module(path, Generator(cfg), "generator", {"config": config_mod.to_dict(cfg)})
+    return str(path)
 
 
 def _build(tmp_path_factory, fmt: str, precision: str, batch: str = "1:2:8"):
@@ -108,9 +121,9 @@ def test_record_carries_what_made_the_artifact(aoti_fp32):
     assert meta.parity["2"]["max_abs"] < FP32_MAX_ABS  # measured at export time
 
 
-def test_other_weights_other_precision_and_changed_files_are_refused(aoti_fp32, tmp_path):
+def test_other_weights_other_precision_and_changed_files_are_refused(aoti_fp32, other_weights, tmp_path):
     with pytest.raises(ArtifactMismatch, match="built from other weights"):
-        load_engine(aoti_fp32, weights=REPO_WEIGHTS_OTHER)
+        load_engine(aoti_fp32, weights=other_weights)
     with pytest.raises(ArtifactMismatch, match="built for fp32, not bf16"):
         load_engine(aoti_fp32, precision="bf16")
     with pytest.raises(ArtifactMismatch, match="cannot run on cuda"):
@@ -194,24 +207,49 @@ def test_fixed_batch_onnx_gets_a_fixed_batch_triton_config(tmp_path):
     assert engine(torch.rand(6, c, 128, 128)).shape == (6, 3, 128, 128)  # padded and chunked to the fixed 4
 
 
-def test_tensorrt_plan_config_matches_the_exported_program(eager, tmp_path):
-    """The TensorRT plan is built from this program: its config must state the program's signature."""
-    cfg = ExportConfig(format="tensorrt", precision="fp16", batch=BatchRange(1, 4, 16), device="cpu")
-    program = export_program(eager, ExportConfig(format="aoti", precision="fp16", batch=cfg.batch))
-    signature = triton.program_signature(program)
+def test_onnx_cuda_artifact_refuses_a_session_that_fell_back_to_the_cpu(onnx_fp32):
+    """ONNX Runtime drops a CUDA provider it cannot start and runs on the CPU with only a warning; a cuda
+    artifact must refuse instead. Here (a CPU-only onnxruntime) that is exactly what a real session does."""
+    import onnxruntime as ort
+
+    from facecomp.export.formats import OnnxFormat
+
+    if "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available():
+        pytest.skip("this onnxruntime has a working CUDA provider; nothing falls back here")
+    with pytest.raises(ExportUnavailable, match="active providers: CPUExecutionProvider"):
+        OnnxFormat.open_session(onnx_fp32 / "generator.onnx", "cuda")
+    assert OnnxFormat.open_session(onnx_fp32 / "generator.onnx", "cpu").get_providers()[0] == "CPUExecutionProvider"
+
+
+def test_tensorrt_inputs_span_the_batch_range():
+    """Compile, the saved program and the plan all get these ranges (a single example tensor would fix the batch)."""
+    from facecomp.export.formats import TensorRTFormat
+
+    (r,) = TensorRTFormat.input_ranges(BatchRange(1, 8, 32), (4, 128, 128))
+    assert (r.min, r.opt, r.max) == ((1, 4, 128, 128), (8, 4, 128, 128), (32, 4, 128, 128))
+
+
+def test_tensorrt_config_names_the_engine_tensors_not_the_graph_nodes(eager):
+    """TensorRT names a plan's outputs itself (output0, ...): the config must carry the engine's names,
+    dims and types as the engine reports them, whatever the exported graph called its nodes."""
+    cfg = ExportConfig(format="aoti", precision="fp16", batch=BatchRange(1, 4, 16))
+    graph_outputs = [s.arg.name for s in export_program(eager, cfg).graph_signature.output_specs]
+    reported = [triton.EngineTensor("filled", True, (-1, 4, 128, 128), "FLOAT"),
+                triton.EngineTensor("output0", False, (-1, 3, 128, 128), "FLOAT")]
     meta = ArtifactMeta(format="tensorrt", precision="fp16", device="cuda", batch={"min": 1, "opt": 4, "max": 16},
                         input=None, output=None, generator_config={}, weights_sha256="0" * 64,
                         weights_name="generator.safetensors", files={})
-    config = triton.parse_config(triton.config_text(signature, "tensorrt_plan", meta))
+    config = triton.parse_config(triton.config_text(triton.engine_signature(reported), "tensorrt_plan", meta))
     assert config.platform == "tensorrt_plan" and config.max_batch_size == 16
     assert config.instance_group[0].kind == 1  # KIND_GPU
-    x = example_input(eager, 5)
-    y = program.module()(x)  # what the program really takes and returns
-    assert [i.name for i in config.input] == ["filled"]
-    assert [o.name for o in config.output] == [signature.outputs[0].name]
-    assert list(config.input[0].dims) == list(x.shape[1:]) and config.input[0].data_type == 11
-    assert list(config.output[0].dims) == list(y.shape[1:]) and config.output[0].data_type == 11
-    assert y.dtype == torch.float32
+    assert [i.name for i in config.input] == ["filled"] and [o.name for o in config.output] == ["output0"]
+    assert "output0" not in graph_outputs  # the graph's own name would be refused by Triton
+    assert list(config.input[0].dims) == [4, 128, 128] and config.input[0].data_type == 11
+    assert list(config.output[0].dims) == [3, 128, 128] and config.output[0].data_type == 11
+    fixed = triton.engine_signature([triton.EngineTensor("filled", True, (4, 4, 128, 128), "HALF")])
+    assert fixed.inputs[0].batch == 4 and fixed.inputs[0].dtype == "float16"
+    with pytest.raises(ValueError, match="INT8"):
+        triton.engine_signature([triton.EngineTensor("q", True, (-1, 4), "INT8")])
 
 
 def test_tensorrt_without_cuda_is_one_line(tmp_path):
@@ -226,7 +264,7 @@ def test_tensorrt_without_cuda_is_one_line(tmp_path):
     assert not (tmp_path / "b").exists()
 
 
-def test_complete_with_engine_matches_eager(aoti_fp32, face_files):
+def test_complete_with_engine_matches_eager(aoti_fp32, face_files, other_weights):
     from facecomp import masks
     from facecomp.images import read_rgb
 
@@ -238,17 +276,17 @@ def test_complete_with_engine_matches_eager(aoti_fp32, face_files):
         assert np.abs(x.astype(int) - y.astype(int)).max() <= 1  # uint8 rounding at most
         assert (x != img).any()
     with pytest.raises(ArtifactMismatch):
-        Completer(REPO_WEIGHTS_OTHER, engine=aoti_fp32)
+        Completer(other_weights, engine=aoti_fp32)
 
 
-def test_cli_export_and_complete_engine(onnx_fp32, face_files, tmp_path):
+def test_cli_export_and_complete_engine(onnx_fp32, face_files, other_weights, tmp_path):
     out = tmp_path / "c.png"
     r = subprocess.run([sys.executable, "-m", "facecomp", "complete", str(face_files[1]), "--mask", "O2",
                         "--engine", str(onnx_fp32), "-o", str(out)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert out.is_file()
     r = subprocess.run([sys.executable, "-m", "facecomp", "complete", str(face_files[1]), "--mask", "O2",
-                        "--engine", str(onnx_fp32), "--model", REPO_WEIGHTS_OTHER, "-o", str(out)],
+                        "--engine", str(onnx_fp32), "--model", other_weights, "-o", str(out)],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "built from other weights" in r.stderr
 
@@ -283,12 +321,20 @@ def test_tensorrt_fp16_matches_eager(tmp_path):
     pytest.importorskip("torch_tensorrt", reason="needs the 'tensorrt' extra (TensorRT libraries)")
     out = tmp_path / "trt"
     export_artifact(out, ExportConfig(format="tensorrt", precision="fp16", device="cuda", batch=BatchRange(1, 8, 32)))
-    assert (out / "generator.plan").stat().st_size > 0
-    assert triton.parse_config((out / "triton" / triton.MODEL_NAME / "config.pbtxt").read_text()).platform \
-        == "tensorrt_plan"
+    import tensorrt as trt
+
+    plan = (out / "generator.plan").read_bytes()
+    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(plan)
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    is_in = {n: engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
+    config = triton.parse_config((out / "triton" / triton.MODEL_NAME / "config.pbtxt").read_text())
+    assert config.platform == "tensorrt_plan"
+    # The names Triton will look up are the plan's own (read here with TensorRT, not our reader).
+    assert [i.name for i in config.input] == [n for n in names if is_in[n]]
+    assert [o.name for o in config.output] == [n for n in names if not is_in[n]]
     eager = load_generator(None, "cuda").float()
     engine = load_engine(out, device="cuda", precision="fp16")
-    for n in (1, 8, 32):
+    for n in (1, 8, 32):  # batch 1 reaches the saved program as is: a static-batch retrace would refuse it
         x = example_input(eager, n, "cuda")
         with torch.no_grad():
             assert parity(eager(x), engine(x))["psnr_db"] > 45
