@@ -5,6 +5,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
+from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,33 @@ def tune_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = 1 << 30)
     ok = bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
     log.debug("malloc tuning %s", "applied" if ok else "refused")
     return ok
+
+
+def cores_per_local_rank(env: Mapping[str, str] | None = None, cores: int | None = None) -> int:
+    """This process's share of the cores it may run on, when several ranks of one job share a node.
+
+    ``cores``: the CPUs this process may use (its affinity mask, which Slurm and containers narrow).
+    The ranks on this node: ``LOCAL_WORLD_SIZE`` (torchrun, Ray Train's TorchTrainer and DeepSpeed's
+    launcher set it), else Slurm's tasks on this node (``SLURM_NTASKS_PER_NODE``, or the first count
+    of ``SLURM_TASKS_PER_NODE`` such as "8(x2)"). Slurm's ``SLURM_CPUS_PER_TASK`` caps the result
+    (it is what the job asked for per rank). At least 1.
+    """
+    env = os.environ if env is None else env
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    ranks = _positive_int(env.get("LOCAL_WORLD_SIZE")) or _positive_int(env.get("SLURM_NTASKS_PER_NODE")) \
+        or _positive_int(env.get("SLURM_TASKS_PER_NODE", "").split("(")[0].split(",")[0]) or 1
+    share = max(1, cores // ranks)
+    per_task = _positive_int(env.get("SLURM_CPUS_PER_TASK"))
+    return min(share, per_task) if per_task else share
+
+
+def _positive_int(text: str | None) -> int | None:
+    try:
+        value = int(text) if text else 0
+    except ValueError:
+        return None
+    return value if value > 0 else None
 
 
 def start(rt) -> torch.device:  # noqa: F821  (torch imported lazily: this module stays light)

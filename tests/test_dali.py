@@ -117,6 +117,58 @@ def test_statistics_agree_with_the_reference_pipeline(val64):
 
 
 @requires_dali
+def test_square_corner_is_uniform_over_every_position_ends_included():
+    """81,920 draws per axis of the graph's own corner op (65 positions, 0..64): every position within
+    5 sigma of n/65. A continuous uniform rounded to INT32 gives the two end positions half as many
+    (~630 against ~1,260, 18 sigma off), which the 3,072-sample test above is too coarse to see."""
+    from nvidia.dali import pipeline_def
+
+    from facecomp.data.dali import _corner
+
+    @pipeline_def(batch_size=1024, num_threads=1, device_id=None, seed=11)
+    def corners():
+        return _corner(128, 64)
+
+    pipe = corners()
+    pipe.build()
+    draws = np.concatenate([np.asarray(pipe.run()[0].as_array()) for _ in range(40)]).reshape(-1)
+    assert draws.dtype == np.int32 and draws.min() == 0 and draws.max() == 64
+    hist = np.bincount(draws, minlength=65)
+    expected = draws.size / 65
+    sigma = np.sqrt(expected * (1 - 1 / 65))
+    assert np.abs(hist - expected).max() < 5 * sigma, (hist[:2], hist[-2:], expected)
+
+
+def test_dali_threads_default_to_this_ranks_share_of_the_cores(monkeypatch):
+    from facecomp.runtime import cores_per_local_rank
+
+    assert cores_per_local_rank({}, cores=16) == 16
+    assert cores_per_local_rank({"LOCAL_WORLD_SIZE": "8"}, cores=16) == 2  # torchrun, Ray Train, DeepSpeed
+    assert cores_per_local_rank({"LOCAL_WORLD_SIZE": "32"}, cores=16) == 1
+    assert cores_per_local_rank({"SLURM_NTASKS_PER_NODE": "4"}, cores=16) == 4
+    assert cores_per_local_rank({"SLURM_TASKS_PER_NODE": "8(x2)"}, cores=64) == 8
+    assert cores_per_local_rank({"SLURM_TASKS_PER_NODE": "4(x2)", "SLURM_CPUS_PER_TASK": "3"}, cores=64) == 3
+    # Ray on Slurm: the raylet's task had the whole node; the 8 training ranks share it
+    assert cores_per_local_rank({"LOCAL_WORLD_SIZE": "8", "SLURM_NTASKS_PER_NODE": "1",
+                                 "SLURM_CPUS_PER_TASK": "64"}, cores=64) == 8
+    assert cores_per_local_rank({"LOCAL_WORLD_SIZE": "junk"}, cores=4) == 4
+
+
+@requires_dali
+def test_dali_spec_threads_use_the_local_share(monkeypatch):
+    """data.workers=0 on a 16-core node with 8 local ranks: 2 DALI threads each, not 16."""
+    from facecomp.data.dali import dali_spec
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    for name in ("SLURM_NTASKS_PER_NODE", "SLURM_TASKS_PER_NODE", "SLURM_CPUS_PER_TASK"):
+        monkeypatch.delenv(name, raising=False)
+    assert dali_spec(load_config("smoke", ["data.workers=0"])).threads == 2
+    assert dali_spec(load_config("smoke", ["data.workers=3"])).threads == 3  # an explicit count wins
+
+
+@requires_dali
 @pytest.mark.parametrize("n", [48, 50])
 def test_shards_cover_the_partition_once_per_epoch(celeba, n):
     """3 ranks, batch 4: each epoch the ranks read disjoint samples; with 48 files (shards of 16)

@@ -45,6 +45,7 @@ import torch
 
 from facecomp import layout
 from facecomp.config import Config, DataConfig
+from facecomp.runtime import cores_per_local_rank
 
 try:
     from nvidia.dali import fn, pipeline_def, types
@@ -152,6 +153,15 @@ def _warp(img, matrix, size: int):
                                             interp_type=types.INTERP_LINEAR)
 
 
+def _corner(image_size: int, mask_size: int):
+    """The square's top-left (y, x), each uniform over the integers 0..image_size-mask_size inclusive.
+
+    A discrete draw from the listed values: a continuous uniform over [0, S-size] cast to INT32 rounds,
+    so the two end positions would get half the probability of the others (measured, tests/test_dali.py).
+    """
+    return fn.random.uniform(values=list(range(image_size - mask_size + 1)), dtype=types.INT32, shape=[2])
+
+
 def _graph(files: list[str], labels: list[int], spec: DaliSpec, shard_id: int, num_shards: int):
     jpegs, index = fn.readers.file(files=files, labels=labels, shard_id=shard_id, num_shards=num_shards,
                                    shuffle_after_epoch=True, shuffle_after_epoch_seed=spec.seed,
@@ -163,7 +173,7 @@ def _graph(files: list[str], labels: list[int], spec: DaliSpec, shard_id: int, n
     face = _warp(img, matrix, s)
     image = fn.crop_mirror_normalize(face, dtype=types.FLOAT, output_layout="CHW",
                                      mean=[127.5] * 3, std=[127.5] * 3)  # [3, S, S] in [-1, 1]
-    corner = fn.random.uniform(range=[0, s - spec.mask_size], dtype=types.INT32, shape=[2])  # (y, x), inclusive
+    corner = _corner(s, spec.mask_size)
     zeros = fn.reshape(fn.zeros(shape=[1, s, s], dtype=types.FLOAT), layout="CHW")
     if spec.gpu:
         zeros = zeros.gpu()
@@ -242,9 +252,11 @@ def build_dali_loader(cfg: Config, files: list[Path], start_step: int = 0, rank:
 
 
 def dali_spec(cfg: Config, device: torch.device | None = None, with_matrix: bool = False) -> DaliSpec:
-    """The graph a run's config asks for, placed on ``device`` (CUDA: GPU operators; else CPU ones)."""
+    """The graph a run's config asks for, placed on ``device`` (CUDA: GPU operators; else CPU ones).
+    Threads: ``data.workers``, else this rank's share of the node's cores (eight GPU ranks on a node
+    each taking every core would oversubscribe it eightfold)."""
     gpu = device is not None and device.type == "cuda"
     return DaliSpec(image_size=cfg.generator.image_size, data=cfg.data, mask_size=cfg.mask.size,
                     batch_size=cfg.train.batch_size, seed=cfg.train.seed, gpu=gpu,
                     device_id=(device.index or 0) if gpu else None,
-                    threads=cfg.data.workers or os.cpu_count() or 1, with_matrix=with_matrix)
+                    threads=cfg.data.workers or cores_per_local_rank(), with_matrix=with_matrix)
