@@ -23,6 +23,17 @@ from pathlib import Path
 import numpy as np
 
 MODELS_PACKAGE = "face_recognition_models"
+# dlib's detectors look for faces of about 80 px and search at twice the photo's size at most (upsample 1),
+# so no face under about 40 px is found. A photo whose short side is under that is refused up front: on
+# such photos dlib's CNN does not merely find nothing, it fails (1x1: "Filter windows must be small enough
+# to fit into the padded image"; 300x2: an out-of-range offset).
+MIN_PHOTO_SIDE = 40
+# The CNN fallback costs about 4 us per searched pixel on 2 CPU cores (4 s for 1000x1000, 16 s for
+# 2000x2000 — measured on a blank photo, where HOG finds nothing and the CNN always runs). Its search
+# image is scaled down to this many pixels, so a large photo without a face HOG can see costs seconds, not
+# minutes; a face must then be about 8% of the photo's side for the CNN to find it (HOG, at full size, still
+# finds smaller ones). The landmarks are fitted on the full-size photo either way.
+CNN_MAX_PIXELS = 1_000_000
 INSTALL_HINT = "pip install 'facecomp[faces]' (dlib-bin + face-recognition-models)"
 
 
@@ -95,13 +106,32 @@ class LandmarkDetector:
         found = list(self.hog(rgb, self.upsample))
         if found or self.cnn is None:
             return found, "hog"
-        return [d.rect for d in self.cnn(rgb, max(self.upsample, 1))], "cnn"
+        import cv2
+
+        up = max(self.upsample, 1)
+        h, w = rgb.shape[:2]
+        scale = min(1.0, (CNN_MAX_PIXELS / (w * h * 4**up)) ** 0.5)
+        if scale == 1.0:
+            return [d.rect for d in self.cnn(rgb, up)], "cnn"
+        sw, sh = round(w * scale), round(h * scale)
+        if min(sw, sh) < MIN_PHOTO_SIDE:  # a sliver of a panorama: at this scale there is no face to find
+            return [], "cnn"
+        small = cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_AREA)
+        rect = self._dlib.rectangle
+        return [rect(round(r.left() / scale), round(r.top() / scale), round(r.right() / scale),
+                     round(r.bottom() / scale)) for r in (d.rect for d in self.cnn(small, up))], "cnn"
 
     def all(self, rgb: np.ndarray) -> list[Landmarks]:
-        """Every face with a plausible fit, largest first."""
+        """Every face with a plausible fit, largest first. Raises ``ValueError`` for a photo too small to search
+        (:func:`check_searchable`)."""
         rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
-        found, kind = self.boxes(rgb)
         h, w = rgb.shape[:2]
+        check_searchable(w, h)
+        try:
+            found, kind = self.boxes(rgb)
+        except RuntimeError as e:  # dlib's own checks; the size guard above avoids the ones we know of
+            reason = str(e).strip().splitlines()[-1]
+            raise ValueError(f"face detection failed on this {w}x{h} photo: {reason}") from None
         out = []
         for rect in sorted(found, key=lambda r: -r.width() * r.height()):
             shape = self.predictor(rgb, rect)
@@ -114,6 +144,14 @@ class LandmarkDetector:
         """The largest face, or None."""
         found = self.all(rgb)
         return found[0] if found else None
+
+
+def check_searchable(width: int, height: int) -> None:
+    """A one-line ``ValueError`` for a photo too small to hold a face the detectors can find."""
+    if min(width, height) < MIN_PHOTO_SIDE:
+        raise ValueError(f"the photo is {width}x{height}: too small to find a face in (the face detector needs "
+                         f"at least {MIN_PHOTO_SIDE} px on each side); to complete the whole image as one face, "
+                         "use align none (--align none)")
 
 
 # --- alignment to the training layout (photos in the wild) -------------------------------------
@@ -143,6 +181,7 @@ def alignment_matrix(points68: np.ndarray) -> np.ndarray:
 def align_faces(photo: np.ndarray, detector: LandmarkDetector | None = None) -> list[tuple[np.ndarray, Landmarks]]:
     """(photo -> aligned matrix, landmarks) for every face found, largest first. Small photos are
     searched at twice their size (HOG finds faces from about 80 px across)."""
+    check_searchable(photo.shape[1], photo.shape[0])  # before building a detector: a refusal costs nothing
     if detector is None:
         detector = LandmarkDetector(upsample=1 if max(photo.shape[:2]) < 500 else 0)
     return [(alignment_matrix(f.points), f) for f in detector.all(photo)]

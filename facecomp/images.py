@@ -2,6 +2,10 @@
 
 Every failure (missing, truncated, not an image, a decompression bomb) is a ``ValueError`` with
 one line that names the file, so callers can skip, count or report it.
+
+What a photo looks like is what a viewer shows: the EXIF orientation is applied (a phone's portrait
+shot stored sideways comes out upright, at the size a browser reports), only the first frame of an
+animation is read, and 16-bit greyscale is scaled to 8 bits rather than clipped.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 # 40 megapixels: far beyond any face photo, small enough that one decode cannot exhaust memory.
 MAX_PIXELS = 40_000_000
@@ -26,9 +30,14 @@ class NotAnImage(ValueError):
     """Data Pillow does not recognise as any image format."""
 
 
+class UnsupportedPixels(ValueError):
+    """A pixel format with no 8-bit RGB or grey equivalent."""
+
+
 def decode(data: bytes, mode: str = "RGB", max_pixels: int = MAX_PIXELS, name: str = "image") -> np.ndarray:
-    """Image file bytes -> [H, W, 3] ('RGB') or [H, W] ('L') uint8. Failures are one-line
-    ``ValueError``s naming ``name``: ImageTooLarge, NotAnImage, or a plain one for corrupt data."""
+    """Image file bytes -> [H, W, 3] ('RGB') or [H, W] ('L') uint8, upright per its EXIF orientation.
+    Failures are one-line ``ValueError``s naming ``name``: ImageTooLarge, NotAnImage, or a plain one
+    for corrupt data or a pixel format with no 8-bit RGB/grey equivalent."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -37,13 +46,43 @@ def decode(data: bytes, mode: str = "RGB", max_pixels: int = MAX_PIXELS, name: s
                 if w * h > max_pixels:
                     raise ImageTooLarge(f"{name}: {w}x{h} is over the {max_pixels:,}-pixel limit")
                 img.load()  # decode now: a truncated file fails here, not later
-                return np.asarray(img.convert(mode))
+                return _convert(_upright(img), mode, name)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageTooLarge(f"{name}: refused, over the {max_pixels:,}-pixel limit (decompression bomb?)") from None
     except UnidentifiedImageError:
         raise NotAnImage(f"{name}: not an image Pillow can read") from None
-    except (OSError, SyntaxError) as e:  # Pillow reports truncated/corrupt data as OSError
-        raise ValueError(f"{name}: corrupt or truncated image ({e})") from None
+    except (ImageTooLarge, UnsupportedPixels):
+        raise
+    except MemoryError:
+        raise ImageTooLarge(f"{name}: not enough memory to decode it") from None
+    except Exception as e:  # noqa: BLE001
+        # Pillow reports truncated/corrupt data mostly as OSError, but its format plugins let other types
+        # escape on hostile bytes (struct.error, IndexError, EOFError, ... seen while fuzzing): whatever the
+        # type, the bytes are at fault, and the caller needs one line, not a traceback.
+        raise ValueError(f"{name}: corrupt or truncated image ({type(e).__name__}: {e})".splitlines()[0]) from None
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """The image as viewers show it (EXIF orientation applied). A broken EXIF block is ignored, as
+    viewers do: the pixels are still good."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:  # noqa: BLE001
+        return img
+
+
+def _convert(img: Image.Image, mode: str, name: str) -> np.ndarray:
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+        # 16-bit grey: Pillow's own conversion clips at 255 (a 16-bit photo would come out white).
+        img = Image.fromarray((np.asarray(img).astype(np.uint32) >> 8).astype(np.uint8))
+    try:
+        return np.asarray(img.convert(mode))
+    except ValueError:
+        pass
+    try:  # modes with no direct path to grey (LAB, La) go through RGB
+        return np.asarray(img.convert("RGB").convert(mode))
+    except ValueError:
+        raise UnsupportedPixels(f"{name}: pixel format {img.mode} cannot be converted to {mode}") from None
 
 
 def _open(path: str | Path, mode: str) -> np.ndarray:
