@@ -7,7 +7,9 @@ Poisson blending), so every pixel outside the mask keeps its value.
 
 Masks: ``O1``..``O6`` name regions of each face (they are drawn in the aligned layout and warped
 into the photo, for every face found); ``box:`` and mask images are in photo pixels and are
-completed wherever they fall on a face's completion box.
+completed by the model wherever they fall on a face's completion box. Masked pixels on no face's
+box are filled by OpenCV's inpainting (Telea) and counted (``inpainted``); a mask that touches no
+face at all is refused.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import cv2
 import numpy as np
 
 from facecomp import layout, masks
-from facecomp.complete import BLENDS, Completer, poisson_blend
+from facecomp.complete import BLENDS, Completer, Completion, check_request, inpaint, poisson_blend
 
 log = logging.getLogger(__name__)
 ALIGNED_W, ALIGNED_H = layout.ALIGNED_SIZE
@@ -30,10 +32,15 @@ class PhotoResult:
     images: list[np.ndarray]  # one per sample, the photo's size (the first of ``blends``)
     faces: int  # faces found
     completed: int  # faces whose completion box the mask touched
-    uncovered: int  # masked photo pixels on no face's completion box (left as they were)
-    mask: np.ndarray  # [H, W] bool, the pixels that were completed
+    uncovered: int  # masked photo pixels on no face's completion box (filled by inpainting, see ``inpainted``)
+    mask: np.ndarray  # [H, W] bool, the pixels that were completed (by the model or inpainted)
     boxes: list[tuple[int, int, int, int]]  # each found face's completion box in the photo (x0, y0, x1, y1)
     by_blend: dict[str, list[np.ndarray]]  # the samples for each blend asked for
+
+    @property
+    def inpainted(self) -> int:
+        """Masked pixels the model could not complete (on no face's box), filled by OpenCV's Telea inpainting."""
+        return self.uncovered
 
 
 def _box_mask() -> np.ndarray:
@@ -54,7 +61,11 @@ def complete_photo(completer: Completer, photo: np.ndarray, mask_spec: str | np.
     for b in blends:
         if b not in BLENDS:
             raise ValueError(f"unknown blend '{b}' (valid: {', '.join(BLENDS)})")
+    check_request(samples, seed)  # before detection: a bad request costs nothing
     h, w = photo.shape[:2]
+    if not isinstance(mask_spec, str) and np.asarray(mask_spec).shape != (h, w):
+        mask_spec = np.asarray(mask_spec)
+        raise ValueError(f"mask is {'x'.join(map(str, mask_spec.shape[::-1]))} but the image is {w}x{h}")
     found = align_faces(photo, detector)
     if not found:
         raise ValueError("no face found in the photo")
@@ -64,9 +75,7 @@ def complete_photo(completer: Completer, photo: np.ndarray, mask_spec: str | np.
     elif isinstance(mask_spec, str):
         user_mask = masks.from_spec(mask_spec, w, h) > 0.5
     else:
-        if mask_spec.shape != (h, w):
-            raise ValueError(f"mask is {mask_spec.shape[1]}x{mask_spec.shape[0]} but the image is {w}x{h}")
-        user_mask = mask_spec > 0.5
+        user_mask = np.asarray(mask_spec) > 0.5
         if not user_mask.any():
             raise ValueError("the mask is empty: nothing to complete")
     results = {b: [photo.copy() for _ in range(samples)] for b in blends}
@@ -103,12 +112,15 @@ def complete_photo(completer: Completer, photo: np.ndarray, mask_spec: str | np.
                 imgs[k] = poisson_blend(pasted, imgs[k], region.astype(np.float32)) if b == "poisson" else pasted
         covered |= region
         completed += 1
-    uncovered = 0 if user_mask is None else int((user_mask & ~covered).sum())
     if completed == 0:
         raise ValueError(f"the mask touches none of the {len(found)} face(s) found")
-    if uncovered:
-        log.warning("%d masked pixel(s) lie on no face's completion box and were left as they were", uncovered)
-    return PhotoResult(results[blends[0]], len(found), completed, uncovered, covered, boxes, results)
+    # A user who masked pixels wants them gone, face or not: what no face's completion covers is inpainted
+    # from its surroundings (the faces' completions included).
+    rest = np.zeros((h, w), bool) if user_mask is None else user_mask & ~covered
+    if rest.any():
+        log.debug("%d masked pixel(s) on no face's completion box filled by inpainting (Telea)", int(rest.sum()))
+        results = {b: inpaint(imgs, rest) for b, imgs in results.items()}
+    return PhotoResult(results[blends[0]], len(found), completed, int(rest.sum()), covered | rest, boxes, results)
 
 
 def complete_image(completer: Completer, image: np.ndarray, mask_spec: str | np.ndarray, align: str = "auto",
@@ -124,11 +136,19 @@ def complete_image_blends(completer: Completer, image: np.ndarray, mask_spec: st
                           seed: int = 0, samples: int = 1, blends: tuple[str, ...] = ("none",),
                           ) -> tuple[dict[str, list[np.ndarray]], int]:
     """``complete_image`` for several blends from one generator pass: ({blend: completions}, faces found)."""
+    done = complete_any(completer, image, mask_spec, align, seed, samples, blends)
+    return done.by_blend, done.faces
+
+
+def complete_any(completer: Completer, image: np.ndarray, mask_spec: str | np.ndarray, align: str = "auto",
+                 seed: int = 0, samples: int = 1, blends: tuple[str, ...] = ("none",)) -> Completion:
+    """``complete_image_blends`` with the whole result: images per blend, faces found, and how many masked
+    pixels the model could not see and OpenCV's inpainting filled (``inpainted``)."""
     if align not in ("auto", "none"):
         raise ValueError(f"unknown align '{align}' (valid: auto, none)")
     h, w = image.shape[:2]
     if align == "auto" and not layout.is_aligned_size(w, h):
         done = complete_photo(completer, image, mask_spec, seed=seed, samples=samples, blends=blends)
-        return done.by_blend, done.faces
+        return Completion(done.by_blend, done.inpainted, done.faces)
     mask = masks.from_spec(mask_spec, w, h) if isinstance(mask_spec, str) else mask_spec
-    return completer.complete_blends(image, mask, seed=seed, samples=samples, blends=blends), 1
+    return completer.complete_full(image, mask, seed=seed, samples=samples, blends=blends)

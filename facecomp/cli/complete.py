@@ -55,14 +55,16 @@ def _outputs(path: Path, args: argparse.Namespace) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from facecomp.complete import Completer
-    from facecomp.wild import complete_image
+    from facecomp.complete import MAX_SEED, Completer
+    from facecomp.wild import complete_any
 
     paths = _inputs(args.inputs)
     if args.output and len(paths) > 1:
         raise ValueError(f"-o takes one input, got {len(paths)}: use --out-dir")
     if args.samples < 1 or args.samples > 64:
         raise ValueError(f"--samples must be in 1..64, got {args.samples}")
+    if not 0 <= args.seed < MAX_SEED:
+        raise ValueError(f"--seed must be in 0..2**64-1, got {args.seed}")
     # Fail fast on a mask name that can never work, before loading the model.
     if not (args.mask.upper() in masks.OCCLUSIONS or args.mask.startswith("box:") or Path(args.mask).exists()):
         masks.from_spec(args.mask, 1, 1)
@@ -71,10 +73,14 @@ def run(args: argparse.Namespace) -> int:
     for path in paths:
         try:
             image = images.read_rgb(path)
-            results, found = complete_image(completer, image, args.mask, args.align, seed=args.seed,
-                                            samples=args.samples, blend=args.blend)
-            if found > 1:
-                print(f"{path}: {found} faces found", file=sys.stderr)
+            done = complete_any(completer, image, args.mask, args.align, seed=args.seed, samples=args.samples,
+                                blends=(args.blend,))
+            results = done.images
+            if done.faces > 1:
+                print(f"{path}: {done.faces} faces found", file=sys.stderr)
+            if done.inpainted:
+                print(f"{path}: {done.inpainted} masked pixel(s) lie where the model cannot see (off the face box): "
+                      "filled by inpainting (OpenCV Telea)", file=sys.stderr)
         except ValueError as e:
             if len(paths) == 1:
                 raise

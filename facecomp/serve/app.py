@@ -6,6 +6,8 @@ process (``Runner``), runs one pass at a time, and requests that arrive together
 ``facecomp export`` (``engine``). Work in flight is bounded: a
 request that finds ``max_pending`` others admitted gets 503 with ``Retry-After`` at once, so a burst
 cannot pile up images in memory. Every bad input is a 4xx with ``{"error": "<one line>"}``.
+Masked pixels the model cannot see (off every face's box) are inpainted (OpenCV Telea) and counted:
+the ``X-Inpainted-Pixels`` header, and ``inpainted`` in a JSON answer.
 """
 
 from __future__ import annotations
@@ -129,7 +131,8 @@ def model_facts(runner: Runner) -> dict:
 
 
 def create_app(cfg: ServeConfig, runner: Runner | None = None):
-    from facecomp.wild import complete_image_blends
+    from facecomp.complete import MAX_SEED
+    from facecomp.wild import complete_any
 
     runner = runner or Runner(cfg)
     facts = model_facts(runner)  # fixed for the worker's life; hashing the weights once, not per request
@@ -191,6 +194,8 @@ def create_app(cfg: ServeConfig, runner: Runner | None = None):
         try:
             if not 1 <= samples <= cfg.max_samples:
                 raise BadRequest(422, f"samples must be in 1..{cfg.max_samples}, got {samples}")
+            if not 0 <= seed < MAX_SEED:
+                raise BadRequest(422, f"seed must be in 0..2**64-1, got {seed}")
             if blend not in BLENDS:
                 raise BadRequest(422, f"blend must be one of {', '.join(BLENDS)}, got '{blend}'")
             if format not in ("png", "json"):
@@ -216,8 +221,8 @@ def create_app(cfg: ServeConfig, runner: Runner | None = None):
                          headers={"Retry-After": str(cfg.retry_after_s)})
         try:
             started = time.perf_counter()
-            outs, faces = await run_in_threadpool(_complete_sync, runner, cfg, photo_bytes, mask_bytes, preset,
-                                                  seed, samples, blend, align, complete_image_blends)
+            outs, done = await run_in_threadpool(_complete_sync, runner, cfg, photo_bytes, mask_bytes, preset,
+                                                 seed, samples, blend, align, complete_any)
             runner.served += 1
         except BadRequest as e:
             return error(e.status, str(e))
@@ -226,8 +231,9 @@ def create_app(cfg: ServeConfig, runner: Runner | None = None):
         finally:
             runner.release()
         if format == "png":
-            return Response(png_bytes(outs[0][1]), media_type="image/png", headers={"X-Faces": str(faces)})
-        return {"faces": faces, "seconds": round(time.perf_counter() - started, 3),
+            return Response(png_bytes(outs[0][1]), media_type="image/png",
+                            headers={"X-Faces": str(done.faces), "X-Inpainted-Pixels": str(done.inpainted)})
+        return {"faces": done.faces, "inpainted": done.inpainted, "seconds": round(time.perf_counter() - started, 3),
                 "images": [{"sample": k % samples, "blend": b, "png_base64": base64.b64encode(png_bytes(img)).decode()}
                            for k, (b, img) in enumerate(outs)]}
 
@@ -235,7 +241,7 @@ def create_app(cfg: ServeConfig, runner: Runner | None = None):
 
 
 def _complete_sync(runner: Runner, cfg: ServeConfig, photo_bytes: bytes, mask_bytes: bytes | None,
-                   preset: str | None, seed: int, samples: int, blend: str, align: str, complete_image_blends):
+                   preset: str | None, seed: int, samples: int, blend: str, align: str, complete_any):
     photo = decode_image(photo_bytes, cfg.max_pixels, "image")
     if mask_bytes is not None:
         m = decode_image(mask_bytes, cfg.max_pixels, "mask", mode="L")
@@ -246,6 +252,5 @@ def _complete_sync(runner: Runner, cfg: ServeConfig, photo_bytes: bytes, mask_by
     else:
         spec = preset.upper()
     blends = ("none", "poisson") if blend == "both" else (blend,)  # both: one generator pass, two pastes
-    by_blend, faces = complete_image_blends(runner.completer, photo, spec, align, seed=seed, samples=samples,
-                                            blends=blends)
-    return [(b, img) for b in blends for img in by_blend[b]], faces
+    done = complete_any(runner.completer, photo, spec, align, seed=seed, samples=samples, blends=blends)
+    return [(b, img) for b in blends for img in done.by_blend[b]], done
