@@ -32,7 +32,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from facecomp.data.celeba import CelebAIndex
+    from facecomp.data.celeba import partition_files
     from facecomp.data.loaders import make_loader
     from facecomp.train.loop import build_models, init_from
     from facecomp.train.step import train_step
@@ -73,7 +73,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             log.info("resumed stage %d at step %d from %s", stage, start_step, ray_ckpt.path)
 
-    files = CelebAIndex.open(cfg.data.root).files(cfg.data.partition, cfg.data.limit)
+    files = partition_files(cfg.data.roots, cfg.data.partition, cfg.data.limit)
     loader = make_loader(cfg, files, start_step=start_step, rank=rank, world_size=world, device=device,
                          loader_state=position)
     agree = make_agree(world)

@@ -45,13 +45,17 @@ class ParsingConfig:
     weights: str = ""  # safetensors file; "" = the weights shipped in the package
 
 
+DEFAULT_DATA_ROOT = "../shared/data/celeba"
+
+
 @dataclass(kw_only=True)
 class DataConfig:
-    """CelebA layout, the 128x128 face box and the augmentation ranges."""
+    """CelebA folders, the 128x128 face box and the augmentation ranges."""
 
-    root: str = "../shared/data/celeba"
+    # One or more CelebA folders; a run reads the same partition of each (e.g. celeba/ + celeba_extra/).
+    roots: list[str] = field(default_factory=lambda: [DEFAULT_DATA_ROOT])
     partition: str = "train"  # train | val | test
-    limit: int = 0  # use only the first N images of the partition (0 = all)
+    limit: int = 0  # use only the first N images of the partition, over all roots in order (0 = all)
     flip: float = 0.5  # probability of a horizontal flip
     shift: float = 0.05  # max shift, as a fraction of the crop size
     rotate: float = 15.0  # max rotation in degrees (the paper: +/- 15)
@@ -59,6 +63,35 @@ class DataConfig:
     scale_max: float = 1.1
     workers: int = 0  # DataLoader worker processes (torch) or decode threads (dali; 0 = one per core)
     loader: str = "torch"  # "torch" (the reference DataLoader) | "dali" (NVIDIA DALI; facecomp[dali])
+
+    # `data.root` is the one-folder spelling of earlier runs; their state.json files still load.
+    @property
+    def root(self) -> str:
+        return self.roots[0]
+
+    @root.setter
+    def root(self, value: str) -> None:
+        self.roots = [value]
+
+
+@dataclass(kw_only=True)
+class ValidationConfig:
+    """Scoring a fixed set of validation faces during training, to choose checkpoints from curves.
+
+    Each checkpoint (and every ``every`` steps, if set) fills O1-O6 on the first ``faces`` faces of the
+    validation partition and logs hole PSNR and SSIM of the raw generator and of its EMA. The stage's
+    result is the checkpoint and variant with the best ``select`` score among steps >= ``select_after``.
+    """
+
+    faces: int = 64  # 0 = no validation
+    root: str = ""  # CelebA folder of the validation faces; "" = the first of data.roots
+    partition: str = "val"
+    masks: list[str] = field(default_factory=lambda: ["O1", "O2", "O3", "O4", "O5", "O6"])
+    every: int = 0  # extra validation steps between checkpoints (0 = at checkpoints only)
+    batch_size: int = 64
+    seed: int = 1234  # noise of the holes, fixed so every validation sees the same input
+    select: str = "hole_psnr"  # "hole_psnr" | "ssim" (means over the masks) | "last"
+    select_after: int = 0  # checkpoints before this step are not candidates (e.g. the adversarial warm-up)
 
 
 @dataclass(kw_only=True)
@@ -92,6 +125,7 @@ class AdversarialConfig:
     warmup_steps: int = 1000  # adversarial weights ramp linearly from 0 over these G steps
     real_label: float = 0.9  # one-sided label smoothing for real samples
     d_skip_below: float = 0.2  # skip a D update while its loss is already below this
+    r1: float = 0.0  # R1 penalty weight gamma (Mescheder et al. 2018): gamma/2 * E|grad_x D(x_real)|^2; 0 = off
 
 
 @dataclass(kw_only=True)
@@ -101,6 +135,11 @@ class OptimConfig:
     beta1: float = 0.5
     beta2: float = 0.999
     grad_clip: float = 0.0  # 0 = no clipping
+    # Learning-rate schedule over the stage, a pure function of the step (so --resume needs no state):
+    # constant until decay_start (a fraction of the stage), then down to lr * lr_final at its end.
+    lr_decay: str = "none"  # "none" | "linear" | "cosine"
+    decay_start: float = 0.0
+    lr_final: float = 0.1
 
 
 @dataclass(kw_only=True)
@@ -110,8 +149,9 @@ class TrainConfig:
     log_every: int = 50
     image_every: int = 500
     ckpt_every: int = 1000
-    keep_checkpoints: int = 3  # older checkpoints of a run are deleted (0 = keep all)
+    keep_checkpoints: int = 3  # older checkpoints of a run are deleted (0 = keep all); the best is kept too
     seed: int = 0
+    ema: float = 0.0  # decay of an exponential moving average of G's weights (e.g. 0.999); 0 = none
 
 
 @dataclass(kw_only=True)
@@ -154,6 +194,7 @@ class Config:
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     parsing: ParsingConfig = field(default_factory=ParsingConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
@@ -183,6 +224,9 @@ def _merge(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
     names = {f.name for f in dataclasses.fields(obj)}
     for key, value in data.items():
         path = f"{prefix}{key}"
+        if key not in names and isinstance(getattr(type(obj), key, None), property):
+            setattr(obj, key, value)  # a legacy spelling kept as a property (DataConfig.root)
+            continue
         if key not in names:
             valid = ", ".join(sorted(names))
             raise ValueError(f"unknown config key '{path}' (valid here: {valid})")
@@ -299,6 +343,22 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"data.loader must be torch or dali, got '{cfg.data.loader}'")
     if cfg.train.batch_size < 1:
         raise ValueError("train.batch_size must be >= 1")
+    if not cfg.data.roots:
+        raise ValueError("data.roots needs at least one CelebA folder")
+    if not 0.0 <= cfg.train.ema < 1.0:
+        raise ValueError(f"train.ema is a decay in [0, 1), got {cfg.train.ema}")
+    o = cfg.optim
+    if o.lr_decay not in ("none", "linear", "cosine"):
+        raise ValueError(f"optim.lr_decay must be none, linear or cosine, got '{o.lr_decay}'")
+    if not (0.0 <= o.decay_start < 1.0 and 0.0 <= o.lr_final <= 1.0):
+        raise ValueError(f"optim.decay_start in [0, 1) and optim.lr_final in [0, 1]; got {o.decay_start}, {o.lr_final}")
+    if cfg.adversarial.r1 < 0:
+        raise ValueError(f"adversarial.r1 must be >= 0, got {cfg.adversarial.r1}")
+    v = cfg.validation
+    if v.select not in ("hole_psnr", "ssim", "last"):
+        raise ValueError(f"validation.select must be hole_psnr, ssim or last, got '{v.select}'")
+    if v.faces < 0 or v.every < 0 or v.batch_size < 1:
+        raise ValueError(f"validation: faces >= 0, every >= 0, batch_size >= 1; got {v}")
     c = cfg.cluster
     if not c.deepspeed:
         raise ValueError("cluster.deepspeed must name a DeepSpeed config (see cluster/configs/)")

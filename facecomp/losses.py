@@ -36,6 +36,15 @@ def adversarial_g(fake_logits: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(fake_logits.float(), torch.ones_like(fake_logits.float()))
 
 
+def r1_penalty(real_logits: torch.Tensor, real_inputs: torch.Tensor) -> torch.Tensor:
+    """R1 (Mescheder, Geiger, Nowozin 2018): E ||d D(x) / d x||^2 over real images. [] (differentiable)
+
+    ``real_inputs`` must require grad and ``real_logits`` be computed from them.
+    """
+    (grad,) = torch.autograd.grad(real_logits.float().sum(), real_inputs, create_graph=True)
+    return grad.float().square().flatten(1).sum(1).mean()
+
+
 def parsing(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Lp: softmax cross-entropy of the completed face's parsing against the original's labels.
 

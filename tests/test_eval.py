@@ -8,8 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from facecomp import masks
-from facecomp.eval import metrics
+from facecomp import masks, metrics
 from facecomp.eval.methods import BASELINES, model_name
 
 from .test_complete import generator_weights  # noqa: F401  (module-scoped fixture)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from facecomp import masks
-from facecomp.eval import metrics
+from facecomp import masks, metrics
 from facecomp.eval.methods import BASELINES
 from facecomp.images import read_rgb
 

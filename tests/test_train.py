@@ -80,6 +80,7 @@ def test_checkpoints_are_complete_and_pruned(celeba, smoke_cfg, tmp_path):
     smoke_cfg.train.stage_steps = [8, 8, 8]
     smoke_cfg.train.ckpt_every = 1
     smoke_cfg.train.keep_checkpoints = 2
+    smoke_cfg.validation.faces = 0  # no best checkpoint to keep beside the newest two
     train(smoke_cfg, 1, celeba, tmp_path / "r", progress=False)
     root = tmp_path / "r" / "checkpoints"
     assert sorted(p.name for p in root.iterdir()) == ["latest", "step_0000007", "step_0000008"]

@@ -19,7 +19,8 @@ def add_parser(sub) -> None:
                         "continues it from its newest checkpoint. Stage N+1 starts from stage N with --init.")
     t.add_argument("--config", required=True, help="preset (smoke, cpu, paper) or a TOML file")
     t.add_argument("--stage", type=int, required=True, choices=(1, 2, 3))
-    t.add_argument("--data", required=True, help="CelebA folder every worker can read; sets data.root")
+    t.add_argument("--data", required=True, action="append", metavar="DIR",
+                   help="CelebA folder every worker can read; repeat it for several; sets data.roots")
     t.add_argument("--num-workers", type=int, default=2)
     t.add_argument("--gpus-per-worker", type=float, default=0, help="0 = CPU workers (gloo); > 0 = GPU (NCCL)")
     t.add_argument("--storage", default="runs/cluster", help="where runs live (a folder every node sees)")
@@ -35,7 +36,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    overrides = [*args.overrides, f"data.root={_quote(str(Path(args.data).resolve()))}"]
+    roots = ", ".join(_quote(str(Path(d).resolve())) for d in args.data)
+    overrides = [*args.overrides, f"data.roots=[{roots}]"]
     cfg = config_mod.load_config(args.config, overrides)
     if args.dry_run:
         sys.stdout.write(config_mod.to_toml(cfg))

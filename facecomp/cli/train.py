@@ -14,7 +14,9 @@ def add_parser(sub) -> None:
                        description="Train one stage. Each stage starts from the previous one (--init).")
     p.add_argument("--config", help="preset (smoke, cpu, paper) or a TOML file; with --resume, the run's own")
     p.add_argument("--stage", type=int, required=True, choices=(1, 2, 3))
-    p.add_argument("--data", help="CelebA folder (img_align_celeba/, list_eval_partition.txt); sets data.root")
+    p.add_argument("--data", action="append", metavar="DIR",
+                   help="CelebA folder (img_align_celeba/, list_eval_partition.txt); repeat it to train on several "
+                        "(their train partitions together); sets data.roots")
     p.add_argument("--run-dir", required=True, help="where checkpoints, TensorBoard logs and the config go")
     p.add_argument("--init", help="previous stage's run directory, checkpoint or generator weights to start from")
     p.add_argument("--resume", action="store_true", help="continue this run directory from its latest checkpoint")
@@ -29,7 +31,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.data:
-        overrides.append(f"data.root={_quote(args.data)}")
+        overrides.append(f"data.roots=[{', '.join(_quote(d) for d in args.data)}]")
     if args.loader:
         overrides.append(f"data.loader={args.loader}")
     if args.resume and args.init:
@@ -54,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     from facecomp.train.loop import train
 
-    result = train(cfg, args.stage, cfg.data.root, args.run_dir, init=args.init, resume=args.resume,
+    result = train(cfg, args.stage, cfg.data.roots, args.run_dir, init=args.init, resume=args.resume,
                    progress=not args.no_progress)
     rate = result.images / max(result.seconds, 1e-9)
     print(f"stage {args.stage}: {result.steps} steps, {result.images} images in this session "

@@ -54,3 +54,13 @@ def _pairs(path: Path) -> list[tuple[str, str]]:
         if len(parts) == 2:
             out.append((parts[0], parts[1]))
     return out
+
+
+def partition_files(roots: list[str | Path], partition: str, limit: int = 0) -> list[Path]:
+    """The ``partition`` of several CelebA folders, root after root (each sorted); the first ``limit``
+    of the whole list if > 0. A folder with no image in that partition is an error: a typo in a root
+    must not silently shrink the training set."""
+    files: list[Path] = []
+    for root in roots:
+        files.extend(CelebAIndex.open(root).files(partition))
+    return files[:limit] if limit > 0 else files

@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from facecomp import masks
-from facecomp.eval import metrics
+from facecomp import masks, metrics
 from facecomp.eval.methods import Method
 from facecomp.eval.table import load
 

@@ -15,9 +15,8 @@ from typing import Protocol
 import numpy as np
 from tqdm import tqdm
 
-from facecomp import images, masks
+from facecomp import images, masks, metrics
 from facecomp.data.pipeline import load_face
-from facecomp.eval import metrics
 from facecomp.eval.methods import Method
 
 METRICS = {"ssim": "SSIM", "psnr": "PSNR (dB)", "psnr_hole": "PSNR inside the hole (dB)"}

@@ -135,9 +135,11 @@ def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
 # --- checkpoints ------------------------------------------------------------------------------
 
 def save_checkpoint(run_dir: str | Path, step: int, modules: dict[str, tuple[nn.Module, dict]],
-                    optimizers: dict[str, torch.optim.Optimizer], state: dict[str, Any], keep: int = 3) -> Path:
+                    optimizers: dict[str, torch.optim.Optimizer], state: dict[str, Any], keep: int = 3,
+                    protect: frozenset[int] = frozenset()) -> Path:
     """Write a checkpoint folder atomically (staged, then renamed), point ``latest`` at it, and
-    delete all but the newest ``keep`` checkpoints.
+    delete all but the newest ``keep`` checkpoints and those whose step is in ``protect`` (the best
+    on validation so far).
 
     modules: name -> (module, metadata for its weights file).
     """
@@ -147,7 +149,9 @@ def save_checkpoint(run_dir: str | Path, step: int, modules: dict[str, tuple[nn.
     stage_dir = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=".staging_"))
     try:
         for name, (module, meta) in modules.items():
-            save_module(stage_dir / f"{name}.safetensors", module, name, meta)
+            meta = dict(meta)
+            kind = meta.pop("kind", name)  # generator_ema.safetensors holds 'generator' weights
+            save_module(stage_dir / f"{name}.safetensors", module, kind, meta)
         for name, opt in optimizers.items():
             tensors, groups = optimizer_tensors(opt)
             save_tensors(stage_dir / f"optim_{name}.safetensors", tensors, f"optim_{name}", groups)
@@ -160,8 +164,25 @@ def save_checkpoint(run_dir: str | Path, step: int, modules: dict[str, tuple[nn.
         raise
     _atomic_write(ckpt_root / "latest", lambda tmp: Path(tmp).write_text(final.name + "\n"))
     for old in sorted(ckpt_root.glob("step_*"))[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        if checkpoint_step(old) not in protect:
+            shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write a JSON file atomically."""
+    _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2)))
+
+
+def checkpoint_step(ckpt: Path) -> int:
+    """The step of a ``step_NNNNNNN`` checkpoint folder."""
+    return int(Path(ckpt).name.removeprefix("step_"))
+
+
+def checkpoint_steps(run_dir: str | Path) -> set[int]:
+    """Steps of the complete checkpoints of a run on disk."""
+    root = Path(run_dir) / "checkpoints"
+    return {checkpoint_step(p) for p in root.glob("step_*") if (p / "state.json").is_file()}
 
 
 def copy_file(src: str | Path, dst: str | Path) -> None:

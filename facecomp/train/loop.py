@@ -19,10 +19,13 @@ from torch import nn
 from facecomp import config as config_mod
 from facecomp import runtime
 from facecomp.config import Config
-from facecomp.data.celeba import CelebAIndex
+from facecomp.data.celeba import partition_files
 from facecomp.data.loaders import make_loader
 from facecomp.models import Generator, build_discriminators
 from facecomp.train import checkpoint as ck
+from facecomp.train import validation as val
+from facecomp.train.ema import EMA
+from facecomp.train.schedule import lr_factor, set_lr
 from facecomp.train.stages import STAGES, check_stage
 from facecomp.train.step import Models, OptimizerUpdater, train_step
 
@@ -61,15 +64,30 @@ def weights_meta(cfg: Config, name: str, stage: int, step: int) -> dict:
     return {"config": config_mod.to_dict(component), "stage": stage, "step": step}
 
 
+RESULT_FILE = "result.json"  # written when a stage finishes: its chosen checkpoint and scores
+
+
+def read_result(run_dir: str | Path) -> dict | None:
+    path = Path(run_dir) / RESULT_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def init_from(models: Models, source: str | Path) -> Path:
-    """Start a stage from a previous stage: a run directory or checkpoint (its generator, and its
-    discriminators where it has them), or a bare generator weights file."""
+    """Start a stage from a previous stage: a run directory (its chosen checkpoint when it finished,
+    else its latest), a checkpoint (its generator, and its discriminators where it has them), or a
+    bare generator weights file."""
     source = Path(source)
     if source.is_file() and source.suffix == ".safetensors" and not (source.parent / "state.json").is_file():
         ck.load_module(source, models.generator, "generator")
         return source
-    ckpt = ck.find_checkpoint(source)
-    ck.load_module(ckpt / "generator.safetensors", models.generator, "generator")
+    result = read_result(source) if source.is_dir() else None
+    if result is not None and result.get("chosen"):
+        chosen = result["chosen"]
+        ckpt = source / "checkpoints" / f"step_{chosen['step']:07d}"
+        weights = "generator_ema.safetensors" if chosen["variant"] == "ema" else "generator.safetensors"
+    else:
+        ckpt, weights = ck.find_checkpoint(source), "generator.safetensors"
+    ck.load_module(ckpt / weights, models.generator, "generator")
     for name in ("d_local", "d_global"):
         path = ckpt / f"{name}.safetensors"
         if path.is_file():
@@ -86,14 +104,17 @@ class RunResult:
     metrics: dict[str, float]
 
 
-def train(cfg: Config, stage: int, data_root: str | Path, run_dir: str | Path, init: str | Path | None = None,
-          resume: bool = False, progress: bool = True) -> RunResult:
+def train(cfg: Config, stage: int, data_root: str | Path | list[str], run_dir: str | Path,
+          init: str | Path | None = None, resume: bool = False, progress: bool = True,
+          stop_at: int | None = None) -> RunResult:
+    """Train ``stage`` into ``run_dir``; ``stop_at`` ends this session early at that step with a
+    checkpoint (an interrupted run, to be continued with ``resume``) instead of finishing the stage."""
     check_stage(stage)
     run_dir = Path(run_dir)
     device = runtime.start(cfg.runtime)
 
     start_step, skipped, images_seen, seconds, wall = 0, 0, 0, 0.0, 0.0
-    ckpt, loader_state = None, None
+    ckpt, loader_state, history = None, None, []
     if resume:
         ckpt = ck.find_checkpoint(run_dir)
         state = ck.read_state(ckpt)
@@ -103,6 +124,7 @@ def train(cfg: Config, stage: int, data_root: str | Path, run_dir: str | Path, i
         images_seen, seconds = state.get("images", 0), state.get("seconds", 0.0)
         wall = state.get("wall_seconds", 0.0)
         loader_state = state.get("loader_state")  # DALI's reader position (text); absent for the torch loader
+        history = state.get("validation", [])  # validation records up to this checkpoint
 
     models = build_models(cfg, stage, device)
     opt_g = torch.optim.Adam(models.generator.parameters(), lr=cfg.optim.lr_g, betas=(cfg.optim.beta1, cfg.optim.beta2))
@@ -114,6 +136,8 @@ def train(cfg: Config, stage: int, data_root: str | Path, run_dir: str | Path, i
                 "d_local": OptimizerUpdater(models.d_local, opts["d_local"], cfg.optim.grad_clip),
                 "d_global": OptimizerUpdater(models.d_global, opts["d_global"], cfg.optim.grad_clip)}
 
+    base_lr = {"g": cfg.optim.lr_g, "d_local": cfg.optim.lr_d, "d_global": cfg.optim.lr_d}
+
     if ckpt is not None:
         for name in ("generator", "d_local", "d_global"):
             ck.load_module(ckpt / f"{name}.safetensors", getattr(models, name), name)
@@ -123,12 +147,21 @@ def train(cfg: Config, stage: int, data_root: str | Path, run_dir: str | Path, i
         log.info("resumed %s at step %d", ckpt, start_step)
     elif init is not None:
         log.info("initialised from %s", init_from(models, init))
+    ema = EMA(models.generator, cfg.train.ema) if cfg.train.ema > 0 else None
+    if ema is not None and ckpt is not None:
+        if (ckpt / "generator_ema.safetensors").is_file():
+            ck.load_module(ckpt / "generator_ema.safetensors", ema.module, "generator")
+        else:  # a checkpoint from before train.ema was set: the average starts here
+            log.warning("%s has no generator_ema.safetensors; the EMA starts from the current weights", ckpt)
 
     run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RESULT_FILE).unlink(missing_ok=True)  # written again when this run finishes
     (run_dir / "config.toml").write_text(config_mod.to_toml(cfg))
     (run_dir / "config.json").write_text(json.dumps({"stage": stage, "config": config_mod.to_dict(cfg)}, indent=2))
 
-    files = CelebAIndex.open(data_root).files(cfg.data.partition, cfg.data.limit)
+    roots = data_root if isinstance(data_root, list | tuple) else [data_root]
+    files = partition_files(roots, cfg.data.partition, cfg.data.limit)
+    vset = val.load_validation_set(cfg)
     total_steps = cfg.train.stage_steps[stage - 1]
     loader = make_loader(cfg, files, start_step=start_step, device=device, loader_state=loader_state)
 
@@ -139,21 +172,45 @@ def train(cfg: Config, stage: int, data_root: str | Path, run_dir: str | Path, i
     for mod in (models.generator, models.d_local, models.d_global):
         mod.train()
 
+    v_cfg = cfg.validation
+
+    def best(step: int) -> dict | None:
+        """The best (step, variant) among checkpoints on disk and the one being written at ``step``."""
+        return val.choose(history, v_cfg.select, v_cfg.select_after, ck.checkpoint_steps(run_dir) | {step})
+
+    def validate(step: int) -> None:
+        record: dict = {"step": step, "raw": val.score(models.generator, vset, cfg, device)}
+        if ema is not None:
+            record["ema"] = val.score(ema.module, vset, cfg, device)
+        history[:] = [r for r in history if r["step"] < step] + [record]
+        for variant in ("raw", "ema"):
+            for key, value in record.get(variant, {}).items():
+                writer.add_scalar(f"stage{stage}/val_{variant}/{key}", value, step)
+        ck.write_json(run_dir / "validation.json", history)
+        log.info("validation at step %d: %s", step, {k: round(r[k], 3) for k in ("hole_psnr", "ssim")
+                                                      for r in [record["raw"]]})
+
     def save(step: int) -> None:
         state = {"stage": stage, "step": step, "skipped": skipped, "images": images_seen, "seconds": seconds,
-                 "wall_seconds": wall + time.perf_counter() - started, "config": config_mod.to_dict(cfg)}
+                 "wall_seconds": wall + time.perf_counter() - started, "config": config_mod.to_dict(cfg),
+                 "validation": history, "best": best(step)}
         if hasattr(loader, "state"):  # a loader that keeps its own position (DALI): resume it from there
             state["loader_state"] = loader.state()
         names = ("generator", "d_local", "d_global")
         mods = {n: (getattr(models, n), weights_meta(cfg, n, stage, step)) for n in names}
-        ck.save_checkpoint(run_dir, step, mods, opts, state, keep=cfg.train.keep_checkpoints)
+        if ema is not None:
+            mods["generator_ema"] = (ema.module, {**weights_meta(cfg, "generator", stage, step), "kind": "generator",
+                                                  "ema_decay": ema.decay})
+        protect = frozenset([state["best"]["step"]] if state["best"] else [])
+        ck.save_checkpoint(run_dir, step, mods, opts, state, keep=cfg.train.keep_checkpoints, protect=protect)
 
     metrics: dict[str, float] = {}
     bar = tqdm(total=total_steps, initial=start_step, desc=f"stage {stage}", disable=not progress, unit="step")
     step = start_step
     started = time.perf_counter()  # wall clock of this session (data loading, logging, checkpoints included)
     batches = iter(loader)
-    while step < total_steps:
+    until = total_steps if stop_at is None else min(stop_at, total_steps)
+    while step < until:
         batch = next(batches)
         skipped += batch["skipped"]
         if batch["skipped"]:
@@ -164,7 +221,12 @@ def train(cfg: Config, stage: int, data_root: str | Path, run_dir: str | Path, i
             continue
         tick = time.perf_counter()
         batch = {**batch, "image": batch["image"].to(device), "mask": batch["mask"].to(device)}
+        factor = lr_factor(cfg.optim, step, total_steps)
+        for name, opt in opts.items():
+            set_lr(opt, base_lr[name] * factor)
         result = train_step(models, updaters, batch, cfg, stage, step)
+        if ema is not None:
+            ema.update(models.generator, step)
         seconds += time.perf_counter() - tick
         images_seen += batch["image"].shape[0]
         step += 1
@@ -174,16 +236,37 @@ def train(cfg: Config, stage: int, data_root: str | Path, run_dir: str | Path, i
             for k, v in metrics.items():
                 writer.add_scalar(f"stage{stage}/{k}", v, step)
             writer.add_scalar(f"stage{stage}/images_per_s", images_seen / max(seconds, 1e-9), step)
+            writer.add_scalar(f"stage{stage}/lr_factor", factor, step)
             bar.set_postfix(recon=f"{metrics['recon']:.1f}", total=f"{metrics['total']:.1f}")
         if step % cfg.train.image_every == 0 or step == total_steps:
             grid = _grid(batch["image"], batch["mask"], result.completed)
             writer.add_image(f"stage{stage}/original_masked_completed", grid, step)
-        if step % cfg.train.ckpt_every == 0 or step == total_steps:
+        at_checkpoint = step % cfg.train.ckpt_every == 0 or step == total_steps
+        if vset is not None and (at_checkpoint or (v_cfg.every and step % v_cfg.every == 0)):
+            validate(step)
+        if at_checkpoint:
             save(step)
     bar.close()
+    if step < total_steps:  # stopped early: leave a checkpoint to resume from, and no result
+        if step > start_step and step not in ck.checkpoint_steps(run_dir):
+            save(step)
+        writer.close()
+        return RunResult(run_dir, step, images_seen, seconds, metrics)
     writer.close()
-    final = ck.find_checkpoint(run_dir)
-    ck.copy_file(final / "generator.safetensors", run_dir / "generator.safetensors")
+    chosen = best(step) if vset is not None else None
+    if chosen is not None:
+        final = run_dir / "checkpoints" / f"step_{chosen['step']:07d}"
+        weights = final / ("generator_ema.safetensors" if chosen["variant"] == "ema" else "generator.safetensors")
+    else:
+        final = ck.find_checkpoint(run_dir)
+        weights = final / "generator.safetensors"
+    ck.copy_file(weights, run_dir / "generator.safetensors")
+    scores = next((r[chosen["variant"]] for r in history if chosen and r["step"] == chosen["step"]), None)
+    result = {"finished": True, "stage": stage, "steps": step, "images": images_seen, "seconds": seconds,
+              "wall_seconds": wall + time.perf_counter() - started, "chosen": chosen, "scores": scores,
+              "rule": f"max {v_cfg.select} over O1-O6 (raw or EMA) among checkpoints at step >= {v_cfg.select_after}"
+              if chosen else "latest checkpoint (no validation)", "generator": "generator.safetensors"}
+    ck.write_json(run_dir / RESULT_FILE, result)
     return RunResult(run_dir, step, images_seen, seconds, metrics)
 
 

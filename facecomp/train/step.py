@@ -112,8 +112,10 @@ def train_step(models: Models, updaters: dict[str, Updater], batch: dict, cfg: C
     for term, disc, view in d_terms:
         if w[term] <= 0:
             continue
+        r1 = cfg.adversarial.r1
+        real_in = view(x).detach().requires_grad_(r1 > 0)
         with autocast(cfg, device):
-            real = disc(view(x))
+            real = disc(real_in)
             fake = disc(view(y.detach()))
         loss_d = losses.adversarial_d(real, fake, cfg.adversarial.real_label)
         # one host sync per D: needed to decide the skip below
@@ -122,6 +124,10 @@ def train_step(models: Models, updaters: dict[str, Updater], batch: dict, cfg: C
         # A D that already separates real from fake this well only starves G of gradient
         # (the paper, after [19]): let G catch up first.
         if value >= cfg.adversarial.d_skip_below:
+            if r1 > 0:  # R1 keeps D flat around the real faces, so its gradient to G stays informative
+                penalty = losses.r1_penalty(real, real_in)
+                loss_d = loss_d + 0.5 * r1 * penalty
+                metrics[f"r1_{term}"] = penalty.item()
             updater = updaters[term.replace("adv", "d")]  # d_local / d_global
             updater.backward(loss_d)
             updater.step()

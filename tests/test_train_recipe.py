@@ -1,0 +1,199 @@
+"""The training recipe around the paper's loss: several data roots, validation during training, the
+checkpoint rule, an EMA of G, the learning-rate schedule and R1."""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from torch import nn
+
+from facecomp import config as config_mod
+from facecomp import losses
+from facecomp.data.celeba import partition_files
+from facecomp.train import checkpoint as ck
+from facecomp.train import validation as val
+from facecomp.train.ema import EMA
+from facecomp.train.loop import build_models, train
+from facecomp.train.schedule import lr_factor
+from facecomp.train.step import OptimizerUpdater, train_step
+
+
+def _celeba_folder(root, names, partition):
+    (root / "img_align_celeba").mkdir(parents=True)
+    for n in names:
+        Image.new("RGB", (178, 218), (120, 80, 60)).save(root / "img_align_celeba" / n)
+    (root / "list_eval_partition.txt").write_text("".join(f"{n} {partition[n]}\n" for n in names))
+    return root
+
+
+def test_partition_files_reads_every_root_in_order(tmp_path):
+    a = _celeba_folder(tmp_path / "a", ["1.jpg", "2.jpg", "3.jpg"], {"1.jpg": 0, "2.jpg": 1, "3.jpg": 0})
+    b = _celeba_folder(tmp_path / "b", ["9.jpg", "8.jpg"], {"9.jpg": 0, "8.jpg": 0})
+    files = partition_files([a, b], "train")
+    assert [f.parent.parent.name + "/" + f.name for f in files] == ["a/1.jpg", "a/3.jpg", "b/8.jpg", "b/9.jpg"]
+    assert len(partition_files([a, b], "train", limit=3)) == 3
+    with pytest.raises(ValueError, match="partition 'val' is empty"):
+        partition_files([a, b], "val")  # b has no validation faces: a typo'd root must not pass silently
+
+
+def test_repeated_data_flag_sets_roots_and_old_configs_still_load(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "facecomp", "train", "--config", "smoke", "--stage", "1",
+                        "--run-dir", str(tmp_path / "r"), "--data", "/a b/celeba", "--data", "/x/celeba_extra",
+                        "--dry-run"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert 'roots = ["/a b/celeba", "/x/celeba_extra"]' in r.stdout
+    # state.json of runs from before data.roots spelled it data.root
+    cfg = config_mod.from_dict({"data": {"root": "/old/celeba", "limit": 5}})
+    assert cfg.data.roots == ["/old/celeba"] and cfg.data.root == "/old/celeba" and cfg.data.limit == 5
+    assert "root" not in config_mod.to_dict(cfg)["data"]
+
+
+def test_lr_factor_is_a_function_of_the_step():
+    cfg = config_mod.OptimConfig(lr_decay="linear", decay_start=0.5, lr_final=0.1)
+    assert [lr_factor(cfg, s, 11) for s in (0, 5)] == [1.0, 1.0]
+    assert lr_factor(cfg, 10, 11) == pytest.approx(0.1)
+    assert lr_factor(cfg, 7, 11) == pytest.approx(1 - 0.9 * 2 / 5)
+    cos = config_mod.OptimConfig(lr_decay="cosine", lr_final=0.0)
+    assert lr_factor(cos, 0, 101) == 1.0 and lr_factor(cos, 50, 101) == pytest.approx(0.5)
+    assert lr_factor(cos, 100, 101) == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor(config_mod.OptimConfig(), 99, 100) == 1.0
+    with pytest.raises(ValueError, match="lr_decay"):
+        config_mod.load_config("smoke", ["optim.lr_decay=step"])
+
+
+def test_ema_averages_weights_and_copies_buffers():
+    mod = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    ema = EMA(mod, decay=0.5)
+    start = [p.detach().clone() for p in ema.module.parameters()]
+    with torch.no_grad():
+        for p in mod.parameters():
+            p.add_(1.0)
+        mod[1].running_mean.fill_(3.0)
+    ema.update(mod, step=100)  # past the ramp: decay 0.5
+    for p_avg, p0, p in zip(ema.module.parameters(), start, mod.parameters(), strict=True):
+        assert torch.allclose(p_avg, 0.5 * p0 + 0.5 * p)
+    assert torch.equal(ema.module[1].running_mean, mod[1].running_mean)
+    assert ema.decay_at(0) == pytest.approx(0.1) and ema.decay_at(10**6) == 0.5
+    assert not any(p.requires_grad for p in ema.module.parameters())
+
+
+def test_r1_penalty_is_the_squared_input_gradient():
+    w = torch.tensor([[1.0, -2.0, 3.0]])
+    x = torch.randn(4, 3, requires_grad=True)
+    logits = (x * w).sum(1)  # dD/dx = w for every sample
+    assert losses.r1_penalty(logits, x).item() == pytest.approx(14.0)
+
+
+def test_r1_changes_the_discriminator_update(smoke_cfg):
+    def d_after(r1):
+        cfg = config_mod.load_config("smoke", [f"adversarial.r1={r1}", "adversarial.d_skip_below=0.0"])
+        models = build_models(cfg, 2, torch.device("cpu"))
+        ups = {n: OptimizerUpdater(m, torch.optim.SGD(m.parameters(), lr=0.1))
+               for n, m in (("g", models.generator), ("d_local", models.d_local), ("d_global", models.d_global))}
+        torch.manual_seed(0)
+        x = torch.rand(4, 3, 128, 128) * 2 - 1
+        m = torch.zeros(4, 1, 128, 128)
+        m[:, :, 32:96, 32:96] = 1
+        metrics = train_step(models, ups, {"image": x, "mask": m}, cfg, 2, 0).metrics
+        return [p.detach().clone() for p in models.d_local.parameters()], metrics
+
+    plain, m0 = d_after(0.0)
+    with_r1, m1 = d_after(10.0)
+    assert "r1_adv_local" in m1 and m1["r1_adv_local"] > 0 and "r1_adv_local" not in m0
+    assert any(not torch.equal(a, b) for a, b in zip(plain, with_r1, strict=True))
+
+
+def test_choose_follows_the_stated_rule():
+    hist = [{"step": 2, "raw": {"hole_psnr": 15.0, "ssim": 0.8}, "ema": {"hole_psnr": 15.5, "ssim": 0.7}},
+            {"step": 4, "raw": {"hole_psnr": 16.0, "ssim": 0.6}},
+            {"step": 6, "raw": {"hole_psnr": 16.0, "ssim": 0.9}, "ema": {"hole_psnr": 14.0, "ssim": 0.9}}]
+    assert val.choose(hist, "hole_psnr", 0) == {"step": 4, "variant": "raw", "score": 16.0}  # tie: earlier
+    assert val.choose(hist, "ssim", 0) == {"step": 6, "variant": "raw", "score": 0.9}  # tie: raw
+    assert val.choose(hist, "hole_psnr", 0, candidates={2, 6})["step"] == 6
+    assert val.choose(hist, "hole_psnr", 5) == {"step": 6, "variant": "raw", "score": 16.0}
+    assert val.choose(hist[:1], "hole_psnr", 0)["variant"] == "ema"
+    assert val.choose(hist, "last", 0)["step"] == 6
+    assert val.choose(hist, "hole_psnr", 7) is None
+
+
+def test_best_checkpoint_survives_pruning(tmp_path):
+    mod = nn.Linear(2, 2)
+    for step in (1, 2, 3, 4):
+        ck.save_checkpoint(tmp_path, step, {"generator": (mod, {})}, {}, {"step": step}, keep=2,
+                           protect=frozenset({2}))
+    assert ck.checkpoint_steps(tmp_path) == {2, 3, 4}
+
+
+def test_validation_scores_are_reproducible(celeba, smoke_cfg):
+    smoke_cfg.data.root = str(celeba)
+    vset = val.load_validation_set(smoke_cfg)
+    assert vset.faces.shape == (4, 3, 128, 128) and set(vset.masks) == {f"O{i}" for i in range(1, 7)}
+    gen = build_models(smoke_cfg, 1, torch.device("cpu")).generator
+    a = val.score(gen, vset, smoke_cfg, torch.device("cpu"))
+    b = val.score(gen, vset, smoke_cfg, torch.device("cpu"))
+    assert a == b and gen.training  # scoring leaves the module in training mode
+    assert all(math.isfinite(v) for v in a.values()) and 0 < a["ssim"] < 1
+    assert a["hole_psnr"] == pytest.approx(np.mean([a[f"hole_psnr/O{i}"] for i in range(1, 7)]))
+
+
+def test_a_run_validates_chooses_and_records_its_result(celeba, smoke_cfg, tmp_path):
+    smoke_cfg.data.root = str(celeba)
+    smoke_cfg.train.ema = 0.9
+    smoke_cfg.train.stage_steps = [6, 6, 6]
+    smoke_cfg.train.keep_checkpoints = 1
+    run = tmp_path / "r"
+    train(smoke_cfg, 1, celeba, run, progress=False)
+    history = json.loads((run / "validation.json").read_text())
+    assert [r["step"] for r in history] == [2, 4, 6]
+    assert all(set(r) == {"step", "raw", "ema"} and "hole_psnr/O6" in r["ema"] for r in history)
+    result = json.loads((run / "result.json").read_text())
+    chosen = val.choose(history, "hole_psnr", 0)
+    assert result["finished"] and result["steps"] == 6 and result["chosen"] == chosen
+    assert ck.checkpoint_steps(run) == {chosen["step"], 6}  # newest one + the best
+    state = ck.read_state(ck.find_checkpoint(run))
+    assert state["validation"] == history and state["best"] == chosen
+    name = "generator_ema" if chosen["variant"] == "ema" else "generator"
+    picked = load_file(run / "checkpoints" / f"step_{chosen['step']:07d}" / f"{name}.safetensors")
+    shipped = load_file(run / "generator.safetensors")
+    assert all(torch.equal(picked[k], shipped[k]) for k in picked)
+    assert ck.read_metadata(run / "checkpoints" / "step_0000006" / "generator_ema.safetensors")["kind"] == "generator"
+
+
+def test_resume_with_ema_and_decay_equals_uninterrupted(celeba, smoke_cfg, tmp_path):
+    smoke_cfg.data.root = str(celeba)
+    smoke_cfg.train.ema = 0.9
+    smoke_cfg.optim.lr_decay = "cosine"
+    smoke_cfg.train.stage_steps = [4, 4, 4]
+    smoke_cfg.train.ckpt_every = 3  # the interruption at step 1 is not at a checkpoint step
+    train(smoke_cfg, 1, celeba, tmp_path / "straight", progress=False)
+    stopped = train(smoke_cfg, 1, celeba, tmp_path / "split", progress=False, stop_at=1)
+    assert stopped.steps == 1 and not (tmp_path / "split" / "result.json").exists()
+    train(smoke_cfg, 1, celeba, tmp_path / "split", resume=True, progress=False)
+    for name in ("generator", "generator_ema", "optim_g"):
+        a = load_file(ck.find_checkpoint(tmp_path / "straight") / f"{name}.safetensors")
+        b = load_file(ck.find_checkpoint(tmp_path / "split") / f"{name}.safetensors")
+        assert all(torch.equal(a[k], b[k]) for k in a), f"{name} differs after resume"
+    assert (json.loads((tmp_path / "straight" / "validation.json").read_text())
+            == json.loads((tmp_path / "split" / "validation.json").read_text()))
+
+
+def test_init_takes_the_chosen_weights_of_a_finished_run(celeba, smoke_cfg, tmp_path):
+    from facecomp.train.loop import init_from
+
+    smoke_cfg.data.root = str(celeba)
+    smoke_cfg.train.ema = 0.5
+    smoke_cfg.train.stage_steps = [4, 4, 4]
+    train(smoke_cfg, 1, celeba, tmp_path / "s1", progress=False)
+    models = build_models(smoke_cfg, 2, torch.device("cpu"))
+    ckpt = init_from(models, tmp_path / "s1")
+    chosen = json.loads((tmp_path / "s1" / "result.json").read_text())["chosen"]
+    assert ckpt.name == f"step_{chosen['step']:07d}"
+    want = load_file(tmp_path / "s1" / "generator.safetensors")
+    got = models.generator.state_dict()
+    assert all(torch.equal(want[k], got[k]) for k in want)
