@@ -32,7 +32,8 @@ def add_parser(sub) -> None:
                    help="draw masks and score at the input's 178x218 or on the 128x128 face crop")
     t.add_argument("--metrics", default="auto",
                    help="besides SSIM/PSNR: identity (dlib embedding distance, 'faces' extra), parsing (parsing "
-                   "mIoU inside the hole); 'auto' = those installed, 'none' = neither")
+                   "mIoU inside the hole), landmarks (dlib 68-point error inside the hole / inter-ocular distance, "
+                   "and the share of completions dlib still detects); 'auto' = those installed, 'none' = none")
     t.add_argument("--parsing-weights", help="parsing network for --metrics parsing (default: shipped)")
     t.set_defaults(func=run_table)
     s = esub.add_parser("sweep", help="SSIM / PSNR against square mask size 16..80 (the paper's Fig. 9)")
@@ -93,9 +94,18 @@ def _face_metrics(spec: str, parsing_weights: str | None) -> tuple:
     names = [s.strip() for s in spec.split(",") if s.strip()]
     auto = names == ["auto"]
     if auto:
-        names = ["identity", "parsing"]
+        names = ["identity", "parsing", "landmarks"]
     chosen = []
     for name in names:
+        if name == "landmarks":
+            if auto and not faces.available():
+                print(f"facecomp: note: no landmark error: {faces.INSTALL_HINT}", file=sys.stderr)
+                continue
+            from facecomp.eval.landmarks import FaceFound, LandmarkError, LandmarkModel
+
+            model = LandmarkModel()
+            chosen += [LandmarkError(model), FaceFound(model)]
+            continue
         if name == "identity":
             if auto and not faces.available():
                 print(f"facecomp: note: no identity distance: {faces.INSTALL_HINT}", file=sys.stderr)
@@ -107,7 +117,7 @@ def _face_metrics(spec: str, parsing_weights: str | None) -> tuple:
                 continue
             chosen.append(table.ParsingAgreement(parsing_weights))
         elif name != "none":
-            raise ValueError(f"unknown metric '{name}' (valid: identity, parsing, auto, none)")
+            raise ValueError(f"unknown metric '{name}' (valid: identity, parsing, landmarks, auto, none)")
     return tuple(chosen)
 
 
