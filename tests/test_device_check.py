@@ -1,0 +1,62 @@
+"""scripts/device_check.sh on the CPU (--device cpu --quick), as the lent GPU machine runs it: from
+source, without the installed package, so the check cannot rot between lent machines."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import site
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+STEPS = ["environment", "kernels", "gpu_vs_cpu_fp32", "train_throughput", "export_aoti_engine", "deepspeed_zero1",
+         "not_testable_there"]
+
+
+def _numbers(obj):
+    if isinstance(obj, dict):
+        for v in obj.values():
+            yield from _numbers(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _numbers(v)
+    elif isinstance(obj, int | float) and not isinstance(obj, bool):
+        yield obj
+
+
+def test_device_check_runs_on_the_cpu_from_source(tmp_path):
+    # python -S: no site processing, so no .pth file installs facecomp's editable finder; the packages
+    # stay importable through PYTHONPATH. What imports facecomp.kernels then is bench/source_tree.py.
+    packages = os.pathsep.join(site.getsitepackages())
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": f"{sys.executable} -S", "PYTHONPATH": packages}
+    r = subprocess.run([str(REPO / "scripts" / "device_check.sh"), "--device", "cpu", "--quick"], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    report = json.loads((tmp_path / "device_check.json").read_text())
+    assert (tmp_path / "device_check.txt").read_text().startswith("facecomp device check")
+    assert report["facecomp_from"] == "source" and report["quick"] and report["device"]["type"] == "cpu"
+    steps = {s["name"]: s for s in report["steps"]}
+    assert list(steps) == STEPS
+    for name in STEPS[:5]:
+        assert steps[name]["status"] == "ok", steps[name]
+        assert steps[name]["seconds"] > 0
+    assert steps["deepspeed_zero1"]["status"] in ("ok", "skipped"), steps["deepspeed_zero1"]
+    assert steps["not_testable_there"]["status"] == "untestable"
+    assert report["all_finite"] and all(math.isfinite(x) for x in _numbers(report))
+
+    env_ = steps["environment"]["result"]
+    assert env_["peak_tflops_measured"]["bf16"] > 0 and env_["copy_gbps_measured"] > 0
+    assert steps["kernels"]["result"]["cuda_tests"]["returncode"] in (0, 5)  # all skipped without a GPU
+    parity = steps["gpu_vs_cpu_fp32"]["result"]
+    assert parity["same_device"] and parity["forward_max_abs"] == 0.0  # CPU against itself: exactly equal
+    smoke = steps["train_throughput"]["result"]["smoke"]
+    assert [f"stage{s}" for s in (1, 2, 3)] == list(smoke["eager"])
+    for row in smoke["eager"].values():
+        assert row["tflop_per_step"] > 0 and row["mfu_pct_of_measured_bf16_peak"] > 0
+    assert smoke["compile"]["status"] == "skipped"
+    export = steps["export_aoti_engine"]["result"]
+    assert export["export_rc"] == 0 and export["batch4"]["parity_psnr_db"] > 90
+    assert report["faces"] == 0 or export["complete_rc"] == 0
