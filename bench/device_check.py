@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     ap.add_argument("--quick", action="store_true", help="small shapes and few repeats (CI: under a minute on CPU)")
     ap.add_argument("--faces", help="folder of real faces (default: device_faces/, else ../shared/data)")
-    ap.add_argument("--budget-s", type=float, default=None, help="time for the whole run (default 450; quick 50)")
+    ap.add_argument("--budget-s", type=float, default=None, help="time for the whole run (default 450; quick 60)")
     ap.add_argument("--only", help="comma-separated step names to run (default: all)")
     ap.add_argument("--out", default=os.environ.get("OUT") or str(source_tree.REPO / "runs" / "device_check"))
     args = ap.parse_args(argv)
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    budget = args.budget_s or (50.0 if args.quick else 450.0)
+    budget = args.budget_s or (60.0 if args.quick else 450.0)
     ctx = device_steps.Context.create(args.device, args.quick, out, find_faces(args.faces), budget)
     started = time.perf_counter()
     steps = device_steps.STEPS
