@@ -41,6 +41,9 @@ def decode(data: bytes, mode: str = "RGB", max_pixels: int = MAX_PIXELS, name: s
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow warns about damaged metadata it skips (corrupt EXIF, a tag past the end of the file); the
+            # pixels decode or fail on their own, and a CLI user should see one line, not a warning block.
+            warnings.simplefilter("ignore", UserWarning)
             with Image.open(io.BytesIO(data)) as img:
                 w, h = img.size
                 if w * h > max_pixels:

@@ -141,14 +141,16 @@ def complete_image_blends(completer: Completer, image: np.ndarray, mask_spec: st
 
 
 def complete_any(completer: Completer, image: np.ndarray, mask_spec: str | np.ndarray, align: str = "auto",
-                 seed: int = 0, samples: int = 1, blends: tuple[str, ...] = ("none",)) -> Completion:
+                 seed: int = 0, samples: int = 1, blends: tuple[str, ...] = ("none",), detector=None) -> Completion:
     """``complete_image_blends`` with the whole result: images per blend, faces found, and how many masked
-    pixels the model could not see and OpenCV's inpainting filled (``inpainted``)."""
+    pixels the model could not see and OpenCV's inpainting filled (``inpainted``). ``detector``: a
+    ``faces.LandmarkDetector`` to reuse (default: one built for the photo)."""
     if align not in ("auto", "none"):
         raise ValueError(f"unknown align '{align}' (valid: auto, none)")
     h, w = image.shape[:2]
     if align == "auto" and not layout.is_aligned_size(w, h):
-        done = complete_photo(completer, image, mask_spec, seed=seed, samples=samples, blends=blends)
+        done = complete_photo(completer, image, mask_spec, seed=seed, samples=samples, blends=blends,
+                              detector=detector)
         return Completion(done.by_blend, done.inpainted, done.faces)
     mask = masks.from_spec(mask_spec, w, h) if isinstance(mask_spec, str) else mask_spec
     return completer.complete_full(image, mask, seed=seed, samples=samples, blends=blends)

@@ -1,0 +1,192 @@
+"""Fuzzing the Python API (issue 21): ``images.decode``, ``Completer`` and ``facecomp.wild`` either complete
+(the input's size, every pixel outside the mask unchanged) or raise one ``ValueError`` of one line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from facecomp import faces, images, layout, masks
+
+from .fuzz_inputs import ALIGNED, Photo, bomb, examples, mask_arrays, photo_files, pixels, seeds, small_sizes
+from .test_complete import generator_weights  # noqa: F401  (module-scoped fixture)
+
+ORIENTED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+def one_line(e: BaseException) -> str:
+    text = str(e)
+    assert text and "\n" not in text and "Traceback" not in text, repr(text)
+    return text
+
+
+@pytest.fixture(scope="module")
+def completer(generator_weights):  # noqa: F811
+    from facecomp.complete import Completer
+
+    return Completer(generator_weights)
+
+
+@pytest.fixture(scope="module")
+def detector():
+    if not faces.available():
+        return None
+    return faces.LandmarkDetector(upsample=1)
+
+
+@settings(max_examples=examples(120))
+@given(photo=photo_files())
+@example(photo=Photo(bomb(1_000_000), "past the pixel limit", False))
+@example(photo=Photo(b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "a PNG signature and nothing else", False))
+def test_decode_gives_an_image_or_one_line(photo):
+    try:
+        rgb = images.decode(photo.data, "RGB", max_pixels=1_000_000, name="upload")
+        grey = images.decode(photo.data, "L", max_pixels=1_000_000, name="upload")
+    except ValueError as e:
+        assert one_line(e).startswith("upload: "), (photo.what, str(e))
+        assert not photo.valid or "pixel limit" in str(e), (photo.what, str(e))
+        return
+    assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3 and grey.shape == rgb.shape[:2]
+    if photo.valid:
+        w, h = (int(v) for v in photo.what.split()[0].split("x"))
+        turned = any(f"orientation={o}" in photo.what for o in ORIENTED)
+        assert rgb.shape[:2] == ((w, h) if turned else (h, w)), photo.what
+
+
+def test_decode_applies_exif_orientation_and_scales_16_bit():
+    from PIL import Image
+
+    from .fuzz_inputs import encode
+
+    img = Image.fromarray(pixels(30, 20, 0, "noise"))
+    turned = images.decode(encode(img, "PNG", orientation=6))
+    assert turned.shape == (30, 20, 3) and np.array_equal(turned, np.asarray(img.transpose(Image.Transpose.ROTATE_270)))
+    deep = np.array([[0, 1000, 40000, 65535]], np.uint16)
+    assert images.decode(encode(Image.fromarray(deep), "PNG"), "L").tolist() == [[0, 3, 156, 255]]
+
+
+def check_completion(done, image: np.ndarray, hole: np.ndarray | None) -> None:
+    for outs in done.by_blend.values():
+        for out in outs:
+            assert out.shape == image.shape and out.dtype == np.uint8
+            if hole is not None:
+                assert np.array_equal(out[~hole], image[~hole])
+
+
+@settings(max_examples=examples(80))
+@given(data=st.data())
+def test_completer_completes_or_refuses(completer, data):
+    w, h = data.draw(small_sizes, "size")
+    image = pixels(w, h, data.draw(st.integers(0, 99), "content"), "noise")
+    mask = data.draw(mask_arrays(w, h), "mask")
+    form = data.draw(st.sampled_from(("float32", "bool", "uint8", "float64", "nan")), "mask form")
+    if form == "nan":
+        mask = np.where(mask > 0, mask, np.nan)
+    elif form != "float32":
+        mask = (mask > 0.5).astype(form)
+    seed = data.draw(seeds, "seed")
+    samples = data.draw(st.sampled_from((0, 1, 2, 3)), "samples")
+    blends = data.draw(st.sampled_from((("none",), ("poisson",), ("none", "poisson"))), "blends")
+    _complete_and_check(completer, image, mask, seed, samples, blends)
+
+
+def _complete_and_check(completer, image, mask, seed, samples, blends):
+    h, w = image.shape[:2]
+    try:
+        done = completer.complete_full(image, mask, seed=seed, samples=samples, blends=blends)
+    except ValueError as e:
+        one_line(e)
+        return
+    hole = np.nan_to_num(mask.astype(np.float32)) > 0.5
+    check_completion(done, image, hole)
+    assert len(done.images) == samples
+    x0, y0, x1, y1 = layout.face_box(w, h)
+    inside = np.zeros_like(hole)
+    inside[y0:y1, x0:x1] = True
+    assert done.inpainted == int((hole & ~inside).sum())
+    if done.inpainted:  # the fallback really filled those pixels
+        assert any((out[hole & ~inside] != image[hole & ~inside]).any() for out in done.images)
+
+
+def test_stroke_partly_off_the_face_box_is_completed_and_counted(completer):
+    """Issue 21: a brush stroke that strays past the face box onto the neck used to be refused whole."""
+    image = pixels(*ALIGNED, 1, "smooth")
+    m = np.zeros((218, 178), np.float32)
+    m[190:210, 60:120] = 1  # rows 190-200 inside the box (y1 = 201), the rest below it
+    done = completer.complete_full(image, m, seed=0, samples=2, blends=("none", "poisson"))
+    hole = m > 0.5
+    check_completion(done, image, hole)
+    assert done.inpainted == 9 * 60  # rows 201..209
+    below = hole.copy()
+    below[:201] = False
+    assert all((out[below] != image[below]).any(axis=-1).mean() > 0.9 for out in done.images)
+    with pytest.raises(ValueError, match="wholly outside the face box"):
+        completer.complete_full(image, masks.box(178, 218, 0, 205, 178, 218))
+
+
+@pytest.mark.parametrize("mask, words", [
+    (np.ones((3,), np.float32), "mask is 3 but the image is 178x218"),
+    (np.ones((218, 178, 1), np.float32), "but the image is 178x218"),
+])
+def test_odd_mask_shapes_are_one_line(completer, mask, words):
+    with pytest.raises(ValueError, match=words):
+        completer.complete(pixels(*ALIGNED, 0, "flat"), mask)
+
+
+@pytest.mark.parametrize("image", [np.zeros((10, 10), np.uint8), np.zeros((10, 10, 4), np.uint8),
+                                   np.zeros((10, 10, 3), np.float32), [[1, 2, 3]]])
+def test_odd_images_are_one_line(completer, image):
+    with pytest.raises(ValueError, match="image must be"):
+        completer.complete(image, np.ones((10, 10), np.float32))
+
+
+@pytest.mark.skipif(not faces.available(), reason="needs the 'faces' extra")
+@settings(max_examples=examples(40))
+@given(data=st.data())
+def test_wild_entry_completes_or_refuses(completer, detector, data):
+    """``facecomp.wild.complete_any`` with align auto and none, on photos with no face (noise), tiny ones,
+    slivers and aligned faces."""
+    from facecomp.wild import complete_any
+
+    w, h = data.draw(small_sizes, "size")
+    image = pixels(w, h, data.draw(st.integers(0, 99), "content"), data.draw(st.sampled_from(("noise", "smooth"))))
+    align = data.draw(st.sampled_from(("auto", "none")), "align")
+    spec = data.draw(st.one_of(st.sampled_from(tuple(masks.OCCLUSIONS)), mask_arrays(w, h),
+                               st.builds(lambda a, b, c, d: f"box:{a},{b},{c},{d}", *[st.integers(-50, 300)] * 4)),
+                     "mask")
+    try:
+        done = complete_any(completer, image, spec, align, seed=data.draw(seeds, "seed"),
+                            samples=data.draw(st.sampled_from((0, 1, 2)), "samples"), detector=detector)
+    except ValueError as e:
+        one_line(e)
+        return
+    if isinstance(spec, np.ndarray):
+        hole = spec > 0.5
+    elif align == "none" or (w, h) == ALIGNED:
+        hole = masks.from_spec(spec, w, h) > 0.5
+    else:
+        hole = None  # O1..O6 drawn per face found
+    check_completion(done, image, hole)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (40, 30), (39, 500), (2, 300)])
+def test_tiny_photos_are_refused_with_the_reason_or_done_with_align_none(completer, size):
+    """Issue 21: a 1x1 PNG crashed in dlib's CNN ("Filter windows must be small enough..."); a 40x30 photo is
+    below what the detectors can search."""
+    from facecomp.wild import complete_any
+
+    w, h = size
+    image = pixels(w, h, 0, "noise")
+    m = np.zeros((h, w), np.float32)
+    m[0, 0] = 1
+    if faces.available():
+        with pytest.raises(ValueError, match=f"the photo is {w}x{h}: too small to find a face in.*--align none"):
+            complete_any(completer, image, m, "auto")
+    if w * h == 1:
+        with pytest.raises(ValueError, match="covers the whole image"):
+            complete_any(completer, image, m, "none")
+        return
+    done = complete_any(completer, image, m, "none", samples=2)
+    check_completion(done, image, m > 0.5)
