@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FaceToolsMissing, MissingCapability) as e:  # an optional extra or a GPU is missing: say which
         print(f"facecomp: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # an output folder that cannot be written, a full disk: the system's own words suffice
+        print(f"facecomp: error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("facecomp: interrupted", file=sys.stderr)
         return 130
