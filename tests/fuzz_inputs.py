@@ -100,8 +100,8 @@ class Photo:
 
 
 @st.composite
-def photo_files(draw, size_strategy=sizes) -> Photo:
-    """Image file bytes: every mode and format, EXIF rotations, several frames; or broken ones."""
+def photo_files(draw, size_strategy=sizes, damage: bool = True) -> Photo:
+    """Image file bytes: every mode and format, EXIF rotations, several frames; or broken ones (``damage``)."""
     w, h = draw(size_strategy)
     mode = draw(st.sampled_from(MODES))
     fmt = draw(st.sampled_from(FORMATS[mode]))
@@ -113,7 +113,7 @@ def photo_files(draw, size_strategy=sizes) -> Photo:
         fmt = "PNG"
     data = encode(to_mode(pixels(w, h, draw(st.integers(0, 2**16)), content), mode), fmt, orientation, frames)
     what = f"{w}x{h} {mode} {fmt} orientation={orientation} frames={frames} {content}"
-    damage = draw(st.sampled_from(("none",) * 6 + ("truncate", "flip", "lie", "random", "empty")))
+    damage = draw(st.sampled_from(("none",) * 6 + ("truncate", "flip", "lie", "random", "empty"))) if damage else "none"
     if damage == "none":
         return Photo(data, what, True)
     if damage == "truncate":
@@ -140,9 +140,10 @@ def bomb(limit: int) -> bytes:
 
 
 @st.composite
-def mask_arrays(draw, w: int, h: int) -> np.ndarray:
+def mask_arrays(draw, w: int, h: int, centred: bool = False) -> np.ndarray:
     """[h, w] float32 in [0, 1] (1 = missing): empty, full, one pixel, a box (possibly off the face box or
-    partly off the image), strokes, soft values."""
+    partly off the image), strokes, soft values. ``centred``: boxes start in the middle of the image (where
+    the face is) rather than anywhere, so most masks are ones the model completes."""
     kind = draw(st.sampled_from(("box", "box", "strokes", "empty", "full", "pixel", "soft", "offbox")))
     m = np.zeros((h, w), np.float32)
     if kind == "full":
@@ -150,7 +151,8 @@ def mask_arrays(draw, w: int, h: int) -> np.ndarray:
     elif kind == "pixel":
         m[draw(st.integers(0, h - 1)), draw(st.integers(0, w - 1))] = 1
     elif kind in ("box", "soft"):
-        x0, y0 = draw(st.integers(-w // 2, w - 1)), draw(st.integers(-h // 2, h - 1))
+        x0, y0 = (draw(st.integers(w // 4, w // 2)), draw(st.integers(h // 4, h // 2))) if centred else \
+            (draw(st.integers(-w // 2, w - 1)), draw(st.integers(-h // 2, h - 1)))
         x1, y1 = x0 + draw(st.integers(1, w)), y0 + draw(st.integers(1, h))
         m[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = draw(st.sampled_from((1.0, 0.3, 0.5, 0.51, 0.9)))
     elif kind == "strokes":
