@@ -55,6 +55,19 @@ def test_decode_gives_an_image_or_one_line(photo):
         assert rgb.shape[:2] == ((w, h) if turned else (h, w)), photo.what
 
 
+def test_decode_names_the_file_when_pillow_raises_its_own_value_error():
+    """Found by the decode fuzz: a BMP body behind a GIF signature makes Pillow's GIF plugin raise a bare
+    ``ValueError('tile cannot extend outside image')``, which reached the user without the file's name (in a
+    folder run, a line that does not say which file failed)."""
+    from PIL import Image
+
+    from .fuzz_inputs import encode
+
+    data = encode(Image.fromarray(pixels(982, 982, 0, "flat")), "BMP")
+    with pytest.raises(ValueError, match=r"^x\.gif: corrupt or truncated image \(ValueError: tile cannot extend"):
+        images.decode(b"GIF89a" + data[6:], name="x.gif")
+
+
 def test_decode_applies_exif_orientation_and_scales_16_bit():
     from PIL import Image
 
