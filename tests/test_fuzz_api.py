@@ -250,3 +250,51 @@ def test_wild_photo_mask_partly_off_the_face_is_inpainted(completer, detector, c
             assert np.array_equal(out[~hole], photo[~hole]) and (out[hole] != photo[hole]).any(axis=-1).mean() > 0.8
         return
     pytest.skip("no wild photo with a face found")
+
+
+@pytest.fixture(scope="module")
+def wild_faces(celeba, detector):
+    """(photo, its faces' landmarks) for the first wild photos with a face found."""
+    if detector is None:
+        pytest.skip("needs the 'faces' extra")
+    folder = celeba.parent / "celeba_wild" / "img_celeba"
+    if not folder.is_dir():
+        pytest.skip(f"no wild photos at {folder}")
+    found = []
+    for path in images.list_images(folder)[:6]:
+        photo = images.read_rgb(path)
+        fits = detector.all(photo)
+        if fits:
+            found.append((photo, fits))
+    return found
+
+
+@settings(max_examples=examples(10))
+@given(data=st.data())
+def test_wild_photos_under_random_masks(completer, detector, wild_faces, data):
+    """Real photos, masks in photo pixels anywhere: on the face, across it and off it, off the image, strokes."""
+    from facecomp.wild import complete_any
+
+    photo, fits = data.draw(st.sampled_from(wild_faces), "photo")
+    h, w = photo.shape[:2]
+    cx, cy = (int(v) for v in fits[0].points[27:36].mean(0))
+    kind = data.draw(st.sampled_from(("around", "band", "corner", "random")), "kind")
+    if kind == "around":  # a box centred on the nose, up to twice the face's size: partly off the face box
+        r = data.draw(st.integers(3, max(4, w // 3)), "radius")
+        m = masks.box(w, h, cx - r, cy - r, cx + r, cy + r)
+    elif kind == "band":
+        m = masks.box(w, h, -10, cy - 5, w + 10, cy + 5)
+    elif kind == "corner":  # off every face: refused
+        m = masks.box(w, h, 0, 0, 4, 4)
+    else:
+        m = data.draw(mask_arrays(w, h), "mask")
+    try:
+        done = complete_any(completer, photo, m, "auto", seed=data.draw(st.integers(0, 3)), detector=detector,
+                            blends=data.draw(st.sampled_from((("none",), ("poisson", "none")))))
+    except ValueError as e:
+        one_line(e)
+        return
+    hole = m > 0.5
+    check_completion(done, photo, hole)
+    if done.inpainted:
+        assert all((out[hole] != photo[hole]).any() for out in done.images)
