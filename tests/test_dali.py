@@ -269,7 +269,7 @@ def test_train_with_the_dali_loader_resumes_bit_for_bit(celeba, smoke_cfg, tmp_p
     assert main([*base, "--config", "smoke", "--loader", "dali"]) == 0
     state = json.loads((run / "checkpoints" / "step_0000004" / "state.json").read_text())
     assert state["config"]["data"]["loader"] == "dali" and state["loader_state"]
-    assert main([*base, "--resume", "train.stage_steps=[6,4,4]"]) == 0
+    assert main([*base, "--resume", "--allow-config-change", "train.stage_steps=[6,4,4]"]) == 0
 
     smoke_cfg.data.loader = "dali"
     smoke_cfg.train.stage_steps = [6, 4, 4]

@@ -34,7 +34,7 @@ def test_three_stages_on_real_faces(celeba, parsing_weights, tmp_path):
     # stage 2 started from stage 1's generator: its weights moved away from them, not from scratch
     s1 = load_file(runs[0] / "generator.safetensors")
     fresh = _cli("train", "--config", "smoke", "--stage", 2, "--data", celeba, "--run-dir", tmp_path / "fresh",
-                 "--no-progress", "train.stage_steps=[4, 1, 4]")
+                 "--no-progress", "--from-scratch", "train.stage_steps=[4, 1, 4]")
     assert fresh.returncode == 0, fresh.stderr
     s2 = load_file(runs[1] / "generator.safetensors")
     f2 = load_file(tmp_path / "fresh" / "generator.safetensors")

@@ -20,6 +20,14 @@ def add_parser(sub) -> None:
     p.add_argument("--run-dir", required=True, help="where checkpoints, TensorBoard logs and the config go")
     p.add_argument("--init", help="previous stage's run directory, checkpoint or generator weights to start from")
     p.add_argument("--resume", action="store_true", help="continue this run directory from its latest checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="start again in a --run-dir that already holds a run "
+                   "(its checkpoints and logs are deleted)")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: accept a config that differs from the one the run started with")
+    p.add_argument("--init-unfinished", action="store_true",
+                   help="let --init start from a run that has not finished (its latest checkpoint)")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="train stage 2 or 3 from random weights (without it, those stages need --init)")
     p.add_argument("--loader", choices=("torch", "dali"),
                    help="input pipeline: the PyTorch DataLoader or NVIDIA DALI (facecomp[dali]); sets data.loader")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
@@ -34,14 +42,26 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"data.roots=[{', '.join(_quote(d) for d in args.data)}]")
     if args.loader:
         overrides.append(f"data.loader={args.loader}")
+    from facecomp.train import runs
+
     if args.resume and args.init:
         raise ValueError("--resume continues a run; --init starts a new one: pick one")
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues a run; --overwrite starts it again: pick one")
     if args.resume:
         from facecomp.train.checkpoint import find_checkpoint, read_state
 
         state = read_state(find_checkpoint(args.run_dir))
         cfg = config_mod.from_dict(state["config"])
+        if args.config:  # a config named again on resume: it is the candidate, compared below
+            cfg = config_mod.load_config(args.config)
         config_mod.apply_overrides(cfg, overrides)
+        changes = runs.config_changes(config_mod.to_dict(config_mod.from_dict(state["config"])),
+                                      config_mod.to_dict(cfg))
+        if changes and not args.allow_config_change:
+            raise ValueError(f"{args.run_dir} was started with another config ({'; '.join(changes[:4])}"
+                             f"{' ...' if len(changes) > 4 else ''}); resume without overrides, or pass "
+                             "--allow-config-change")
     else:
         if not args.config:
             raise ValueError("--config is required (a preset: smoke, cpu, paper; or a TOML file)")
@@ -51,14 +71,29 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.init and not Path(args.init).exists():
         raise ValueError(f"--init {args.init}: no such run directory, checkpoint or weights file")
+    if args.init:
+        runs.check_init_source(args.init, args.init_unfinished)
+    elif args.stage > 1 and not args.resume and not args.from_scratch:
+        raise ValueError(f"stage {args.stage} starts from the previous stage: pass --init RUN_DIR "
+                         "(or --from-scratch to train it from random weights)")
+    if not args.resume:
+        if args.overwrite:
+            runs.clear(args.run_dir)
+        runs.refuse_started(args.run_dir)
     if cfg.data.loader == "dali":  # fail before building models when the extra is missing (one-line ValueError)
         from facecomp.data import dali  # noqa: F401
 
     from facecomp.train.loop import train
+    from facecomp.train.preempt import EXIT_STOPPED, StopRequest
 
-    result = train(cfg, args.stage, cfg.data.roots, args.run_dir, init=args.init, resume=args.resume,
-                   progress=not args.no_progress)
+    with StopRequest().installed() as stop:
+        result = train(cfg, args.stage, cfg.data.roots, args.run_dir, init=args.init, resume=args.resume,
+                       progress=not args.no_progress, stop=stop.__bool__)
     rate = result.images / max(result.seconds, 1e-9)
+    if not result.finished:
+        print(f"stage {args.stage}: stopped by {stop.name or 'request'} at step {result.steps}; checkpoint saved, "
+              f"continue with: facecomp train --stage {args.stage} --run-dir {args.run_dir} --resume")
+        return EXIT_STOPPED
     print(f"stage {args.stage}: {result.steps} steps, {result.images} images in this session "
           f"({rate:.1f} images/s); generator: {result.run_dir / 'generator.safetensors'}")
     return 0

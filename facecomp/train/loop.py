@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from facecomp.models import Generator, build_discriminators
 from facecomp.train import checkpoint as ck
 from facecomp.train import validation as val
 from facecomp.train.ema import EMA
+from facecomp.train.runs import RESULT_FILE, read_result
 from facecomp.train.schedule import lr_factor, set_lr
 from facecomp.train.stages import STAGES, check_stage
 from facecomp.train.step import Models, OptimizerUpdater, train_step
@@ -64,14 +66,6 @@ def weights_meta(cfg: Config, name: str, stage: int, step: int) -> dict:
     return {"config": config_mod.to_dict(component), "stage": stage, "step": step}
 
 
-RESULT_FILE = "result.json"  # written when a stage finishes: its chosen checkpoint and scores
-
-
-def read_result(run_dir: str | Path) -> dict | None:
-    path = Path(run_dir) / RESULT_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def init_from(models: Models, source: str | Path) -> Path:
     """Start a stage from a previous stage: a run directory (its chosen checkpoint when it finished,
     else its latest), a checkpoint (its generator, and its discriminators where it has them), or a
@@ -102,13 +96,18 @@ class RunResult:
     images: int
     seconds: float
     metrics: dict[str, float]
+    finished: bool = True  # False: stopped early (stop_at or a signal) with a checkpoint to resume from
 
 
 def train(cfg: Config, stage: int, data_root: str | Path | list[str], run_dir: str | Path,
           init: str | Path | None = None, resume: bool = False, progress: bool = True,
-          stop_at: int | None = None) -> RunResult:
-    """Train ``stage`` into ``run_dir``; ``stop_at`` ends this session early at that step with a
-    checkpoint (an interrupted run, to be continued with ``resume``) instead of finishing the stage."""
+          stop_at: int | None = None, stop: Callable[[], bool] | None = None) -> RunResult:
+    """Train ``stage`` into ``run_dir``.
+
+    ``stop_at`` (a step) or ``stop`` (checked between steps; e.g. a :class:`~facecomp.train.preempt.
+    StopRequest`) end this session early with a checkpoint at the step reached: an interrupted run,
+    continued with ``resume``, and ``RunResult.finished`` is False.
+    """
     check_stage(stage)
     run_dir = Path(run_dir)
     device = runtime.start(cfg.runtime)
@@ -210,7 +209,7 @@ def train(cfg: Config, stage: int, data_root: str | Path | list[str], run_dir: s
     started = time.perf_counter()  # wall clock of this session (data loading, logging, checkpoints included)
     batches = iter(loader)
     until = total_steps if stop_at is None else min(stop_at, total_steps)
-    while step < until:
+    while step < until and not (stop is not None and stop()):
         batch = next(batches)
         skipped += batch["skipped"]
         if batch["skipped"]:
@@ -248,10 +247,10 @@ def train(cfg: Config, stage: int, data_root: str | Path | list[str], run_dir: s
             save(step)
     bar.close()
     if step < total_steps:  # stopped early: leave a checkpoint to resume from, and no result
-        if step > start_step and step not in ck.checkpoint_steps(run_dir):
+        if step not in ck.checkpoint_steps(run_dir):  # even at step 0: a requeued job resumes from it
             save(step)
         writer.close()
-        return RunResult(run_dir, step, images_seen, seconds, metrics)
+        return RunResult(run_dir, step, images_seen, seconds, metrics, finished=False)
     writer.close()
     chosen = best(step) if vset is not None else None
     if chosen is not None:
