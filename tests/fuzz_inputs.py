@@ -98,10 +98,14 @@ class Photo:
     def __repr__(self) -> str:  # the bytes would make Hypothesis's report hundreds of kB
         return f"Photo(<{len(self.data)} bytes>, {self.what!r}, valid={self.valid})"
 
+    def _repr_pretty_(self, p, cycle) -> None:  # what Hypothesis's printer calls (it ignores __repr__ of dataclasses)
+        p.text(repr(self))
+
 
 @st.composite
-def photo_files(draw, size_strategy=sizes, damage: bool = True) -> Photo:
-    """Image file bytes: every mode and format, EXIF rotations, several frames; or broken ones (``damage``)."""
+def photo_files(draw, size_strategy=sizes, damage: str = "maybe") -> Photo:
+    """Image file bytes: every mode and format, EXIF rotations, several frames; or broken ones.
+    ``damage``: "maybe", "never" or "always" (truncated, flipped bytes, a lying header, random, empty)."""
     w, h = draw(size_strategy)
     mode = draw(st.sampled_from(MODES))
     fmt = draw(st.sampled_from(FORMATS[mode]))
@@ -113,7 +117,9 @@ def photo_files(draw, size_strategy=sizes, damage: bool = True) -> Photo:
         fmt = "PNG"
     data = encode(to_mode(pixels(w, h, draw(st.integers(0, 2**16)), content), mode), fmt, orientation, frames)
     what = f"{w}x{h} {mode} {fmt} orientation={orientation} frames={frames} {content}"
-    damage = draw(st.sampled_from(("none",) * 6 + ("truncate", "flip", "lie", "random", "empty"))) if damage else "none"
+    broken = ("truncate", "flip", "lie", "random", "empty")
+    damage = {"never": "none", "always": draw(st.sampled_from(broken))}.get(damage) or draw(
+        st.sampled_from(("none",) * 6 + broken))
     if damage == "none":
         return Photo(data, what, True)
     if damage == "truncate":
