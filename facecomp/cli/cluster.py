@@ -16,7 +16,9 @@ def add_parser(sub) -> None:
     csub = p.add_subparsers(dest="cluster_command", required=True)
     t = csub.add_parser("train", help="train one stage with W workers",
                         description="Train one stage. A run is STORAGE/NAME; running the same name again "
-                        "continues it from its newest checkpoint. Stage N+1 starts from stage N with --init.")
+                        "continues it from its newest checkpoint. Stage N+1 starts from stage N with --init. "
+                        "SIGTERM/SIGUSR1 make every worker checkpoint at the same step; the command then exits "
+                        "75 (run it again to continue).")
     t.add_argument("--config", required=True, help="preset (smoke, cpu, paper) or a TOML file")
     t.add_argument("--stage", type=int, required=True, choices=(1, 2, 3))
     t.add_argument("--data", required=True, action="append", metavar="DIR",
@@ -27,8 +29,12 @@ def add_parser(sub) -> None:
     t.add_argument("--name", default="", help="run name (default stage<N>)")
     t.add_argument("--address", help="join this Ray cluster ('auto' = the one this node belongs to); "
                    "default: start a local Ray instance")
-    t.add_argument("--init", help="previous stage's cluster run (its newest checkpoint), a checkpoint folder "
-                   "or generator weights")
+    t.add_argument("--init", help="previous stage's cluster run (its newest checkpoint; the run must have "
+                   "finished), a checkpoint folder or generator weights")
+    t.add_argument("--init-unfinished", action="store_true",
+                   help="let --init start from a run that has not finished (its newest checkpoint)")
+    t.add_argument("--from-scratch", action="store_true",
+                   help="train stage 2 or 3 from random weights (without it, those stages need --init)")
     t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     t.add_argument("overrides", nargs="*", metavar="key=value",
                    help="dotted overrides, e.g. cluster.deepspeed=zero2_fp32")
@@ -51,8 +57,15 @@ def run(args: argparse.Namespace) -> int:
 
     launch = LaunchConfig(num_workers=args.num_workers, gpus_per_worker=args.gpus_per_worker, storage=args.storage,
                           name=args.name, address=args.address)
-    result = train_stage(cfg, args.stage, launch, init=args.init)
+    result = train_stage(cfg, args.stage, launch, init=args.init, init_unfinished=args.init_unfinished,
+                         from_scratch=args.from_scratch)
     s = result.state
+    if not result.finished:
+        from facecomp.train.preempt import EXIT_STOPPED
+
+        print(f"stage {args.stage}: stopped by {result.stopped_by or 'request'} at step {s['step']} on "
+              f"{s['world_size']} workers; checkpoint: {result.checkpoint}; run the same command again to continue")
+        return EXIT_STOPPED
     print(f"stage {args.stage}: {s['step']} steps on {s['world_size']} workers ({cfg.cluster.deepspeed}), "
           f"{s['images']} images, restarts from steps {s['restarts']}; checkpoint: {result.checkpoint}; "
           f"generator: {result.run_dir / 'generator.safetensors'}")
