@@ -12,7 +12,7 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -21,11 +21,24 @@ PRESET_DIR = Path(__file__).parent / "configs"
 class GeneratorConfig:
     """The paper's generator: VGG-19 conv1_1..pool3, two convs + pool, FC bottleneck, mirrored decoder."""
 
+    NORMS: ClassVar[tuple[str, ...]] = ("batch", "none")  # facecomp.models.layers.conv_stack
+
     image_size: int = 128  # the paper trains and tests at 128x128
     width: float = 1.0  # multiplier on VGG-19 channel widths (64, 128, 256, 512)
     bottleneck: int = 512  # size of the fully connected code between encoder and decoder
     mask_channel: bool = False  # append the mask as a 4th input channel (the paper feeds 3)
     norm: str = "batch"  # "batch" | "none"
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Own fields only; the mask size against image_size is checked where both meet (validate)."""
+        if self.image_size % 16 or self.image_size < 32:
+            raise ValueError(f"generator.image_size must be a multiple of 16 and >= 32, got {self.image_size}")
+        if self.width <= 0:
+            raise ValueError(f"generator.width must be positive, got {self.width}")
+        _choice("generator.norm", self.norm, self.NORMS)
 
 
 @dataclass(kw_only=True)
@@ -34,6 +47,13 @@ class DiscriminatorConfig:
 
     width: float = 1.0  # multiplier on DCGAN widths (64, 128, 256, 512)
     local_size: int = 64  # the hole's bounding box is resampled to this size for the local D
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        if self.width <= 0:
+            raise ValueError(f"discriminator.width must be positive, got {self.width}")
 
 
 @dataclass(kw_only=True)
@@ -44,6 +64,13 @@ class ParsingConfig:
     num_classes: int = 11
     weights: str = ""  # safetensors file; "" = the weights shipped in the package
 
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        if self.width <= 0:
+            raise ValueError(f"parsing.width must be positive, got {self.width}")
+
 
 DEFAULT_DATA_ROOT = "../shared/data/celeba"
 
@@ -51,6 +78,9 @@ DEFAULT_DATA_ROOT = "../shared/data/celeba"
 @dataclass(kw_only=True)
 class DataConfig:
     """CelebA folders, the 128x128 face box and the augmentation ranges."""
+
+    PARTITIONS: ClassVar[tuple[str, ...]] = ("train", "val", "test")  # facecomp.data.celeba.PARTITIONS
+    LOADERS: ClassVar[tuple[str, ...]] = ("torch", "dali")  # facecomp.data.loaders.make_loader
 
     # One or more CelebA folders; a run reads the same partition of each (e.g. celeba/ + celeba_extra/).
     roots: list[str] = field(default_factory=lambda: [DEFAULT_DATA_ROOT])
@@ -73,6 +103,15 @@ class DataConfig:
     def root(self, value: str) -> None:
         self.roots = [value]
 
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        if not self.roots:
+            raise ValueError("data.roots needs at least one CelebA folder")
+        _choice("data.partition", self.partition, self.PARTITIONS)
+        _choice("data.loader", self.loader, self.LOADERS)
+
 
 @dataclass(kw_only=True)
 class ValidationConfig:
@@ -82,6 +121,8 @@ class ValidationConfig:
     validation partition and logs hole PSNR and SSIM of the raw generator and of its EMA. The stage's
     result is the checkpoint and variant with the best ``select`` score among steps >= ``select_after``.
     """
+
+    SELECT: ClassVar[tuple[str, ...]] = ("hole_psnr", "ssim", "last")  # facecomp.train.validation.choose
 
     faces: int = 64  # 0 = no validation
     root: str = ""  # CelebA folder of the validation faces; "" = the first of data.roots
@@ -93,6 +134,15 @@ class ValidationConfig:
     select: str = "hole_psnr"  # "hole_psnr" | "ssim" (means over the masks) | "last"
     select_after: int = 0  # checkpoints before this step are not candidates (e.g. the adversarial warm-up)
 
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        _choice("validation.select", self.select, self.SELECT)
+        _choice("validation.partition", self.partition, DataConfig.PARTITIONS)
+        if self.faces < 0 or self.every < 0 or self.batch_size < 1:
+            raise ValueError(f"validation: faces >= 0, every >= 0, batch_size >= 1; got {self}")
+
 
 @dataclass(kw_only=True)
 class MaskConfig:
@@ -100,6 +150,13 @@ class MaskConfig:
 
     kind: str = "square"  # see facecomp.masks.TRAIN_MASKS
     size: int = 64
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        if self.size < 1:
+            raise ValueError(f"mask.size must be >= 1, got {self.size}")
 
 
 @dataclass(kw_only=True)
@@ -117,6 +174,14 @@ class LossConfig:
     parsing: float = 0.005
     recon_known: float = 0.1  # weight of Lr on known pixels (the hole's weight is 1)
 
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        for name in ("recon", "adv_local", "adv_global", "parsing", "recon_known"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"loss.{name} is a weight, >= 0; got {getattr(self, name)}")
+
 
 @dataclass(kw_only=True)
 class AdversarialConfig:
@@ -127,9 +192,17 @@ class AdversarialConfig:
     d_skip_below: float = 0.2  # skip a D update while its loss is already below this
     r1: float = 0.0  # R1 penalty weight gamma (Mescheder et al. 2018): gamma/2 * E|grad_x D(x_real)|^2; 0 = off
 
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        if self.r1 < 0:
+            raise ValueError(f"adversarial.r1 must be >= 0, got {self.r1}")
+
 
 @dataclass(kw_only=True)
 class OptimConfig:
+    LR_DECAYS: ClassVar[tuple[str, ...]] = ("none", "linear", "cosine")  # facecomp.train.schedule.lr_factor
     lr_g: float = 2e-4
     lr_d: float = 2e-4
     beta1: float = 0.5
@@ -140,6 +213,15 @@ class OptimConfig:
     lr_decay: str = "none"  # "none" | "linear" | "cosine"
     decay_start: float = 0.0
     lr_final: float = 0.1
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        _choice("optim.lr_decay", self.lr_decay, self.LR_DECAYS)
+        if not (0.0 <= self.decay_start < 1.0 and 0.0 <= self.lr_final <= 1.0):
+            raise ValueError(f"optim.decay_start in [0, 1) and optim.lr_final in [0, 1]; "
+                             f"got {self.decay_start}, {self.lr_final}")
 
 
 @dataclass(kw_only=True)
@@ -152,6 +234,17 @@ class TrainConfig:
     keep_checkpoints: int = 3  # older checkpoints of a run are deleted (0 = keep all); the best is kept too
     seed: int = 0
     ema: float = 0.0  # decay of an exponential moving average of G's weights (e.g. 0.999); 0 = none
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError("train.batch_size must be >= 1")
+        if len(self.stage_steps) != 3:
+            raise ValueError(f"train.stage_steps needs 3 entries (one per stage), got {self.stage_steps}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"train.ema is a decay in [0, 1), got {self.ema}")
 
 
 @dataclass(kw_only=True)
@@ -167,15 +260,31 @@ class ParsingTrainConfig:
     log_every: int = 50
     ckpt_every: int = 500
 
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.ckpt_every < 1 or self.log_every < 1:
+            raise ValueError(f"parsing_train: steps, batch_size, ckpt_every, log_every >= 1; got {self}")
+
 
 @dataclass(kw_only=True)
 class RuntimeConfig:
+    AMP: ClassVar[tuple[str, ...]] = ("none", "bf16", "fp16")
+    KERNELS: ClassVar[tuple[str, ...]] = ("auto", "native", "ref")  # facecomp.kernels.IMPLS
     device: str = "cpu"  # "cpu" | "cuda" | "cuda:N"; the one device decision, passed down
     amp: str = "none"  # "none" | "bf16" | "fp16" (fp16 only on CUDA)
     channels_last: bool = False
     threads: int = 0  # torch intra-op threads (0 = torch's default)
     tune_malloc: bool = True  # keep freed activations in the heap (see facecomp.runtime)
     kernels: str = "auto"  # fill/composite implementation: "auto" | "native" | "ref" (facecomp.kernels)
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        _choice("runtime.amp", self.amp, self.AMP)
+        _choice("runtime.kernels", self.kernels, self.KERNELS)
 
 
 @dataclass(kw_only=True)
@@ -186,6 +295,16 @@ class ClusterConfig:
     cpus_per_worker: int = 1  # Ray's CPU reservation per worker, and its torch threads
     max_failures: int = 3  # worker failures Ray Train restarts from the last checkpoint (-1 = no limit)
     keep_checkpoints: int = 2  # newest checkpoints kept in the run's storage (0 = all)
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        if not self.deepspeed:
+            raise ValueError("cluster.deepspeed must name a DeepSpeed config (see cluster/configs/)")
+        if self.cpus_per_worker < 1 or self.max_failures < -1 or self.keep_checkpoints < 0:
+            raise ValueError("cluster: cpus_per_worker >= 1, max_failures >= -1, keep_checkpoints >= 0; "
+                             f"got {self}")
 
 
 @dataclass(kw_only=True)
@@ -322,45 +441,13 @@ def to_toml(cfg: Config) -> str:
 
 
 def validate(cfg: Config) -> None:
-    g = cfg.generator
-    if g.image_size % 16 or g.image_size < 32:
-        raise ValueError(f"generator.image_size must be a multiple of 16 and >= 32, got {g.image_size}")
-    if g.width <= 0 or cfg.discriminator.width <= 0 or cfg.parsing.width <= 0:
-        raise ValueError("widths must be positive")
-    if g.norm not in ("batch", "none"):
-        raise ValueError(f"generator.norm must be 'batch' or 'none', got '{g.norm}'")
-    if not 0 < cfg.mask.size < g.image_size:
-        raise ValueError(f"mask.size must be in (0, {g.image_size}), got {cfg.mask.size}")
-    if len(cfg.train.stage_steps) != 3:
-        raise ValueError(f"train.stage_steps needs 3 entries (one per stage), got {cfg.train.stage_steps}")
-    if cfg.runtime.amp not in ("none", "bf16", "fp16"):
-        raise ValueError(f"runtime.amp must be none, bf16 or fp16, got '{cfg.runtime.amp}'")
-    if cfg.runtime.kernels not in ("auto", "native", "ref"):
-        raise ValueError(f"runtime.kernels must be auto, native or ref, got '{cfg.runtime.kernels}'")
-    if cfg.data.partition not in ("train", "val", "test"):
-        raise ValueError(f"data.partition must be train, val or test, got '{cfg.data.partition}'")
-    if cfg.data.loader not in ("torch", "dali"):
-        raise ValueError(f"data.loader must be torch or dali, got '{cfg.data.loader}'")
-    if cfg.train.batch_size < 1:
-        raise ValueError("train.batch_size must be >= 1")
-    if not cfg.data.roots:
-        raise ValueError("data.roots needs at least one CelebA folder")
-    if not 0.0 <= cfg.train.ema < 1.0:
-        raise ValueError(f"train.ema is a decay in [0, 1), got {cfg.train.ema}")
-    o = cfg.optim
-    if o.lr_decay not in ("none", "linear", "cosine"):
-        raise ValueError(f"optim.lr_decay must be none, linear or cosine, got '{o.lr_decay}'")
-    if not (0.0 <= o.decay_start < 1.0 and 0.0 <= o.lr_final <= 1.0):
-        raise ValueError(f"optim.decay_start in [0, 1) and optim.lr_final in [0, 1]; got {o.decay_start}, {o.lr_final}")
-    if cfg.adversarial.r1 < 0:
-        raise ValueError(f"adversarial.r1 must be >= 0, got {cfg.adversarial.r1}")
-    v = cfg.validation
-    if v.select not in ("hole_psnr", "ssim", "last"):
-        raise ValueError(f"validation.select must be hole_psnr, ssim or last, got '{v.select}'")
-    if v.faces < 0 or v.every < 0 or v.batch_size < 1:
-        raise ValueError(f"validation: faces >= 0, every >= 0, batch_size >= 1; got {v}")
-    c = cfg.cluster
-    if not c.deepspeed:
-        raise ValueError("cluster.deepspeed must name a DeepSpeed config (see cluster/configs/)")
-    if c.cpus_per_worker < 1 or c.max_failures < -1 or c.keep_checkpoints < 0:
-        raise ValueError(f"cluster: cpus_per_worker >= 1, max_failures >= -1, keep_checkpoints >= 0; got {c}")
+    """Every component checks its own fields (their ``check``); here only what spans components."""
+    for f in dataclasses.fields(cfg):
+        getattr(cfg, f.name).check()
+    if not 0 < cfg.mask.size < cfg.generator.image_size:
+        raise ValueError(f"mask.size must be in (0, {cfg.generator.image_size}), got {cfg.mask.size}")
+
+
+def _choice(key: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ValueError(f"{key} must be one of {', '.join(valid)}; got '{value}'")

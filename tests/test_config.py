@@ -57,3 +57,43 @@ def test_dry_run_prints_resolved_config(tmp_path):
                          capture_output=True, text=True, check=True)
     assert "batch_size = 5" in out.stdout
     assert not (tmp_path / "r").exists()
+
+
+def test_each_component_checks_its_own_fields_when_built():
+    from facecomp.config import DataConfig, GeneratorConfig, OptimConfig, RuntimeConfig, ValidationConfig
+
+    with pytest.raises(ValueError, match="generator.norm must be one of batch, none; got 'group'"):
+        GeneratorConfig(norm="group")
+    with pytest.raises(ValueError, match="data.loader"):
+        DataConfig(loader="tf")
+    with pytest.raises(ValueError, match="runtime.amp"):
+        RuntimeConfig(amp="fp8")
+    with pytest.raises(ValueError, match="optim.lr_decay"):
+        OptimConfig(lr_decay="step")
+    with pytest.raises(ValueError, match="validation.select"):
+        ValidationConfig(select="fid")
+    with pytest.raises(ValueError, match="mask.size must be in"):  # spans two components: checked on the whole
+        load_config("smoke", ["mask.size=200"])
+
+
+def test_config_choices_are_the_components_registries():
+    from facecomp import kernels
+    from facecomp.config import DataConfig, OptimConfig, RuntimeConfig, ValidationConfig
+    from facecomp.data import celeba
+    from facecomp.models import layers
+    from facecomp.train import validation
+    from facecomp.train.schedule import lr_factor
+
+    assert set(RuntimeConfig.KERNELS) == set(kernels.IMPLS)
+    assert DataConfig.PARTITIONS == tuple(celeba.PARTITIONS)
+    assert set(load_config("smoke").generator.NORMS) == set(layers.NORMS)
+    for decay in OptimConfig.LR_DECAYS:
+        assert 0 < lr_factor(OptimConfig(lr_decay=decay, lr_final=0.5), 9, 10) <= 1
+    hist = [{"step": 1, "raw": {"hole_psnr": 1.0, "ssim": 0.5}}]
+    for rule in ValidationConfig.SELECT:
+        assert validation.choose(hist, rule, 0)["step"] == 1
+    # the CLI offers exactly those choices
+    from facecomp.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--stage", "1", "--run-dir", "x", "--loader", "tf"])

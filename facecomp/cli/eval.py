@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from facecomp.config import DEFAULT_DATA_ROOT, DataConfig
+
 
 def _common(p: argparse.ArgumentParser, baselines: bool = True) -> None:
     p.add_argument("--model", action="append", default=[], metavar="[NAME=]WEIGHTS",
                    help="generator weights or run directory; repeat for several (default: the shipped model)")
     if baselines:
         p.add_argument("--baselines", default="noise,telea,ns", help="comma-separated: noise, telea, ns ('' = none)")
-    p.add_argument("--data", default="../shared/data/celeba", help="CelebA folder")
-    p.add_argument("--partition", default="val", choices=("train", "val", "test"))
+    p.add_argument("--data", default=DEFAULT_DATA_ROOT, help="CelebA folder")
+    p.add_argument("--partition", default="val", choices=DataConfig.PARTITIONS)
     p.add_argument("--limit", type=int, default=0, help="first N faces of the partition (0 = all)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-progress", action="store_true")
@@ -59,8 +61,8 @@ def add_parser(sub) -> None:
     i = esub.add_parser("identity", help="sanity check of the identity embedding: same vs other identity",
                         description="Mean embedding distance between faces of the same identity and of different "
                         "identities, and nearest-neighbour top-1, on unoccluded faces.")
-    i.add_argument("--data", default="../shared/data/celeba")
-    i.add_argument("--partition", default="val", choices=("train", "val", "test"))
+    i.add_argument("--data", default=DEFAULT_DATA_ROOT)
+    i.add_argument("--partition", default="val", choices=DataConfig.PARTITIONS)
     i.add_argument("--identities", type=int, default=20)
     i.add_argument("--per-identity", type=int, default=5)
     i.add_argument("--out", help="folder for identity.json")

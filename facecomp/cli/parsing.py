@@ -7,7 +7,7 @@ import argparse
 import torch
 
 from facecomp import config as config_mod
-from facecomp.config import ParsingTrainConfig
+from facecomp.config import DEFAULT_DATA_ROOT, ParsingTrainConfig
 
 
 def add_parser(sub) -> None:
@@ -28,7 +28,7 @@ def add_parser(sub) -> None:
                             "landmarks, with hair from GrabCut; faces without landmarks are skipped and counted. "
                             "Existing labels in --out are kept (it is a cache) unless --overwrite. "
                             "Needs the 'faces' extra.")
-    label.add_argument("--data", default="../shared/data/celeba", help="CelebA folder")
+    label.add_argument("--data", default=DEFAULT_DATA_ROOT, help="CelebA folder")
     label.add_argument("--out", required=True, help="folder for <image>.png labels (keep it outside the repository)")
     label.add_argument("--partition", default="train,val", help="comma-separated partitions (default train,val)")
     label.add_argument("--limit", type=int, default=0, help="first N faces of each partition (0 = all)")
@@ -56,7 +56,7 @@ def add_parser(sub) -> None:
                          "lips, mouth merged, as Helen papers report it) and mIoU, beside the per-pixel prior "
                          "(each pixel's most frequent training label).")
     ev.add_argument("--weights", help="parsing safetensors (default: shipped)")
-    ev.add_argument("--data", default="../shared/data/celeba")
+    ev.add_argument("--data", default=DEFAULT_DATA_ROOT)
     ev.add_argument("--labels", default=ParsingTrainConfig().labels)
     ev.add_argument("--partition", default="val")
     ev.add_argument("--limit", type=int, default=0)

@@ -28,7 +28,7 @@ def add_parser(sub) -> None:
                    help="let --init start from a run that has not finished (its latest checkpoint)")
     p.add_argument("--from-scratch", action="store_true",
                    help="train stage 2 or 3 from random weights (without it, those stages need --init)")
-    p.add_argument("--loader", choices=("torch", "dali"),
+    p.add_argument("--loader", choices=config_mod.DataConfig.LOADERS,
                    help="input pipeline: the PyTorch DataLoader or NVIDIA DALI (facecomp[dali]); sets data.loader")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

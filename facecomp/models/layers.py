@@ -10,11 +10,18 @@ def scaled(channels: int, width: float) -> int:
     return max(8, int(round(channels * width)))
 
 
+# generator.norm -> the normalisation after each conv (None: none, and the conv keeps its bias)
+NORMS: dict[str, type[nn.Module] | None] = {"batch": nn.BatchNorm2d, "none": None}
+
+
 def conv_block(c_in: int, c_out: int, norm: str = "batch") -> nn.Sequential:
-    """3x3 conv (same padding) -> optional BatchNorm -> ReLU."""
-    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=norm == "none")]
-    if norm == "batch":
-        layers.append(nn.BatchNorm2d(c_out))
+    """3x3 conv (same padding) -> optional normalisation -> ReLU."""
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm '{norm}' (valid: {', '.join(NORMS)})")
+    layer = NORMS[norm]
+    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=layer is None)]
+    if layer is not None:
+        layers.append(layer(c_out))
     layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
 
