@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from facecomp import config as config_mod
+from facecomp import contract as contract_mod
 from facecomp.complete import load_generator, resolve_weights
 from facecomp.export import triton
 from facecomp.export.engine import Engine
@@ -37,6 +38,12 @@ def parity(reference: torch.Tensor, candidate: torch.Tensor) -> dict[str, float]
     return {"max_abs": float(diff.abs().max()), "psnr_db": math.inf if mse == 0 else 10 * math.log10(4.0 / mse)}
 
 
+def engine_contract(channels: int, size: int, cfg: ExportConfig, weights: Path) -> dict[str, str]:
+    """What a runtime must feed the artifact and do with its output (facecomp.contract), and what made it."""
+    return {**contract_mod.describe(channels, size), "precision": cfg.precision,
+            "weights_name": weights.name, "weights_sha256": sha256_file(weights)}
+
+
 def export_artifact(out: str | Path, cfg: ExportConfig, weights: str | Path | None = None,
                     check_batches: tuple[int, ...] | None = None) -> ArtifactMeta:
     fmt = FORMATS[cfg.format]
@@ -52,12 +59,15 @@ def export_artifact(out: str | Path, cfg: ExportConfig, weights: str | Path | No
     try:
         files = fmt.build(program, cfg, staging)
         c, s, _ = input_shape(generator)
+        contract = engine_contract(c, s, cfg, weights)
+        fmt.annotate(staging, contract)
         meta = ArtifactMeta(
             format=cfg.format, precision=cfg.precision, device=cfg.device,
             batch={"min": cfg.batch.min, "opt": cfg.batch.opt, "max": cfg.batch.max},
             input=TensorSpec(INPUT_NAME, [c, s, s]), output=TensorSpec(OUTPUT_NAME, [3, s, s]),
             generator_config=config_mod.to_dict(generator.cfg), weights_sha256=sha256_file(weights),
-            weights_name=weights.name, files={f: sha256_file(staging / f) for f in files}, versions=fmt.versions())
+            weights_name=weights.name, files={f: sha256_file(staging / f) for f in files}, versions=fmt.versions(),
+            contract=contract)
         meta.write(staging)
 
         # Check before publishing: the artifact loads and matches eager at its batch bounds.
@@ -76,6 +86,7 @@ def export_artifact(out: str | Path, cfg: ExportConfig, weights: str | Path | No
             model_file = staging / (fmt.plan if cfg.format == "tensorrt" else fmt.file)
             signature = triton.onnx_signature(model_file) if cfg.format == "onnx" else triton.plan_signature(model_file)
             triton.write_repository(staging / "triton", model_file, signature, fmt.triton_platform, meta)
+            triton.write_complete_model(staging / "triton", signature, meta)
 
         if out.exists():
             if not (out / "facecomp-artifact.json").is_file():

@@ -8,6 +8,7 @@ the artifact's device. Nothing outside this module knows which runtime is behind
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,9 @@ class AotiFormat:
     # (CPU). On the 2-core build machine it made no measurable difference for bf16 at batch 1
     # (bench/RESULTS.md, "no freezing" row); it is kept because it never cost time there.
     INDUCTOR_CONFIGS = {"freezing": True, "cpp.weight_prepack": True}
+
+    def annotate(self, folder: Path, contract: dict[str, str]) -> None:
+        """The compiled file has nowhere to carry the contract: facecomp-artifact.json does."""
 
     def check_available(self, cfg: ExportConfig) -> None:
         if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -135,6 +139,26 @@ class OnnxFormat:
         onnx.checker.check_model(str(path), full_check=True)
         return [self.file]
 
+    def annotate(self, folder: Path, contract: dict[str, str]) -> None:
+        """Write the engine contract into the file: the batch dimension named ``batch`` (the exporter calls
+        it after its symbol, e.g. ``s85``), doc strings on the model, graph, input and output, and the
+        contract's entries as metadata_props (what ``InferenceSession.get_modelmeta()`` returns)."""
+        import onnx
+
+        path = folder / self.file
+        model = onnx.load(str(path))
+        graph = model.graph
+        rename_batch_dim(graph, BATCH_DIM)
+        model.doc_string = ("facecomp generator (Generative Face Completion, CVPR 2017). Pre- and post-processing: "
+                            "facecomp.contract (prepare, finish); the contract is in metadata_props.")
+        graph.doc_string = f"{contract['input']} -> {contract['output']}"
+        for value, key in ((graph.input[0], "input"), (graph.output[0], "output")):
+            value.doc_string = contract[key] + ("; " + contract["mask"] if key == "input" else "")
+        del model.metadata_props[:]
+        onnx.helper.set_model_props(model, contract)
+        onnx.save(model, str(path))
+        onnx.checker.check_model(str(path), full_check=True)
+
     def load(self, folder: Path, meta: ArtifactMeta) -> Runner:
         self.check_available(ExportConfig(format=self.name, precision=meta.precision, device=meta.device))
         session = self.open_session(folder / self.file, meta.device)
@@ -159,6 +183,9 @@ class TensorRTFormat:
     file = "generator.trt.ep"
     plan = "generator.plan"
     triton_platform = "tensorrt_plan"
+
+    def annotate(self, folder: Path, contract: dict[str, str]) -> None:
+        """A plan carries no free-form metadata: facecomp-artifact.json and the Triton config do."""
 
     def check_available(self, cfg: ExportConfig) -> None:
         if cfg.device != "cuda" or not torch.cuda.is_available():
@@ -210,6 +237,23 @@ class TensorRTFormat:
             return module(x.to("cuda", torch.float32).contiguous())
 
         return run
+
+
+BATCH_DIM = "batch"
+
+
+def rename_batch_dim(graph, name: str) -> None:
+    """Rename the symbol of the graph input's first dimension to ``name`` wherever a shape uses it
+    (inputs, outputs and intermediate value_info, also inside expressions such as ``2*s85``)."""
+    dims = graph.input[0].type.tensor_type.shape.dim
+    symbol = dims[0].dim_param if dims else ""
+    if not symbol:  # a fixed batch (--batch N) has no symbol to rename
+        return
+    pattern = re.compile(rf"\b{re.escape(symbol)}\b")
+    for value in (*graph.input, *graph.output, *graph.value_info):
+        for d in value.type.tensor_type.shape.dim:
+            if d.dim_param:
+                d.dim_param = pattern.sub(name, d.dim_param)
 
 
 def input_shape_of(program: torch.export.ExportedProgram) -> tuple[int, ...]:

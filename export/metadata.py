@@ -64,6 +64,9 @@ class ArtifactMeta:
     files: dict[str, str]  # artifact file name -> sha256
     versions: dict[str, str] = field(default_factory=dict)
     parity: dict[str, dict[str, float]] = field(default_factory=dict)  # batch -> error vs eager, measured at export
+    # The engine contract (facecomp.contract.describe + weights identity): layout, range, mask, noise, crop box.
+    # The ONNX file carries the same entries as metadata_props.
+    contract: dict[str, str] = field(default_factory=dict)
     created: str = ""
     host: str = ""
     meta_version: int = META_VERSION

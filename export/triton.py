@@ -1,11 +1,14 @@
 """A Triton Inference Server model repository for an exported artifact.
 
-The config is written from the signature read back from the artifact itself (the ONNX graph's
-inputs and outputs, or the TensorRT engine's own I/O tensors), never from what we meant to
-export or the graph the artifact was compiled from:
+The generator's config is written from the signature read back from the artifact itself (the ONNX
+graph's inputs and outputs, or the TensorRT engine's own I/O tensors), never from what we meant to
+export or the graph the artifact was compiled from. Beside it, a Python backend model completes
+faces end to end (triton_model.py: the contract's pre- and post-processing around a BLS call):
 
     REPO/facecomp_generator/config.pbtxt
     REPO/facecomp_generator/1/model.onnx | model.plan
+    REPO/facecomp_complete/config.pbtxt
+    REPO/facecomp_complete/1/model.py
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from pathlib import Path
 from facecomp.export.metadata import ArtifactMeta
 
 MODEL_NAME = "facecomp_generator"
+COMPLETE_NAME = "facecomp_complete"
+COMPLETE_SOURCE = Path(__file__).resolve().parent / "triton_model.py"
 MODEL_FILES = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16"}
 ONNX_TYPES = {1: "float32", 10: "float16", 16: "bfloat16"}  # onnx.TensorProto element types
@@ -116,7 +121,7 @@ def config_text(signature: Signature, platform: str, meta: ArtifactMeta, name: s
     dynamic = all(t.batch is None for t in tensors)
     if not dynamic and any(t.batch is None for t in tensors):
         raise ValueError("the artifact mixes fixed and dynamic batch dimensions; Triton cannot describe it")
-    kind = "KIND_GPU" if meta.device == "cuda" else "KIND_CPU"
+    kind = instance_kind(meta)
 
     def block(group: tuple[Tensor, ...]) -> str:
         items = []
@@ -143,6 +148,56 @@ def config_text(signature: Signature, platform: str, meta: ArtifactMeta, name: s
         f"instance_group [\n  {{\n    count: 1\n    kind: {kind}\n  }}\n]\n"
         f'parameters {{\n  key: "facecomp_weights_sha256"\n  value: {{ string_value: "{meta.weights_sha256}" }}\n}}\n'
     )
+
+
+def instance_kind(meta: ArtifactMeta) -> str:
+    """Where Triton places the model's instances: the device the artifact was exported for."""
+    return "KIND_GPU" if meta.device == "cuda" else "KIND_CPU"
+
+
+def _parameters(params: dict[str, str]) -> str:
+    return "".join(f'parameters {{\n  key: "{k}"\n  value: {{ string_value: "{v}" }}\n}}\n'
+                   for k, v in params.items())
+
+
+def complete_config_text(signature: Signature, meta: ArtifactMeta, name: str = COMPLETE_NAME,
+                         generator: str = MODEL_NAME) -> str:
+    """config.pbtxt of the Python backend model: uint8 face + uint8 mask (+ uint64 seed) -> uint8 face.
+
+    Images of any size come in one at a time (max_batch_size 0; Triton cannot batch ragged images); the
+    generator model behind it keeps its own dynamic batching."""
+    (gin,), (gout,) = signature.inputs, signature.outputs
+    contract = meta.contract
+    params = {"generator_model": generator, "generator_input": gin.name, "generator_output": gout.name,
+              "generator_fixed_batch": str(gin.batch or 0), "mask_channel": str(gin.dims[0] == 4).lower(),
+              "image_size": str(gin.dims[-1]), "default_seed": "0",
+              "facecomp_weights_sha256": meta.weights_sha256,
+              "facecomp_version": contract.get("facecomp_version", ""), "crop_box": contract.get("crop_box", "")}
+    return (
+        f'name: "{name}"\n'
+        'backend: "python"\n'
+        "max_batch_size: 0\n"
+        "input [\n"
+        '  {\n    name: "IMAGE"\n    data_type: TYPE_UINT8\n    dims: [ -1, -1, 3 ]\n  },\n'
+        '  {\n    name: "MASK"\n    data_type: TYPE_UINT8\n    dims: [ -1, -1 ]\n  },\n'
+        '  {\n    name: "SEED"\n    data_type: TYPE_UINT64\n    dims: [ 1 ]\n    optional: true\n  }\n'
+        "]\n"
+        "output [\n"
+        '  {\n    name: "COMPLETED"\n    data_type: TYPE_UINT8\n    dims: [ -1, -1, 3 ]\n  }\n'
+        "]\n"
+        f"instance_group [\n  {{\n    count: 1\n    kind: {instance_kind(meta)}\n  }}\n]\n"
+        f"{_parameters(params)}"
+    )
+
+
+def write_complete_model(repo: str | Path, signature: Signature, meta: ArtifactMeta, name: str = COMPLETE_NAME,
+                         version: int = 1) -> Path:
+    """Write REPO/NAME/config.pbtxt and REPO/NAME/VERSION/model.py (triton_model.py); returns the model folder."""
+    folder = Path(repo) / name
+    (folder / str(version)).mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(COMPLETE_SOURCE, folder / str(version) / "model.py")
+    (folder / "config.pbtxt").write_text(complete_config_text(signature, meta, name))
+    return folder
 
 
 def write_repository(repo: str | Path, model_file: Path, signature: Signature, platform: str,
