@@ -48,13 +48,16 @@ port=${RAY_PORT:-$(free_port)}
 # Ray's token authentication: the head writes ~/.ray/auth_token; the worker nodes and the driver must
 # use it too (a home directory shared by the nodes carries it; else set RAY_AUTH_TOKEN).
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
+# Ray is stopped only once the driver has ended: nothing left to drain (Ray would wait up to 30 s).
+export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=${RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S:-0}
 
-# on_node NODE CMD...: run CMD on NODE through srun, after FACECOMP_SETUP there.
+# on_node NODE CMD...: run CMD on NODE through srun, after FACECOMP_SETUP there. exec: run in the
+# background (`on_node ... &`, a subshell), its pid is srun's, which forwards teardown's TERM to CMD.
 on_node() {
   local node=$1
   shift
   # shellcheck disable=SC2016  # expanded by the bash on the node
-  srun --nodes=1 --ntasks=1 --overlap -w "$node" \
+  exec srun --nodes=1 --ntasks=1 --overlap -w "$node" \
     bash -c 'if [ -n "${FACECOMP_SETUP:-}" ]; then source "$FACECOMP_SETUP"; fi; exec "$@"' on_node "$@"
 }
 
