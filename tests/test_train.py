@@ -44,7 +44,7 @@ def test_three_stages_on_real_faces(celeba, parsing_weights, tmp_path):
 
 def test_stage3_without_parsing_weights_says_so(celeba, tmp_path):
     r = _cli("train", "--config", "smoke", "--stage", 3, "--data", celeba, "--run-dir", tmp_path / "r",
-             "parsing.weights=/no/such.safetensors")
+             "--from-scratch", "parsing.weights=/no/such.safetensors")
     assert r.returncode == 2 and "needs face-parsing weights" in r.stderr and "Traceback" not in r.stderr
 
 

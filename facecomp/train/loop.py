@@ -237,6 +237,9 @@ def train(cfg: Config, stage: int, data_root: str | Path | list[str], run_dir: s
             writer.add_scalar(f"stage{stage}/images_per_s", images_seen / max(seconds, 1e-9), step)
             writer.add_scalar(f"stage{stage}/lr_factor", factor, step)
             bar.set_postfix(recon=f"{metrics['recon']:.1f}", total=f"{metrics['total']:.1f}")
+            if not progress:  # a run in the background (nohup, a batch job): a line in its log instead of a bar
+                log.info("stage %d step %d/%d recon %.1f total %.1f lr x%.3f %.1f images/s", stage, step,
+                         total_steps, metrics["recon"], metrics["total"], factor, images_seen / max(seconds, 1e-9))
         if step % cfg.train.image_every == 0 or step == total_steps:
             grid = _grid(batch["image"], batch["mask"], result.completed)
             writer.add_image(f"stage{stage}/original_masked_completed", grid, step)
