@@ -2,7 +2,9 @@
 # The test command: set up, then every test that runs on a CPU (slow ones excluded; see README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh test,faces,serve,dali,export,cluster
+bash scripts/setup.sh test,faces,serve,dali,export,cluster,triton
+# A real Triton server for tests/test_triton.py, in its own venv (.venv/triton); the test skips if this fails.
+bash scripts/triton_env.sh || echo "note: could not set up .venv/triton; the Triton server test will skip"
 # The browser test drives Debian's Chromium (Playwright with executable_path); it skips if absent.
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
