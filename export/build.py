@@ -2,7 +2,11 @@
 
     OUT/facecomp-artifact.json   what it is and what made it (metadata.py)
     OUT/generator.pt2 | generator.onnx | generator.trt.ep + generator.plan
-    OUT/triton/facecomp_generator/...   (onnx, tensorrt) a Triton model repository
+    OUT/triton/facecomp_generator/...   (onnx, tensorrt) a Triton model repository: the generator
+    OUT/triton/facecomp_complete/...    and a Python backend model completing faces around it
+
+The engine contract (facecomp.contract.describe, the weights' identity) goes into the record and,
+for ONNX, into the file itself (metadata_props, doc strings, the batch dimension named ``batch``).
 
 The folder is assembled beside OUT and renamed into place once the artifact has loaded and
 matched the eager model, so OUT is never left half-written.

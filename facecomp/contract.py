@@ -1,7 +1,8 @@
 """The engine contract: what goes into an exported generator and what to do with what comes out.
 
-Dependency-light on purpose (numpy, OpenCV and :mod:`facecomp.layout`; no torch), so any runtime's
-client (ONNX Runtime, Triton's Python backend, a TensorRT program) can reproduce ``Completer``:
+Dependency-light on purpose (numpy and OpenCV only; no torch, no Pillow, no other facecomp module), so
+any runtime's client (ONNX Runtime, Triton's Python backend, a TensorRT program) can reproduce
+``Completer``:
 
     job = prepare(image, mask, seed)        # crop the face box to 128x128, fill the hole, add the mask channel
     generated = run(job.filled)              # float32 [1, 4, 128, 128] -> [1, 3, 128, 128], both in [-1, 1]
@@ -19,13 +20,23 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from facecomp import __version__, layout
+from facecomp import __version__
 
 MASK32 = 0xFFFFFFFF
 C1, C2 = 0x7FEB352D, 0x846CA68B  # lowbias32 multipliers (kernels/reference.py)
 MAX_SEED = 2**64
 INPAINT_RADIUS = 5  # as facecomp.complete: masked pixels off the face box are filled by Telea's method
 INPAINT_MAX_PIXELS = 250_000
+# The aligned-face layout of facecomp/layout.py, stated here so this module needs nothing else
+# (tests/test_contract.py checks they agree).
+ALIGNED_SIZE = (178, 218)  # (width, height) of a CelebA-aligned face
+CROP_BOX = (9, 41, 169, 201)  # (x0, y0, x1, y1), half-open, in the aligned face
+CROP_SIZE = 128
+
+
+def face_box(width: int, height: int) -> tuple[int, int, int, int]:
+    """CROP_BOX for an aligned 178x218 face, else the whole image (as face_box in facecomp/layout.py)."""
+    return CROP_BOX if (width, height) == ALIGNED_SIZE else (0, 0, width, height)
 
 
 # ---- the fill noise (kernels/reference.py, in uint32 numpy arithmetic, which wraps mod 2**32 natively) ----
@@ -115,16 +126,16 @@ def check_inputs(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def prepare(image: np.ndarray, mask: np.ndarray, seed: int = 0, sample: int = 0, mask_channel: bool = True,
-            size: int = layout.CROP_SIZE) -> Job:
+            size: int = CROP_SIZE) -> Job:
     """image [H, W, 3] uint8 RGB; mask [H, W] in [0, 1] (1 = hole) -> the engine's input for sample ``sample``.
 
-    The face box (:func:`facecomp.layout.face_box`: the 160x160 box of an aligned 178x218 face, else the
+    The face box (:func:`face_box`: the 160x160 box of an aligned 178x218 face, else the
     whole image) is resampled to ``size`` (INTER_AREA); a crop pixel is in the hole if any input pixel it
     covers is, grown by one pixel; the hole holds ``noise((1, 3, S, S), seed, offset=sample)``.
     """
     mask, hole = check_inputs(image, mask)
     h, w = hole.shape
-    x0, y0, x1, y1 = layout.face_box(w, h)
+    x0, y0, x1, y1 = face_box(w, h)
     inside = np.zeros((h, w), bool)
     inside[y0:y1, x0:x1] = True
     if not (hole & inside).any():
@@ -175,10 +186,10 @@ def inpaint(image: np.ndarray, region: np.ndarray) -> np.ndarray:
     return np.where(region[..., None], cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR), image)
 
 
-def describe(in_channels: int = 4, size: int = layout.CROP_SIZE) -> dict[str, str]:
+def describe(in_channels: int = 4, size: int = CROP_SIZE) -> dict[str, str]:
     """The contract in words, for an artifact's record and the ONNX file's metadata_props."""
-    x0, y0, x1, y1 = layout.CROP_BOX
-    aw, ah = layout.ALIGNED_SIZE
+    x0, y0, x1, y1 = CROP_BOX
+    aw, ah = ALIGNED_SIZE
     mask = ("channel 4 (index 3) is the mask: 1 = hole (to complete), 0 = known; binary"
             if in_channels == 4 else "no mask channel (3-channel generator): the hole shows only as noise")
     return {

@@ -119,6 +119,10 @@ def test_record_carries_what_made_the_artifact(aoti_fp32):
     assert meta.versions["torch"] == torch.__version__.split("+")[0] or meta.versions["torch"] == torch.__version__
     assert meta.generator_config["image_size"] == 128
     assert meta.parity["2"]["max_abs"] < FP32_MAX_ABS  # measured at export time
+    # The engine contract, in the record of a format whose file cannot carry it (the ONNX file does too).
+    assert meta.contract["layout"] == "NCHW" and meta.contract["crop_box"] == "9,41,169,201"
+    assert "1 = hole" in meta.contract["mask"] and "(seed, offset)" in meta.contract["noise"]
+    assert meta.contract["weights_sha256"] == meta.weights_sha256 and meta.contract["precision"] == "fp32"
 
 
 def test_other_weights_other_precision_and_changed_files_are_refused(aoti_fp32, other_weights, tmp_path):
