@@ -86,9 +86,18 @@ def test_contract_refuses_what_completer_refuses():
         contract.prepare(img.astype(np.float32), off_box)
 
 
-def test_contract_imports_no_torch():
-    code = "import sys, facecomp.contract; sys.exit(1 if 'torch' in sys.modules else 0)"
-    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+def test_contract_imports_only_numpy_and_opencv():
+    code = ("import sys, facecomp.contract; bad = [m for m in ('torch', 'PIL', 'facecomp.layout', 'facecomp.images') "
+            "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_contract_layout_is_facecomp_layout():
+    assert (contract.ALIGNED_SIZE, contract.CROP_BOX, contract.CROP_SIZE) == \
+        (layout.ALIGNED_SIZE, layout.CROP_BOX, layout.CROP_SIZE)
+    for w, h in ((178, 218), (218, 178), (128, 128), (300, 200), (178, 219)):
+        assert contract.face_box(w, h) == layout.face_box(w, h)
 
 
 def test_onnx_runtime_with_the_contract_equals_completer(onnx_artifact, face_files):
