@@ -67,8 +67,9 @@ def stage_costs(files: list[Path], cfg, batches: int = 40) -> dict[str, float]:
     from nvidia.dali import fn, pipeline_def, types
 
     from facecomp.data import dali as D
-    from facecomp.data.pipeline import Augment, FaceDataset
+    from facecomp.data.pipeline import FaceDataset
     from facecomp.images import read_rgb
+    from facecomp.layout import Augment
 
     spec = dataclasses.replace(D.dali_spec(cfg), threads=1, prefetch=1)
     names = [str(f) for f in files]

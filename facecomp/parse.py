@@ -14,38 +14,17 @@ import cv2
 import numpy as np
 import torch
 
-from facecomp.config import ParsingConfig
-from facecomp.data.pipeline import crop_matrix
+from facecomp import models
 from facecomp.images import to_tensor
-from facecomp.models.parsing import ParsingNet, freeze
-from facecomp.train import checkpoint as ck
+from facecomp.layout import crop_matrix
 
-DEFAULT_PARSING = Path(__file__).resolve().parent / "weights" / "parsing.safetensors"
 PARSING_SIZE = 128
-
-
-def load_parsing_net(path: str | Path | None = None, device: str | torch.device = "cpu") -> ParsingNet:
-    """A frozen parsing network from a weights file (default: the shipped one); its shapes come
-    from the file's own metadata, so any trained width loads."""
-    path = Path(path) if path else DEFAULT_PARSING
-    if not path.is_file():
-        raise ValueError(f"face-parsing weights {path} do not exist "
-                         "(set parsing.weights=PATH, or train them: facecomp parsing train)")
-    meta = ck.read_metadata(path)
-    if meta.get("kind") != "parsing":
-        raise ValueError(f"{path}: not parsing weights (kind {meta.get('kind')!r})")
-    try:
-        net = ParsingNet(ParsingConfig(**{**meta.get("config", {}), "weights": str(path)}))
-    except TypeError as e:
-        raise ValueError(f"{path}: parsing config in the file is not understood ({e})") from None
-    ck.load_module(path, net, "parsing")
-    return freeze(net).to(device)
 
 
 class Parser:
     def __init__(self, weights: str | Path | None = None, device: str | torch.device = "cpu"):
         self.device = torch.device(device)
-        self.net = load_parsing_net(weights, self.device)
+        self.net = models.load("parsing", weights, self.device)
 
     @torch.no_grad()
     def scores(self, faces: torch.Tensor) -> torch.Tensor:

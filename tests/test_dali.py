@@ -19,7 +19,7 @@ from scipy import stats
 from facecomp import masks
 from facecomp.config import load_config
 from facecomp.data.celeba import CelebAIndex
-from facecomp.data.pipeline import Augment, crop_matrix, load_face
+from facecomp.layout import Augment, crop_matrix, load_face
 
 HAVE_DALI = importlib.util.find_spec("nvidia.dali") is not None
 requires_dali = pytest.mark.skipif(not HAVE_DALI, reason="NVIDIA DALI not installed: pip install 'facecomp[dali]'")

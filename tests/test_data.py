@@ -6,7 +6,8 @@ import torch
 
 from facecomp.config import DataConfig, MaskConfig
 from facecomp.data.celeba import CelebAIndex
-from facecomp.data.pipeline import Augment, EpochBatchSampler, FaceDataset, build_loader, crop_matrix, load_face
+from facecomp.data.pipeline import EpochBatchSampler, FaceDataset, build_loader
+from facecomp.layout import Augment, crop_matrix, load_face
 
 
 def test_celeba_index_partitions(celeba):

@@ -9,9 +9,9 @@ import torch
 from facecomp import faces
 from facecomp.data.parsing import ParsingDataset, labelled_pairs, warp_pair
 from facecomp.data.parsing_labels import LABEL_ID, colorize, draw_labels, label_folder
-from facecomp.data.pipeline import Augment
 from facecomp.eval.parsing_scores import confusion, f_scores, mean_iou
 from facecomp.images import read_gray, read_rgb, write_png
+from facecomp.layout import Augment
 from facecomp.models.parsing import LABELS
 
 
@@ -152,16 +152,15 @@ def test_parser_labels_at_input_size(parsing_weights, face_files):
 
 
 def test_parsing_weights_of_another_kind_are_refused(tmp_path, smoke_cfg):
-    from facecomp.models import Generator
-    from facecomp.parse import load_parsing_net
+    from facecomp.models import Generator, load
     from facecomp.train import checkpoint as ck
 
     path = tmp_path / "g.safetensors"
     ck.save_module(path, Generator(smoke_cfg.generator), "generator", {})
     with pytest.raises(ValueError, match="not parsing weights"):
-        load_parsing_net(path)
+        load("parsing", path)
     with pytest.raises(ValueError, match="do not exist"):
-        load_parsing_net(tmp_path / "none.safetensors")
+        load("parsing", tmp_path / "none.safetensors")
 
 
 def test_parsing_training_learns_the_labels(tmp_path, face_files, smoke_cfg):
@@ -179,9 +178,9 @@ def test_parsing_training_learns_the_labels(tmp_path, face_files, smoke_cfg):
                                       "parsing_train.ckpt_every=20", "data.partition=val", "data.limit=16"])
     run = train_parsing(cfg, root, tmp_path / "run", progress=False)
     assert run.steps == 40 and (tmp_path / "run" / "parsing.safetensors").exists()
-    from facecomp.parse import load_parsing_net
+    from facecomp.models import load
 
-    net = load_parsing_net(tmp_path / "run" / "parsing.safetensors")
+    net = load("parsing", tmp_path / "run" / "parsing.safetensors")
     ds = ParsingDataset(labelled_pairs(files, tmp_path / "labels"), 128, Augment(), 0)
     with torch.no_grad():
         batch = [ds[i] for i in range(8)]
@@ -193,8 +192,10 @@ def test_parsing_training_learns_the_labels(tmp_path, face_files, smoke_cfg):
 
 def test_stage3_loads_the_shipped_parsing_network_frozen(smoke_cfg):
     """Stage 3 by default: the shipped parsing weights, eval mode, no gradients, in no optimizer."""
-    from facecomp.parse import DEFAULT_PARSING
     from facecomp.train.loop import build_models
+    from facecomp.weights import SHIPPED
+
+    DEFAULT_PARSING = SHIPPED["parsing"]
 
     if not DEFAULT_PARSING.is_file():
         pytest.fail(f"the shipped parsing weights are missing: {DEFAULT_PARSING}")
@@ -212,7 +213,7 @@ def test_stage3_loads_the_shipped_parsing_network_frozen(smoke_cfg):
 def test_shipped_network_beats_the_per_pixel_prior_on_held_out_faces(celeba, detector):
     """Labels drawn on the fly: a prior from 16 train faces vs the shipped network on 8 val faces."""
     from facecomp.data.celeba import CelebAIndex
-    from facecomp.parse import DEFAULT_PARSING, load_parsing_net
+    from facecomp.models import load
 
     index = CelebAIndex.open(celeba)
 
@@ -229,7 +230,7 @@ def test_shipped_network_beats_the_per_pixel_prior_on_held_out_faces(celeba, det
     prior = np.stack([np.bincount(col, minlength=len(LABELS)) for col in
                       np.stack([lbl for _, lbl in train]).reshape(len(train), -1).T]).argmax(1).reshape(128, 128)
     val = crops(index.files("val")[::100][:8])
-    net = load_parsing_net(DEFAULT_PARSING)
+    net = load("parsing", "shipped")
     from facecomp.images import to_tensor
 
     with torch.no_grad():

@@ -91,7 +91,7 @@ def _face_metrics(spec: str, parsing_weights: str | None) -> tuple:
 
     from facecomp import faces
     from facecomp.eval import table
-    from facecomp.parse import DEFAULT_PARSING
+    from facecomp.weights import SHIPPED
 
     names = [s.strip() for s in spec.split(",") if s.strip()]
     auto = names == ["auto"]
@@ -114,7 +114,7 @@ def _face_metrics(spec: str, parsing_weights: str | None) -> tuple:
                 continue
             chosen.append(table.IdentityDistance())
         elif name == "parsing":
-            if auto and not parsing_weights and not DEFAULT_PARSING.is_file():
+            if auto and not parsing_weights and not SHIPPED["parsing"].is_file():
                 print("facecomp: note: no parsing agreement: no shipped parsing weights", file=sys.stderr)
                 continue
             chosen.append(table.ParsingAgreement(parsing_weights))

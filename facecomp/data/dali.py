@@ -11,7 +11,7 @@ contract of :mod:`facecomp.data.pipeline`:
   ``skipped`` int, unreadable files left out (see below)
 
 What matches the reference and what does not:
-- Geometry: the same 2x3 matrix as :func:`pipeline.crop_matrix` (crop box, flip, shift, rotation,
+- Geometry: the same 2x3 matrix as :func:`layout.crop_matrix` (crop box, flip, shift, rotation,
   scale about the crop centre, the same ranges from the same DataConfig), built with
   ``fn.transforms`` and applied by ``fn.experimental.warp_perspective`` with OpenCV's pixel origin
   and border mode (reflect 101), so each output pixel is the one ``cv2.warpAffine`` makes from the

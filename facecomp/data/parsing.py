@@ -1,6 +1,6 @@
 """Face + label-map pairs for training and scoring the parsing network.
 
-The same crop and augmentation as completion training (``pipeline.crop_matrix``): the image is
+The same crop and augmentation as completion training (``layout.crop_matrix``): the image is
 resampled bilinearly, its label map with nearest neighbours, and a horizontal flip swaps the
 image-left and image-right classes (brows, eyes) so labels stay "as seen in the image".
 """
@@ -16,8 +16,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from facecomp.data.parsing_labels import FLIP_PERMUTATION, label_path
-from facecomp.data.pipeline import Augment, EpochBatchSampler, crop_matrix, sample_rng
+from facecomp.data.pipeline import EpochBatchSampler, sample_rng
 from facecomp.images import read_gray, read_rgb, to_tensor
+from facecomp.layout import Augment, crop_matrix
 
 log = logging.getLogger(__name__)
 

@@ -15,60 +15,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from facecomp import layout, masks
+from facecomp import masks
 from facecomp.config import DataConfig, MaskConfig
-from facecomp.images import read_rgb, to_tensor
+from facecomp.images import to_tensor
+from facecomp.layout import Augment, load_face
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Augment:
-    flip: float = 0.0
-    shift: float = 0.0
-    rotate: float = 0.0
-    scale_min: float = 1.0
-    scale_max: float = 1.0
-
-    @classmethod
-    def from_config(cls, cfg: DataConfig) -> Augment:
-        return cls(cfg.flip, cfg.shift, cfg.rotate, cfg.scale_min, cfg.scale_max)
-
-
-def crop_matrix(width: int, height: int, size: int, aug: Augment, rng: np.random.Generator | None) -> np.ndarray:
-    """2x3 matrix taking input pixels to the size x size face crop, with a random similarity
-    transform (flip, shift, rotation, scale about the crop centre) composed in when ``rng`` is given."""
-    base = np.vstack([layout.input_to_crop(width, height), [0, 0, 1]])
-    base = np.diag([size / layout.CROP_SIZE, size / layout.CROP_SIZE, 1.0]) @ base
-    if rng is None:
-        return base[:2]
-    c = size / 2.0
-    flip = -1.0 if rng.random() < aug.flip else 1.0
-    angle = np.deg2rad(rng.uniform(-aug.rotate, aug.rotate))
-    scale = rng.uniform(aug.scale_min, aug.scale_max)
-    tx, ty = rng.uniform(-aug.shift, aug.shift, size=2) * size
-    cos, sin = scale * np.cos(angle), scale * np.sin(angle)
-    about_centre = np.array([[cos * flip, -sin, 0], [sin * flip, cos, 0], [0, 0, 1]])
-    to_origin = np.array([[1, 0, -c], [0, 1, -c], [0, 0, 1]])
-    back = np.array([[1, 0, c + tx], [0, 1, c + ty], [0, 0, 1]])
-    return (back @ about_centre @ to_origin @ base)[:2]
-
-
-def load_face(path: str | Path, size: int, aug: Augment = Augment(),
-              rng: np.random.Generator | None = None) -> np.ndarray:
-    """Read a face and return its (augmented) size x size crop. [S, S, 3] uint8"""
-    img = read_rgb(path)
-    h, w = img.shape[:2]
-    m = crop_matrix(w, h, size, aug, rng)
-    return cv2.warpAffine(img, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:

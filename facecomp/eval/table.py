@@ -16,8 +16,8 @@ import numpy as np
 from tqdm import tqdm
 
 from facecomp import images, masks, metrics
-from facecomp.data.pipeline import load_face
 from facecomp.eval.methods import Method
+from facecomp.layout import load_face
 
 METRICS = {"ssim": "SSIM", "psnr": "PSNR (dB)", "psnr_hole": "PSNR inside the hole (dB)"}
 

@@ -105,8 +105,7 @@ class Runner:
 
 
 def model_facts(runner: Runner) -> dict:
-    from facecomp.complete import DEFAULT_WEIGHTS, resolve_weights
-    from facecomp.train import checkpoint as ck
+    from facecomp import weights
 
     model = runner.model
     engine = getattr(model, "meta", None)  # a compiled artifact carries its own record
@@ -118,14 +117,15 @@ def model_facts(runner: Runner) -> dict:
     if engine is not None:
         from facecomp.export.metadata import sha256_file
 
-        shipped = DEFAULT_WEIGHTS.is_file() and sha256_file(DEFAULT_WEIGHTS) == engine.weights_sha256
+        shipped_file = weights.SHIPPED["generator"]
+        shipped = shipped_file.is_file() and sha256_file(shipped_file) == engine.weights_sha256
         return {"weights": engine.weights_name, "shipped": shipped, "weights_file_sha256": engine.weights_sha256,
                 "config": engine.generator_config, "parameters": None,
                 "runtime": {"engine": engine.format, "precision": engine.precision, "device": engine.device,
                             "batch": engine.batch, "parity_vs_eager": engine.parity}, **common}
-    path = resolve_weights(runner.cfg.model)
-    meta = ck.read_metadata(path)
-    return {"weights": path.name, "shipped": path == DEFAULT_WEIGHTS, "sha256": meta.get("sha256"),
+    path = weights.resolve(runner.cfg.model)
+    meta = weights.read_metadata(path)
+    return {"weights": path.name, "shipped": path == weights.SHIPPED["generator"], "sha256": meta.get("sha256"),
             "stage": meta.get("stage"), "step": meta.get("step"), "config": meta.get("config"),
             "parameters": sum(p.numel() for p in model.parameters()), "runtime": {"engine": None}, **common}
 

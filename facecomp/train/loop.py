@@ -53,12 +53,13 @@ def build_models(cfg: Config, stage: int, device: torch.device) -> Models:
 
 def load_parsing(cfg: Config) -> nn.Module:
     """The frozen parsing network of the stage-3 loss: parsing.weights, or the shipped one."""
-    from facecomp.parse import load_parsing_net
+    from facecomp import models
 
     try:
-        return load_parsing_net(cfg.parsing.weights or None)
+        return models.load("parsing", cfg.parsing.weights or None)
     except ValueError as e:
-        raise ValueError(f"stage 3 needs face-parsing weights: {e}") from None
+        raise ValueError(f"stage 3 needs face-parsing weights: {e} (set parsing.weights=PATH, or train them: "
+                         "facecomp parsing train)") from None
 
 
 def weights_meta(cfg: Config, name: str, stage: int, step: int) -> dict:
@@ -167,7 +168,7 @@ def train(cfg: Config, stage: int, data_root: str | Path | list[str], run_dir: s
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
-    writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step if resume else None)
+    writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1 if resume else None)
     for mod in (models.generator, models.d_local, models.d_global):
         mod.train()
 

@@ -24,9 +24,9 @@ from facecomp import runtime
 from facecomp.config import Config
 from facecomp.data.celeba import CelebAIndex
 from facecomp.data.parsing import eval_loader, labelled_pairs, train_loader
-from facecomp.data.pipeline import Augment
 from facecomp.eval.parsing_scores import confusion, f_scores, mean_iou
 from facecomp.images import read_gray
+from facecomp.layout import Augment
 from facecomp.models.parsing import LABELS, ParsingNet
 from facecomp.train import checkpoint as ck
 from facecomp.train.step import autocast
@@ -99,7 +99,7 @@ def train_parsing(cfg: Config, data_root: str | Path, run_dir: str | Path, resum
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
-    writer = SummaryWriter(str(run_dir / "tb"), purge_step=start if resume else None)
+    writer = SummaryWriter(str(run_dir / "tb"), purge_step=start + 1 if resume else None)
     loader = train_loader(pairs, SIZE, Augment.from_config(cfg.data), pt.batch_size, cfg.train.seed, start,
                           cfg.data.workers)
     bar = tqdm(total=pt.steps, initial=start, desc="parsing", unit="step", disable=not progress)
@@ -171,11 +171,11 @@ def prior_map(pairs: list[tuple[Path, Path]], limit: int = 1000) -> np.ndarray:
 def evaluate_parsing(weights: str | Path | None, data_root: str | Path, labels: str | Path, partition: str = "val",
                      limit: int = 0, train_partition: str = "train", device: str = "cpu") -> dict:
     """F-scores of a parsing network and of the per-pixel prior baseline on a partition's labels."""
-    from facecomp.parse import load_parsing_net
+    from facecomp import models
 
     index = CelebAIndex.open(data_root)
     pairs = labelled_pairs(index.files(partition, limit), labels)
-    net = load_parsing_net(weights, device)
+    net = models.load("parsing", weights, device)
     dev = torch.device(device)
     conf, n = predict_crops(net, eval_loader(pairs, SIZE, 32), dev)
     prior = prior_map(labelled_pairs(index.files(train_partition), labels))

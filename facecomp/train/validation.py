@@ -18,8 +18,8 @@ from torch import nn
 from facecomp import kernels, masks, metrics
 from facecomp.config import Config
 from facecomp.data.celeba import CelebAIndex
-from facecomp.data.pipeline import load_face
 from facecomp.images import to_tensor, to_uint8
+from facecomp.layout import load_face
 
 
 @dataclass
