@@ -332,8 +332,8 @@ def _weights(ctx: Context) -> Path | None:
 
 
 def export_engine(ctx: Context) -> dict:
+    from facecomp import models
     from facecomp.cli import main as cli
-    from facecomp.complete import load_generator
     from facecomp.export import load_engine, parity
     from facecomp.export.program import example_input
 
@@ -355,7 +355,7 @@ def export_engine(ctx: Context) -> dict:
         res["complete_rc"] = cli(["complete", str(ctx.faces[0]), "--mask", "O3", "--engine", str(art), "--device",
                                   ctx.device.type, "-o", str(ctx.out / "work" / "completed.png"), *model_args])
         res["complete_s"] = time.perf_counter() - t
-    eager = load_generator(weights, ctx.device).float()
+    eager = models.load("generator", weights, ctx.device).float()
     engine = load_engine(art, device=ctx.device.type)
     repeats = 30 if ctx.cuda else 3
     with torch.no_grad():

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from facecomp.complete import load_generator
+from facecomp import models
 from facecomp.export import BatchRange, ExportConfig, export_artifact, load_engine, parity
 from facecomp.export.formats import FORMATS, AotiFormat
 from facecomp.export.program import ExportableGenerator, example_input
@@ -44,7 +44,7 @@ def median_time(fn, x, repeats: int, sync) -> float:
 
 
 def build_methods(device: str, workdir: Path, include: set[str]) -> dict:
-    gen = load_generator(None, device).float()
+    gen = models.load("generator", None, device).float()
     methods = {}
 
     def eager(dtype, channels_last):

@@ -6,10 +6,10 @@
 """
 
 from facecomp.export.build import export_artifact, parity
-from facecomp.export.engine import Engine, load_engine
+from facecomp.export.engine import Engine, load_engine, open_generator
 from facecomp.export.formats import FORMATS, ExportUnavailable
 from facecomp.export.metadata import ArtifactMeta, ArtifactMismatch
 from facecomp.export.spec import BatchRange, ExportConfig
 
 __all__ = ["ArtifactMeta", "ArtifactMismatch", "BatchRange", "Engine", "ExportConfig", "ExportUnavailable", "FORMATS",
-           "export_artifact", "load_engine", "parity"]
+           "export_artifact", "load_engine", "open_generator", "parity"]

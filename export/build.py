@@ -24,7 +24,8 @@ import torch
 
 from facecomp import config as config_mod
 from facecomp import contract as contract_mod
-from facecomp.complete import load_generator, resolve_weights
+from facecomp import models
+from facecomp import weights as weights_mod
 from facecomp.export import triton
 from facecomp.export.engine import Engine
 from facecomp.export.formats import FORMATS
@@ -45,15 +46,15 @@ def parity(reference: torch.Tensor, candidate: torch.Tensor) -> dict[str, float]
 def engine_contract(channels: int, size: int, cfg: ExportConfig, weights: Path) -> dict[str, str]:
     """What a runtime must feed the artifact and do with its output (facecomp.contract), and what made it."""
     return {**contract_mod.describe(channels, size), "precision": cfg.precision,
-            "weights_name": weights.name, "weights_sha256": sha256_file(weights)}
+            "weights_name": weights.name, "weights_sha256": weights_mod.identity(weights)}
 
 
 def export_artifact(out: str | Path, cfg: ExportConfig, weights: str | Path | None = None,
                     check_batches: tuple[int, ...] | None = None) -> ArtifactMeta:
     fmt = FORMATS[cfg.format]
     fmt.check_available(cfg)
-    weights = resolve_weights(weights)
-    generator = load_generator(weights, cfg.device).float()
+    weights = weights_mod.resolve(weights)
+    generator = models.load("generator", weights, cfg.device).float()
     program = export_program(generator, cfg)
 
     out = Path(out)
@@ -69,7 +70,7 @@ def export_artifact(out: str | Path, cfg: ExportConfig, weights: str | Path | No
             format=cfg.format, precision=cfg.precision, device=cfg.device,
             batch={"min": cfg.batch.min, "opt": cfg.batch.opt, "max": cfg.batch.max},
             input=TensorSpec(INPUT_NAME, [c, s, s]), output=TensorSpec(OUTPUT_NAME, [3, s, s]),
-            generator_config=config_mod.to_dict(generator.cfg), weights_sha256=sha256_file(weights),
+            generator_config=config_mod.to_dict(generator.cfg), weights_sha256=weights_mod.identity(weights),
             weights_name=weights.name, files={f: sha256_file(staging / f) for f in files}, versions=fmt.versions(),
             contract=contract)
         meta.write(staging)

@@ -47,6 +47,22 @@ class Engine:
         return torch.cat(outs)
 
 
+def open_generator(weights: str | Path | None = None, engine: str | Path | None = None,
+                   device: str = "cpu"):
+    """What runs the generator for ``complete --model/--engine`` and ``serve``: the compiled artifact
+    ``engine`` (refused unless built from ``weights``, when they are named), else the eager ``weights``.
+    The result goes to ``facecomp.Completer``, which never imports this package."""
+    import torch
+
+    from facecomp import models
+    from facecomp import weights as weights_mod
+
+    if engine is None:
+        return models.load("generator", weights, device)
+    named = weights_mod.resolve(weights) if weights is not None else None
+    return load_engine(engine, weights=named, device=torch.device(device).type)
+
+
 def load_engine(folder: str | Path, *, weights: str | Path | None = None, precision: str | None = None,
                 device: str | None = None) -> Engine:
     return Engine(folder, weights=weights, precision=precision, device=device)

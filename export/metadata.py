@@ -59,7 +59,7 @@ class ArtifactMeta:
     input: TensorSpec
     output: TensorSpec
     generator_config: dict  # GeneratorConfig the weights were trained with
-    weights_sha256: str  # of the safetensors file the artifact was built from
+    weights_sha256: str  # facecomp.weights.identity (the tensors' SHA-256) of the weights it was built from
     weights_name: str
     files: dict[str, str]  # artifact file name -> sha256
     versions: dict[str, str] = field(default_factory=dict)
@@ -107,7 +107,9 @@ class ArtifactMeta:
               device: str | None = None) -> None:
         """Refuse, with the reason, an artifact that is not what the caller expects."""
         if weights is not None:
-            digest = sha256_file(weights)
+            from facecomp.weights import identity
+
+            digest = identity(weights)
             if digest != self.weights_sha256:
                 raise ArtifactMismatch(
                     f"the engine was built from other weights ({self.weights_name}, sha256 {self.weights_sha256[:12]}) "

@@ -15,6 +15,7 @@ box is refused.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,14 +23,10 @@ import cv2
 import numpy as np
 import torch
 
-from facecomp import kernels, layout
-from facecomp.config import GeneratorConfig
+from facecomp import kernels, layout, models
 from facecomp.images import to_tensor, to_uint8
-from facecomp.models import Generator
-from facecomp.train import checkpoint as ck
 
 log = logging.getLogger(__name__)
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "generator.safetensors"
 BLENDS = ("none", "poisson")
 MAX_SEED = 2**64  # the fill noise is keyed by a 64-bit seed (kernels.reference.keys)
 INPAINT_RADIUS = 5  # px around each inpainted pixel that Telea's method draws from
@@ -83,31 +80,6 @@ def check_request(samples: int, seed: int) -> None:
         raise ValueError(f"seed must be in 0..2**64-1, got {seed}")
 
 
-def resolve_weights(path: str | Path | None = None) -> Path:
-    """The generator weights file named by a file, a run directory or a checkpoint; default: the shipped model."""
-    path = Path(path) if path is not None else DEFAULT_WEIGHTS
-    if path.is_dir():
-        path = (path / "generator.safetensors") if (path / "generator.safetensors").is_file() \
-            else ck.find_checkpoint(path) / "generator.safetensors"
-    if path == DEFAULT_WEIGHTS and not path.is_file():
-        raise ValueError("no shipped model in this install yet; pass --model WEIGHTS (a trained generator)")
-    return path
-
-
-def load_generator(path: str | Path | None = None, device: str | torch.device = "cpu") -> Generator:
-    """A generator from a weights file, a run directory or a checkpoint; default: the shipped model."""
-    path = resolve_weights(path)
-    meta = ck.read_metadata(path)
-    if meta.get("kind") != "generator" or "config" not in meta:
-        raise ValueError(f"{path}: not generator weights (kind {meta.get('kind')!r})")
-    try:
-        gen = Generator(GeneratorConfig(**meta["config"]))
-    except TypeError as e:
-        raise ValueError(f"{path}: generator config in the file is not understood ({e})") from None
-    ck.load_module(path, gen, "generator")
-    return gen.eval().to(device)
-
-
 def poisson_blend(completed: np.ndarray, original: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """The paper's M5: OpenCV's seamless cloning of the completed hole into the original. [H,W,3] uint8
 
@@ -133,19 +105,22 @@ def poisson_blend(completed: np.ndarray, original: np.ndarray, mask: np.ndarray)
 class Completer:
     """Face completion with a trained generator."""
 
-    def __init__(self, weights: str | Path | None = None, device: str | torch.device = "cpu",
-                 kernel_impl: str = "auto", engine: str | Path | None = None):
-        """``engine``: an artifact folder from ``facecomp export`` run in place of the eager generator (fill and
-        composite stay here). With ``weights`` too, the engine must have been built from those weights."""
+    def __init__(self, generator: str | Path | Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 device: str | torch.device = "cpu", kernel_impl: str = "auto"):
+        """``generator``: the weights to load (``shipped`` or None for the shipped model, a weights file,
+        a checkpoint or a run; see facecomp.weights.resolve), or a generator already built: an eager
+        module, or a compiled engine (``facecomp.export.load_engine``) — anything that maps the
+        [N, 3 or 4, S, S] input to [N, 3, S, S] and carries its ``cfg`` (a GeneratorConfig).
+        Fill and composite stay here whatever runs the generator."""
         self.device = torch.device(device)
         self.kernel_impl = kernel_impl
-        if engine is not None:
-            from facecomp.export import load_engine
-
-            self.generator = load_engine(engine, weights=resolve_weights(weights) if weights is not None else None,
-                                         device=self.device.type)
+        if generator is None or isinstance(generator, str | Path):
+            self.generator = models.load("generator", generator, self.device)
+        elif callable(generator) and hasattr(generator, "cfg"):
+            self.generator = generator
         else:
-            self.generator = load_generator(weights, self.device)
+            raise TypeError(f"generator: weights (a path or 'shipped') or a generator with a cfg, got "
+                            f"{type(generator).__name__}")
         self.size = self.generator.cfg.image_size
 
     def complete(self, image: np.ndarray, mask: np.ndarray, seed: int = 0, samples: int = 1,

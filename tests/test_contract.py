@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from facecomp import contract, kernels, layout, masks
-from facecomp.complete import DEFAULT_WEIGHTS, Completer
+from facecomp import contract, kernels, layout, masks, weights
+from facecomp.complete import Completer
 from facecomp.export import ArtifactMeta, BatchRange, ExportConfig, export_artifact
 from facecomp.export.metadata import sha256_file
 from facecomp.images import read_rgb, to_tensor
@@ -145,7 +145,7 @@ def test_onnx_file_and_record_state_the_contract(onnx_artifact):
     import facecomp
 
     assert props["facecomp_version"] == facecomp.__version__
-    assert props["weights_sha256"] == sha256_file(DEFAULT_WEIGHTS)
+    assert props["weights_sha256"] == weights.identity(weights.SHIPPED["generator"])
     meta = ArtifactMeta.read(onnx_artifact)
     assert meta.contract == props  # the record says the same as the file
     assert meta.files["generator.onnx"] == sha256_file(onnx_artifact / "generator.onnx")  # hashed after annotating

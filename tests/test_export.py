@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from facecomp.complete import DEFAULT_WEIGHTS, Completer, load_generator
+from facecomp import models, weights
+from facecomp.complete import Completer
 from facecomp.export import (
     ArtifactMeta,
     ArtifactMismatch,
@@ -22,6 +23,7 @@ from facecomp.export import (
     ExportUnavailable,
     export_artifact,
     load_engine,
+    open_generator,
     parity,
     triton,
 )
@@ -37,7 +39,7 @@ BF16_MAX_ABS = 0.1
 
 @pytest.fixture(scope="module")
 def eager():
-    return load_generator().float()
+    return models.load("generator").float()
 
 
 @pytest.fixture(scope="module")
@@ -112,9 +114,8 @@ def test_batches_beyond_the_artifact_range_run_in_chunks(aoti_fp32, eager):
 
 def test_record_carries_what_made_the_artifact(aoti_fp32):
     meta = ArtifactMeta.read(aoti_fp32)
-    from facecomp.export.metadata import sha256_file
 
-    assert meta.weights_sha256 == sha256_file(DEFAULT_WEIGHTS)
+    assert meta.weights_sha256 == weights.identity(weights.SHIPPED["generator"])  # the one identity of weights
     assert meta.precision == "fp32" and meta.device == "cpu" and meta.format == "aoti"
     assert meta.versions["torch"] == torch.__version__.split("+")[0] or meta.versions["torch"] == torch.__version__
     assert meta.generator_config["image_size"] == 128
@@ -132,7 +133,7 @@ def test_other_weights_other_precision_and_changed_files_are_refused(aoti_fp32, 
         load_engine(aoti_fp32, precision="bf16")
     with pytest.raises(ArtifactMismatch, match="cannot run on cuda"):
         load_engine(aoti_fp32, device="cuda")
-    load_engine(aoti_fp32, weights=DEFAULT_WEIGHTS, precision="fp32", device="cpu")  # the right ones pass
+    load_engine(aoti_fp32, weights=weights.SHIPPED["generator"], precision="fp32", device="cpu")  # right ones pass
 
     changed = tmp_path / "changed"
     shutil.copytree(aoti_fp32, changed)
@@ -275,12 +276,12 @@ def test_complete_with_engine_matches_eager(aoti_fp32, face_files, other_weights
     img = read_rgb(face_files[0])
     m = masks.occlusion("O3", img.shape[1], img.shape[0])
     a = Completer().complete(img, m, seed=3, samples=2)
-    b = Completer(engine=aoti_fp32).complete(img, m, seed=3, samples=2)
+    b = Completer(open_generator(None, aoti_fp32)).complete(img, m, seed=3, samples=2)
     for x, y in zip(a, b, strict=True):
         assert np.abs(x.astype(int) - y.astype(int)).max() <= 1  # uint8 rounding at most
         assert (x != img).any()
     with pytest.raises(ArtifactMismatch):
-        Completer(other_weights, engine=aoti_fp32)
+        open_generator(other_weights, aoti_fp32)
 
 
 def test_cli_export_and_complete_engine(onnx_fp32, face_files, other_weights, tmp_path):
@@ -311,7 +312,7 @@ def test_aoti_cuda_matches_eager(tmp_path):
         pytest.skip("needs a CUDA GPU")
     out = tmp_path / "cuda"
     export_artifact(out, ExportConfig(format="aoti", precision="fp16", device="cuda", batch=BatchRange(1, 8, 32)))
-    eager = load_generator(None, "cuda").float()
+    eager = models.load("generator", None, "cuda").float()
     engine = load_engine(out, device="cuda")
     x = example_input(eager, 8, "cuda")
     with torch.no_grad():
@@ -336,7 +337,7 @@ def test_tensorrt_fp16_matches_eager(tmp_path):
     # The names Triton will look up are the plan's own (read here with TensorRT, not our reader).
     assert [i.name for i in config.input] == [n for n in names if is_in[n]]
     assert [o.name for o in config.output] == [n for n in names if not is_in[n]]
-    eager = load_generator(None, "cuda").float()
+    eager = models.load("generator", None, "cuda").float()
     engine = load_engine(out, device="cuda", precision="fp16")
     for n in (1, 8, 32):  # batch 1 reaches the saved program as is: a static-batch retrace would refuse it
         x = example_input(eager, n, "cuda")

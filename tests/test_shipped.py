@@ -10,14 +10,17 @@ from facecomp.images import read_rgb
 
 
 def test_shipped_generator_is_the_default_and_small():
-    from facecomp.complete import DEFAULT_WEIGHTS, load_generator
+    from facecomp import models
+    from facecomp.weights import SHIPPED
+
+    DEFAULT_WEIGHTS = SHIPPED["generator"]
     from facecomp.train import checkpoint as ck
 
     assert DEFAULT_WEIGHTS.is_file(), "facecomp/weights/generator.safetensors is missing"
     assert DEFAULT_WEIGHTS.stat().st_size <= 42 * 1024 * 1024
     meta = ck.read_metadata(DEFAULT_WEIGHTS)
     assert meta["kind"] == "generator" and meta["stage"] == 3
-    assert load_generator().cfg.image_size == 128
+    assert models.load("generator").cfg.image_size == 128
 
 
 def test_shipped_generator_beats_noise_fill_on_validation_faces(face_files):

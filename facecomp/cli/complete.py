@@ -68,7 +68,12 @@ def run(args: argparse.Namespace) -> int:
     # Fail fast on a mask name that can never work, before loading the model.
     if not (args.mask.upper() in masks.OCCLUSIONS or args.mask.startswith("box:") or Path(args.mask).exists()):
         masks.from_spec(args.mask, 1, 1)
-    completer = Completer(args.model, device=args.device, engine=args.engine)
+    generator = args.model
+    if args.engine:  # the compiled artifact runs the generator; Completer does the rest
+        from facecomp.export import open_generator
+
+        generator = open_generator(args.model, args.engine, args.device)
+    completer = Completer(generator, device=args.device)
     bad: list[str] = []
     for path in paths:
         try:

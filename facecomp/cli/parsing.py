@@ -126,7 +126,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from facecomp.train.parsing import evaluate_parsing, write_scores
+    from facecomp.eval.parsing_eval import evaluate_parsing, write_scores
 
     scores = evaluate_parsing(args.weights, args.data, args.labels, args.partition, args.limit)
     if args.out:

@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from facecomp.images import read_rgb, write_png
-from facecomp.models.parsing import LABELS
+from facecomp.labels import LABELS
 
 log = logging.getLogger(__name__)
 

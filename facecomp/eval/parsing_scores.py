@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from facecomp.models.parsing import LABELS
+from facecomp.labels import LABELS
 
 COMPONENTS = tuple(range(2, 10))  # left/right brow, left/right eye, nose, upper lip, inner mouth, lower lip
 

@@ -16,10 +16,9 @@ import torch
 from torch import nn
 
 from facecomp.config import ParsingConfig
+from facecomp.labels import LABELS  # noqa: F401  (the network's classes; facecomp.models re-exports it)
 from facecomp.models.layers import conv_stack, scaled
 
-LABELS = ("background", "skin", "left_brow", "right_brow", "left_eye", "right_eye", "nose",
-          "upper_lip", "inner_mouth", "lower_lip", "hair")
 LEVELS = [64, 128, 256]
 
 

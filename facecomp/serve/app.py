@@ -86,7 +86,12 @@ class Runner:
         from facecomp.serve.batching import BatchingGenerator
 
         self.cfg = cfg
-        self.completer = Completer(cfg.model, device=cfg.device, engine=cfg.engine)
+        generator = cfg.model
+        if cfg.engine:
+            from facecomp.export import open_generator
+
+            generator = open_generator(cfg.model, cfg.engine, cfg.device)
+        self.completer = Completer(generator, device=cfg.device)
         self.model = self.completer.generator  # eager module or compiled Engine
         # Every generator call of the completer (aligned faces, each face of a photo) goes through the batcher.
         self.batcher = self.completer.generator = BatchingGenerator(self.model, cfg.max_batch)
@@ -113,13 +118,12 @@ def model_facts(runner: Runner) -> dict:
               "max_samples": runner.cfg.max_samples, "max_pending": runner.cfg.max_pending,
               "max_batch": runner.cfg.max_batch}
     common = {"image_size": model.cfg.image_size, "masks": {k: masks.OCCLUSION_NAMES[k] for k in masks.OCCLUSIONS},
-              "card": "MODEL_CARD.md (trained on CelebA: non-commercial research use only)", "limits": limits}
+              "card": "facecomp/weights/MODEL_CARD.md in the package (trained on CelebA: non-commercial research "
+                      "use only; WEIGHTS_LICENSE.md)", "limits": limits}
     if engine is not None:
-        from facecomp.export.metadata import sha256_file
-
         shipped_file = weights.SHIPPED["generator"]
-        shipped = shipped_file.is_file() and sha256_file(shipped_file) == engine.weights_sha256
-        return {"weights": engine.weights_name, "shipped": shipped, "weights_file_sha256": engine.weights_sha256,
+        shipped = shipped_file.is_file() and weights.identity(shipped_file) == engine.weights_sha256
+        return {"weights": engine.weights_name, "shipped": shipped, "sha256": engine.weights_sha256,
                 "config": engine.generator_config, "parameters": None,
                 "runtime": {"engine": engine.format, "precision": engine.precision, "device": engine.device,
                             "batch": engine.batch, "parity_vs_eager": engine.parity}, **common}
