@@ -58,3 +58,26 @@ def test_the_weights_leaf_imports_no_other_facecomp_module():
     names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
     names += [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
     assert not [n for n in names if n.startswith("facecomp")]
+
+
+def test_the_shipped_model_has_a_name_everywhere(tmp_path):
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    import facecomp
+    from facecomp import Completer
+
+    assert Completer("shipped").generator.cfg == Completer().generator.cfg
+    module = models.load("generator")
+    completer = Completer(module)  # a generator already built (an eager module or a compiled engine)
+    assert completer.generator is module
+    with pytest.raises(TypeError, match="generator"):
+        Completer(42)
+    img = np.full((128, 128, 3), 120, np.uint8)
+    mask = np.zeros((128, 128), np.float32)
+    mask[40:80, 40:80] = 1
+    assert completer.complete(img, mask)[0].shape == img.shape
+    r = subprocess.run([sys.executable, "-m", "facecomp", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == f"facecomp {facecomp.__version__}"

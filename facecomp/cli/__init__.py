@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from facecomp import __version__
 from facecomp.cli import cluster as cluster_cli
 from facecomp.cli import complete as complete_cli
 from facecomp.cli import demo as demo_cli
@@ -23,6 +24,7 @@ SUBCOMMANDS = (train_cli, complete_cli, eval_cli, parsing_cli, demo_cli, serve_c
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facecomp", description="Generative face completion (Li et al., CVPR 2017)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"facecomp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for module in SUBCOMMANDS:
         module.add_parser(sub)

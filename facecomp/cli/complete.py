@@ -15,7 +15,8 @@ def add_parser(sub) -> None:
     p.add_argument("inputs", nargs="+", help="image files or folders")
     p.add_argument("--mask", required=True,
                    help="O1..O6, box:x0,y0,x1,y1 (input pixels), or a mask image (white = missing)")
-    p.add_argument("--model", help="generator weights, run directory or checkpoint (default: the shipped model)")
+    p.add_argument("--model", help="generator weights, run directory or checkpoint, or 'shipped' (the default: "
+                   "the weights in this package)")
     p.add_argument("--engine", help="an artifact folder from `facecomp export` (AOTInductor, ONNX or TensorRT) to run "
                    "instead of the eager model; with --model, it must have been built from those weights")
     p.add_argument("--seed", type=int, default=0)

@@ -77,7 +77,7 @@ def _methods(args: argparse.Namespace, blend: str = "none") -> dict:
         chosen[name] = methods.baseline(name)
     for spec in args.model or [None]:
         name, path = methods.model_name(spec) if spec else ("shipped", None)
-        if path is not None and not Path(path).exists():
+        if path is not None and path != "shipped" and not Path(path).exists():
             raise ValueError(f"--model {path}: no such file or directory")
         chosen[name] = methods.model(path, "none")
         if blend == "poisson":
