@@ -73,3 +73,16 @@ def test_table_landmark_columns(celeba, generator_weights, tmp_path):  # noqa: F
             assert res["summary"]["face_found"][o][m]["mean"] in (0.0, 0.5, 1.0)
     text = (out / "results.md").read_text()
     assert "Landmark error inside the hole" in text and "still detects" in text
+
+
+def test_table_grid_has_a_row_per_face_and_mask(celeba, tmp_path):
+    from PIL import Image
+
+    from facecomp.cli import main
+
+    out = tmp_path / "eval"
+    assert main(["eval", "table", "--baselines", "telea", "--data", str(celeba), "--limit", "3", "--masks", "O3,O6",
+                 "--resolution", "crop", "--metrics", "none", "--grid-faces", "3", "--out", str(out),
+                 "--no-progress"]) == 0
+    w, h = Image.open(out / "grid.png").size
+    assert (w, h) == (128 * 4, 128 * 3 * 2)  # original | masked | telea | shipped; 3 faces x 2 masks

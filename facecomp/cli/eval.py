@@ -37,6 +37,8 @@ def add_parser(sub) -> None:
                    "mIoU inside the hole), landmarks (dlib 68-point error inside the hole / inter-ocular distance, "
                    "and the share of completions dlib still detects); 'auto' = those installed, 'none' = none")
     t.add_argument("--parsing-weights", help="parsing network for --metrics parsing (default: shipped)")
+    t.add_argument("--grid-faces", type=int, default=2,
+                   help="faces in grid.png: one row per face and mask (16 to judge a model by eye)")
     t.set_defaults(func=run_table)
     s = esub.add_parser("sweep", help="SSIM / PSNR against square mask size 16..80 (the paper's Fig. 9)")
     _common(s)
@@ -134,7 +136,7 @@ def run_table(args: argparse.Namespace) -> int:
 
     mask_names = _masks(args.masks)
     chosen = _methods(args, args.blend)
-    res = table.run(chosen, _files(args), mask_names, args.resolution, out=Path(args.out),
+    res = table.run(chosen, _files(args), mask_names, args.resolution, grid_faces=args.grid_faces, out=Path(args.out),
                     progress=not args.no_progress, face_metrics=_face_metrics(args.metrics, args.parsing_weights))
     print(table.markdown(res))
     print(f"wrote {Path(args.out) / 'results.md'}, results.json, grid.png")
