@@ -193,7 +193,7 @@ def resolve(source: str | Path | None = None, kind: str = "generator") -> Path:
     if path.is_file():
         return path
     if not path.is_dir():
-        raise ValueError(f"{path}: {kind} weights do not exist (no such file, checkpoint or run directory)")
+        raise ValueError(f"{path}: no such weights file, checkpoint or run directory ({kind} weights do not exist)")
     if (path / f"{kind}.safetensors").is_file():  # a finished run's chosen weights, or a checkpoint folder
         return path / f"{kind}.safetensors"
     return find_checkpoint(path) / f"{kind}.safetensors"
