@@ -16,7 +16,9 @@ and 42-47 (image right), outer lips 48-59, inner lips 60-67.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,6 +103,9 @@ class LandmarkDetector:
         mmod = folder / "mmod_human_face_detector.dat"
         self.cnn = dlib.cnn_face_detection_model_v1(str(mmod)) if cnn_fallback else None
         self.predictor = dlib.shape_predictor(str(folder / "shape_predictor_68_face_landmarks.dat"))
+        # One detector serves every thread of a process (serve's workers): dlib does not promise that
+        # its detectors are safe to run concurrently, and a search is tens of milliseconds.
+        self._lock = threading.Lock()
 
     def boxes(self, rgb: np.ndarray) -> tuple[list, str]:
         found = list(self.hog(rgb, self.upsample))
@@ -128,13 +133,15 @@ class LandmarkDetector:
         h, w = rgb.shape[:2]
         check_searchable(w, h)
         try:
-            found, kind = self.boxes(rgb)
+            with self._lock:
+                found, kind = self.boxes(rgb)
         except RuntimeError as e:  # dlib's own checks; the size guard above avoids the ones we know of
             reason = str(e).strip().splitlines()[-1]
             raise ValueError(f"face detection failed on this {w}x{h} photo: {reason}") from None
         out = []
         for rect in sorted(found, key=lambda r: -r.width() * r.height()):
-            shape = self.predictor(rgb, rect)
+            with self._lock:
+                shape = self.predictor(rgb, rect)
             pts = np.array([[shape.part(i).x, shape.part(i).y] for i in range(68)], dtype=np.float32)
             if plausible(pts, w, h):
                 out.append(Landmarks(pts, (rect.left(), rect.top(), rect.right(), rect.bottom()), kind))
@@ -178,10 +185,17 @@ def alignment_matrix(points68: np.ndarray) -> np.ndarray:
     return m
 
 
+@functools.cache
+def shared_detector(upsample: int = 0) -> LandmarkDetector:
+    """This process's detector for ``upsample``, built on first use: loading dlib's three models costs
+    about half a second, which every photo of a folder run and every serve request paid before."""
+    return LandmarkDetector(upsample=upsample)
+
+
 def align_faces(photo: np.ndarray, detector: LandmarkDetector | None = None) -> list[tuple[np.ndarray, Landmarks]]:
     """(photo -> aligned matrix, landmarks) for every face found, largest first. Small photos are
     searched at twice their size (HOG finds faces from about 80 px across)."""
     check_searchable(photo.shape[1], photo.shape[0])  # before building a detector: a refusal costs nothing
     if detector is None:
-        detector = LandmarkDetector(upsample=1 if max(photo.shape[:2]) < 500 else 0)
+        detector = shared_detector(upsample=1 if max(photo.shape[:2]) < 500 else 0)
     return [(alignment_matrix(f.points), f) for f in detector.all(photo)]

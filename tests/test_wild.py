@@ -102,3 +102,15 @@ def test_cli_wild_and_demo(tmp_path, wild_photos, generator_weights):  # noqa: F
     assert r.returncode == 0, r.stderr
     demo = read_rgb(tmp_path / "demo" / "demo.png")
     assert demo.shape[0] > 6 * 100 and demo.shape[1] > 3 * 100  # six rows of original | masked | completed
+
+
+def test_the_detector_is_built_once_per_process():
+    """Issue 19: dlib's models (about half a second) were loaded for every unaligned photo."""
+    if not faces.available():
+        pytest.skip("needs the 'faces' extra")
+    faces.shared_detector.cache_clear()
+    photo = np.full((300, 300, 3), 128, np.uint8)  # no face: searching is all this does
+    for _ in range(3):
+        assert faces.align_faces(photo) == []
+    info = faces.shared_detector.cache_info()
+    assert info.misses == 1 and info.hits == 2
