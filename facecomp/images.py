@@ -112,6 +112,23 @@ def write_png(path: str | Path, image: np.ndarray) -> None:
     Image.fromarray(np.ascontiguousarray(image)).save(path)
 
 
+# output formats: name -> (Pillow format, save options); JPEG and WebP at a quality that keeps skin
+# texture, since a completion is judged by its detail
+OUTPUT_FORMATS = {"png": ("PNG", {}), "jpg": ("JPEG", {"quality": 95}), "webp": ("WEBP", {"quality": 95})}
+SUFFIX_FORMAT = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp"}
+
+
+def write_image(path: str | Path, image: np.ndarray, fmt: str | None = None) -> None:
+    """Write [H, W, 3] uint8 as ``fmt`` (png | jpg | webp; default: from the suffix, else PNG)."""
+    path = Path(path)
+    fmt = fmt or SUFFIX_FORMAT.get(path.suffix.lower(), "png")
+    if fmt not in OUTPUT_FORMATS:
+        raise ValueError(f"unknown output format '{fmt}' (valid: {', '.join(OUTPUT_FORMATS)})")
+    name, options = OUTPUT_FORMATS[fmt]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(image)).save(path, format=name, **options)
+
+
 def list_images(folder: str | Path) -> list[Path]:
     return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 

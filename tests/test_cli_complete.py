@@ -120,3 +120,19 @@ def test_bad_weights_one_line_each(faces, generator_weights, tmp_path):  # noqa:
     _one_line_error(_run(face, "--mask", "O1", "--model", other, "-o", out), "has shape")
     _one_line_error(_run(face, "--mask", "O1", "--model", tmp_path / "none.safetensors", "-o", out),
                     "no such weights file")
+
+
+def test_output_formats(face_files, generator_weights, tmp_path):  # noqa: F811
+    from facecomp.cli import main
+
+    src = str(face_files[0])
+    assert main(["complete", src, "--mask", "O3", "--model", str(generator_weights), "--out-dir",
+                 str(tmp_path / "w"), "--output-format", "webp", "--samples", "2"]) == 0
+    outs = sorted((tmp_path / "w").iterdir())
+    assert [p.suffix for p in outs] == [".webp", ".webp"]
+    assert all(Image.open(p).format == "WEBP" and Image.open(p).size == (178, 218) for p in outs)
+    assert main(["complete", src, "--mask", "O3", "--model", str(generator_weights), "-o",
+                 str(tmp_path / "x.jpg")]) == 0
+    assert Image.open(tmp_path / "x.jpg").format == "JPEG"  # the format follows -o's suffix
+    assert main(["complete", src, "--mask", "O3", "--model", str(generator_weights), "-o", str(tmp_path / "y.png"),
+                 "--output-format", "jpg"]) == 2  # a PNG name with JPEG bytes: refused in one line

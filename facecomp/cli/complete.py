@@ -30,6 +30,8 @@ def add_parser(sub) -> None:
     out = p.add_mutually_exclusive_group(required=True)
     out.add_argument("-o", "--output", help="output PNG (one input)")
     out.add_argument("--out-dir", help="output folder: <name>.png, or <name>_s<k>.png with --samples")
+    p.add_argument("--output-format", choices=tuple(images.OUTPUT_FORMATS),
+                   help="png | jpg | webp (default: from -o's suffix, else png)")
     p.set_defaults(func=run)
 
 
@@ -43,16 +45,24 @@ def _inputs(items: list[str]) -> list[Path]:
     return paths
 
 
+def _output_format(args: argparse.Namespace) -> str:
+    named = images.SUFFIX_FORMAT.get(Path(args.output).suffix.lower()) if args.output else None
+    if args.output_format and named and named != args.output_format:
+        raise ValueError(f"-o {args.output} names a {named} file but --output-format is {args.output_format}")
+    return args.output_format or named or "png"
+
+
 def _outputs(path: Path, args: argparse.Namespace) -> list[Path]:
+    ext = "." + _output_format(args)
     if args.output:
         out = Path(args.output)
         if args.samples == 1:
             return [out]
-        return [out.with_name(f"{out.stem}_s{k}{out.suffix or '.png'}") for k in range(args.samples)]
+        return [out.with_name(f"{out.stem}_s{k}{out.suffix or ext}") for k in range(args.samples)]
     folder = Path(args.out_dir)
     if args.samples == 1:
-        return [folder / f"{path.stem}.png"]
-    return [folder / f"{path.stem}_s{k}.png" for k in range(args.samples)]
+        return [folder / f"{path.stem}{ext}"]
+    return [folder / f"{path.stem}_s{k}{ext}" for k in range(args.samples)]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -93,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
             bad.append(str(e))
             continue
         for out, result in zip(_outputs(path, args), results, strict=True):
-            images.write_png(out, result)
+            images.write_image(out, result, _output_format(args))
             print(out)
     if bad:
         print(f"facecomp: {len(bad)} of {len(paths)} input(s) failed:", file=sys.stderr)
