@@ -136,3 +136,24 @@ def test_output_formats(face_files, generator_weights, tmp_path):  # noqa: F811
     assert Image.open(tmp_path / "x.jpg").format == "JPEG"  # the format follows -o's suffix
     assert main(["complete", src, "--mask", "O3", "--model", str(generator_weights), "-o", str(tmp_path / "y.png"),
                  "--output-format", "jpg"]) == 2  # a PNG name with JPEG bytes: refused in one line
+
+
+def test_mask_folder_pairs_masks_with_inputs_by_name(face_files, generator_weights, tmp_path, capsys):  # noqa: F811
+    from facecomp.cli import main
+
+    inputs, mask_dir = tmp_path / "in", tmp_path / "masks"
+    inputs.mkdir()
+    mask_dir.mkdir()
+    for i, f in enumerate(face_files[:3]):
+        shutil.copy(f, inputs / f"face{i}.jpg")
+    boxes = {"face0": masks.occlusion("O3", 178, 218), "face1": masks.occlusion("O6", 178, 218)}
+    for name, m in boxes.items():
+        images.write_png(mask_dir / f"{name}.png", (m * 255).astype(np.uint8))
+    code = main(["complete", str(inputs), "--mask", str(mask_dir), "--model", str(generator_weights),
+                 "--out-dir", str(tmp_path / "out")])
+    assert code != 0 and "face2.jpg: no mask named face2.* in" in capsys.readouterr().err  # the unpaired one
+    for name, m in boxes.items():  # each paired input changed exactly under its own mask
+        src = images.read_rgb(inputs / f"{name}.jpg")
+        out = images.read_rgb(tmp_path / "out" / f"{name}.png")
+        changed = (out != src).any(axis=2)
+        assert changed.any() and not changed[m < 0.5].any()

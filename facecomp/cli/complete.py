@@ -14,7 +14,8 @@ def add_parser(sub) -> None:
                        description="Complete the masked region of faces. Pixels outside the mask are kept.")
     p.add_argument("inputs", nargs="+", help="image files or folders")
     p.add_argument("--mask", required=True,
-                   help="O1..O6, box:x0,y0,x1,y1 (input pixels), or a mask image (white = missing)")
+                   help="O1..O6, box:x0,y0,x1,y1 (input pixels), a mask image (white = missing), or a folder of "
+                   "mask images paired with the inputs by file name (face.jpg <- MASKS/face.png, any image suffix)")
     p.add_argument("--model", help="generator weights, run directory or checkpoint, or 'shipped' (the default: "
                    "the weights in this package)")
     p.add_argument("--engine", help="an artifact folder from `facecomp export` (AOTInductor, ONNX or TensorRT) to run "
@@ -65,6 +66,20 @@ def _outputs(path: Path, args: argparse.Namespace) -> list[Path]:
     return [folder / f"{path.stem}_s{k}{ext}" for k in range(args.samples)]
 
 
+def _mask_for(path: Path, spec: str) -> str:
+    """The mask of one input: ``spec`` itself, or, when it is a folder, the image there with the input's
+    stem (the pairing inpainting tools use: IOPaint's ``--image DIR --mask DIR``)."""
+    folder = Path(spec)
+    if not folder.is_dir():
+        return spec
+    found = [p for p in images.list_images(folder) if p.stem == path.stem]
+    if not found:
+        raise ValueError(f"{path}: no mask named {path.stem}.* in {folder}")
+    if len(found) > 1:
+        raise ValueError(f"{path}: several masks named {path.stem}.* in {folder}: {', '.join(p.name for p in found)}")
+    return str(found[0])
+
+
 def run(args: argparse.Namespace) -> int:
     from facecomp.complete import MAX_SEED, Completer
     from facecomp.wild import complete_any
@@ -89,8 +104,8 @@ def run(args: argparse.Namespace) -> int:
     for path in paths:
         try:
             image = images.read_rgb(path)
-            done = complete_any(completer, image, args.mask, args.align, seed=args.seed, samples=args.samples,
-                                blends=(args.blend,))
+            done = complete_any(completer, image, _mask_for(path, args.mask), args.align, seed=args.seed,
+                                samples=args.samples, blends=(args.blend,))
             results = done.images
             if done.faces > 1:
                 print(f"{path}: {done.faces} faces found", file=sys.stderr)
