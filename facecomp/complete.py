@@ -23,14 +23,12 @@ import cv2
 import numpy as np
 import torch
 
-from facecomp import kernels, layout, models
+from facecomp import contract, kernels, layout, models
 from facecomp.images import to_tensor, to_uint8
 
 log = logging.getLogger(__name__)
 BLENDS = ("none", "poisson")
 MAX_SEED = 2**64  # the fill noise is keyed by a 64-bit seed (kernels.reference.keys)
-INPAINT_RADIUS = 5  # px around each inpainted pixel that Telea's method draws from
-INPAINT_MAX_PIXELS = 250_000  # about 0.3 s of Telea; larger regions are filled at a reduced scale
 
 
 @dataclass
@@ -50,27 +48,10 @@ class Completion:
 def inpaint(images: list[np.ndarray], region: np.ndarray) -> list[np.ndarray]:
     """Fill ``region`` ([H, W] bool) of each [H, W, 3] uint8 image by Telea's method, from every pixel around it.
 
-    Telea costs about 1.2 us per filled pixel here (15 s for a 12 MP photo masked whole, per sample and
-    blend), so a region over ``INPAINT_MAX_PIXELS`` is filled on a copy scaled down to that many region
-    pixels and scaled back: such a fill is smooth anyway, and the request answers in seconds.
+    The exported generator's clients do the same (facecomp.contract.inpaint): Telea costs about 1.2 us per
+    filled pixel here, so a region over INPAINT_MAX_PIXELS is filled on a scaled-down copy.
     """
-    if not region.any():
-        return images
-    n = int(region.sum())
-    scale = min(1.0, (INPAINT_MAX_PIXELS / n) ** 0.5)
-    if scale == 1.0:
-        m = region.astype(np.uint8)
-        return [cv2.inpaint(img, m, INPAINT_RADIUS, cv2.INPAINT_TELEA) for img in images]
-    h, w = region.shape
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    # A small pixel is missing if any pixel it covers is, so no masked value leaks into what Telea reads.
-    m = (cv2.resize(region.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0).astype(np.uint8)
-    out = []
-    for img in images:
-        small = cv2.inpaint(cv2.resize(img, size, interpolation=cv2.INTER_AREA), m, INPAINT_RADIUS,
-                            cv2.INPAINT_TELEA)
-        out.append(np.where(region[..., None], cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR), img))
-    return out
+    return [contract.inpaint(img, region) for img in images]
 
 
 def check_request(samples: int, seed: int) -> None:

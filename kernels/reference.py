@@ -19,26 +19,9 @@ from __future__ import annotations
 
 import torch
 
-MASK32 = 0xFFFFFFFF
-C1, C2 = 0x7FEB352D, 0x846CA68B  # lowbias32 multipliers
-
-
-def _lowbias32_int(x: int) -> int:
-    x ^= x >> 16
-    x = (x * C1) & MASK32
-    x ^= x >> 15
-    x = (x * C2) & MASK32
-    x ^= x >> 16
-    return x
-
-
-def keys(seed: int, offset: int) -> tuple[int, int]:
-    """(seed, offset), each any int in [0, 2**64), -> two 32-bit keys."""
-    if not (0 <= seed < 2**64 and 0 <= offset < 2**64):
-        raise ValueError(f"seed and offset must be in [0, 2**64), got seed={seed}, offset={offset}")
-    k0 = _lowbias32_int((seed & MASK32) ^ _lowbias32_int((seed >> 32) ^ 0x9E3779B9))
-    k1 = _lowbias32_int((offset & MASK32) ^ _lowbias32_int((offset >> 32) ^ k0 ^ 0x85EBCA6B))
-    return k0, k1
+# The 32-bit keys of (seed, offset) are plain integer arithmetic, shared with the numpy client of
+# exported generators (facecomp.contract), which must draw the very same noise.
+from facecomp.contract import C1, C2, MASK32, keys  # noqa: F401  (keys: re-exported to kernels)
 
 
 def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
