@@ -25,6 +25,7 @@ from facecomp.complete import BLENDS, Completer, Completion, check_request, inpa
 
 log = logging.getLogger(__name__)
 ALIGNED_W, ALIGNED_H = layout.ALIGNED_SIZE
+ALIGNS = ("auto", "none")  # detect + align unaligned photos, or take the whole image as the face
 
 
 @dataclass
@@ -145,8 +146,8 @@ def complete_any(completer: Completer, image: np.ndarray, mask_spec: str | np.nd
     """``complete_image_blends`` with the whole result: images per blend, faces found, and how many masked
     pixels the model could not see and OpenCV's inpainting filled (``inpainted``). ``detector``: a
     ``faces.LandmarkDetector`` to reuse (default: one built for the photo)."""
-    if align not in ("auto", "none"):
-        raise ValueError(f"unknown align '{align}' (valid: auto, none)")
+    if align not in ALIGNS:
+        raise ValueError(f"unknown align '{align}' (valid: {', '.join(ALIGNS)})")
     h, w = image.shape[:2]
     if align == "auto" and not layout.is_aligned_size(w, h):
         done = complete_photo(completer, image, mask_spec, seed=seed, samples=samples, blends=blends,
