@@ -192,10 +192,16 @@ def shared_detector(upsample: int = 0) -> LandmarkDetector:
     return LandmarkDetector(upsample=upsample)
 
 
+def detector_for(photo: np.ndarray) -> LandmarkDetector:
+    """The shared detector for ``photo``'s size: small photos are searched at twice their size (HOG finds
+    faces from about 80 px across)."""
+    return shared_detector(upsample=1 if max(photo.shape[:2]) < 500 else 0)
+
+
 def align_faces(photo: np.ndarray, detector: LandmarkDetector | None = None) -> list[tuple[np.ndarray, Landmarks]]:
-    """(photo -> aligned matrix, landmarks) for every face found, largest first. Small photos are
-    searched at twice their size (HOG finds faces from about 80 px across)."""
+    """(photo -> aligned matrix, landmarks) for every face found, largest first, by ``detector`` (default:
+    ``detector_for(photo)``)."""
     check_searchable(photo.shape[1], photo.shape[0])  # before building a detector: a refusal costs nothing
     if detector is None:
-        detector = shared_detector(upsample=1 if max(photo.shape[:2]) < 500 else 0)
+        detector = detector_for(photo)
     return [(alignment_matrix(f.points), f) for f in detector.all(photo)]
