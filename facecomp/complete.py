@@ -1,86 +1,83 @@
-"""Inference: ``Completer(weights).complete(image, mask, seed, samples, blend)``.
+"""Inference: ``Completer(weights).complete(image, mask, seed, samples, blend, align=...)``.
 
-An image of any size goes in; a list of completions of the same size comes out, each equal to the
-input outside the mask. A 178x218 CelebA-aligned face is completed through the 128x128 face box of
-:mod:`facecomp.layout`; any other image is stretched onto the 128x128 crop. The generator's pixels
-are warped back to the input's resolution and pasted under the mask *at that resolution*, so a
-mask drawn on the input is honoured pixel for pixel.
+What goes in is what users have: an [H, W, 3] uint8 RGB array, a PIL image, or a path to an image file;
+the mask likewise (an [H, W] array in [0, 1] or a PIL image or a file, white / 1 = missing, at the
+image's size), or a name: ``O1``..``O6`` (a region of each face) or ``box:x0,y0,x1,y1`` (image pixels).
+What comes out is a list of ``samples`` completions of the image's size and of its kind: arrays for an
+array, PIL images for a PIL image or a path. Pixels outside the mask are never changed.
 
-The model only sees its face box. Masked pixels outside it (a brush stroke that strays onto the hair
-or the neck) are filled by OpenCV's inpainting (Telea) from their surroundings, the model's
-completion included, and counted in ``Completion.inpainted``; a mask with nothing inside the face
-box is refused.
+Which faces: ``align="auto"`` decides as ``facecomp complete --align auto`` does: a 178x218
+CelebA-aligned face goes straight to the model; any other photo has its faces found (dlib, built once
+per process), aligned to that layout, completed and pasted back (``facecomp.wild``), and a photo where
+no face is found raises :class:`facecomp.NoFaceFound`. ``align=True`` looks for faces whatever the size;
+``align=False`` takes the whole image as the face. An array's default is ``False`` (the array is the
+model's input, as it always was); a PIL image's or a path's is ``"auto"`` (a photo).
+
+The face itself: a 178x218 CelebA-aligned face is completed through the 128x128 face box of
+:mod:`facecomp.layout`; any other image is stretched onto the 128x128 crop. The generator's pixels are
+warped back to the input's resolution and pasted under the mask *at that resolution*, so a mask drawn
+on the input is honoured pixel for pixel. The model only sees its face box. Masked pixels outside it (a
+brush stroke that strays onto the hair or the neck) are filled by OpenCV's inpainting (Telea) from their
+surroundings, the model's completion included, and counted in ``Completion.inpainted``; a mask with
+nothing inside the face box is refused.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 
-from facecomp import contract, kernels, layout, models
-from facecomp.images import to_tensor, to_uint8
+from facecomp import kernels, layout, masks, models, wild
+from facecomp.blend import (  # noqa: F401  (re-exported: facecomp.complete.poisson_blend and the rest, as before)
+    BLENDS,
+    MAX_SEED,
+    Completion,
+    check_blends,
+    check_image,
+    check_request,
+    inpaint,
+    poisson_blend,
+)
+from facecomp.images import read_rgb, to_tensor, to_uint8
 
 log = logging.getLogger(__name__)
-BLENDS = ("none", "poisson")
-MAX_SEED = 2**64  # the fill noise is keyed by a 64-bit seed (kernels.reference.keys)
+ImageInput = np.ndarray | Image.Image | str | os.PathLike  # [H, W, 3] uint8 RGB, a PIL image, or an image file
+MaskInput = np.ndarray | Image.Image | str | os.PathLike  # [H, W] (1 = missing), a mask image or file, or a name
 
 
-@dataclass
-class Completion:
-    """What a completion returns beyond the images."""
-
-    by_blend: dict[str, list[np.ndarray]]  # blend -> ``samples`` x [H, W, 3] uint8, the input's size
-    inpainted: int = 0  # masked pixels the model could not see, filled by OpenCV inpainting (Telea) instead
-    faces: int = 1  # faces completed (photos in the wild can hold several)
-
-    @property
-    def images(self) -> list[np.ndarray]:
-        """The samples of the first blend asked for."""
-        return next(iter(self.by_blend.values()))
-
-
-def inpaint(images: list[np.ndarray], region: np.ndarray) -> list[np.ndarray]:
-    """Fill ``region`` ([H, W] bool) of each [H, W, 3] uint8 image by Telea's method, from every pixel around it.
-
-    The exported generator's clients do the same (facecomp.contract.inpaint): Telea costs about 1.2 us per
-    filled pixel here, so a region over INPAINT_MAX_PIXELS is filled on a scaled-down copy.
-    """
-    return [contract.inpaint(img, region) for img in images]
+def as_rgb(image: ImageInput) -> np.ndarray:
+    """[H, W, 3] uint8 RGB from an array (as is), a PIL image (converted to RGB, its size kept) or a path
+    (read as a viewer shows it: EXIF orientation applied)."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    if isinstance(image, str | os.PathLike):
+        return read_rgb(image)
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"image must be [H, W, 3] uint8, a PIL image or a path, got {type(image).__name__}")
+    check_image(image)
+    return image
 
 
-def check_request(samples: int, seed: int) -> None:
-    if samples < 1:
-        raise ValueError(f"samples must be >= 1, got {samples}")
-    if not 0 <= seed < MAX_SEED:
-        raise ValueError(f"seed must be in 0..2**64-1, got {seed}")
+def as_mask(mask: MaskInput) -> np.ndarray | str:
+    """A mask array ([H, W], 1 = missing), or a name for facecomp.wild to draw per face (O1..O6, box:, a file).
+    A PIL image or a path other than a ``str`` is read as a mask file is: grey > 127 = missing."""
+    if isinstance(mask, Image.Image):
+        return (np.asarray(mask.convert("L")) > 127).astype(np.float32)
+    if isinstance(mask, os.PathLike):
+        return masks.from_image(mask)
+    return mask if isinstance(mask, str) else np.asarray(mask)
 
 
-def poisson_blend(completed: np.ndarray, original: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The paper's M5: OpenCV's seamless cloning of the completed hole into the original. [H,W,3] uint8
-
-    seamlessClone needs the region off the image border, so both images are padded by reflection
-    first and cropped back after.
-    """
-    pad = 8
-    m = (mask > 0.5).astype(np.uint8) * 255
-    if not m.any():
-        return original.copy()
-    src = cv2.copyMakeBorder(completed, pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
-    dst = cv2.copyMakeBorder(original, pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
-    mp = cv2.copyMakeBorder(m, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
-    # Dilate by one pixel: seamlessClone treats the region's edge as boundary condition.
-    mp = cv2.dilate(mp, np.ones((3, 3), np.uint8))
-    x, y, w, h = cv2.boundingRect(mp)
-    center = (x + w // 2, y + h // 2)
-    out = cv2.seamlessClone(src, dst, mp, center, cv2.NORMAL_CLONE)[pad:-pad, pad:-pad]
-    keep = mask[..., None] <= 0.5
-    return np.where(keep, original, out)
+def like(image: ImageInput, outs: list[np.ndarray]) -> list:
+    """The completions in the kind of the input: arrays for an array, PIL images for a PIL image or a path."""
+    return outs if isinstance(image, np.ndarray) else [Image.fromarray(o) for o in outs]
 
 
 class Completer:
@@ -104,32 +101,42 @@ class Completer:
                             f"{type(generator).__name__}")
         self.size = self.generator.cfg.image_size
 
-    def complete(self, image: np.ndarray, mask: np.ndarray, seed: int = 0, samples: int = 1,
-                 blend: str = "none") -> list[np.ndarray]:
-        """image: [H, W, 3] uint8; mask: [H, W] in [0, 1] (1 = missing) -> ``samples`` x [H, W, 3] uint8.
+    def complete(self, image: ImageInput, mask: MaskInput, seed: int = 0, samples: int = 1, blend: str = "none",
+                 *, align: str | bool | None = None) -> list:
+        """``samples`` completions of ``image`` under ``mask``, of the image's size and kind (module docstring):
+        [H, W, 3] uint8 arrays for an array, PIL RGB images for a PIL image or a path.
 
+        ``mask``: [H, W] in [0, 1] (1 = missing), a PIL image or a path (white = missing), or a name (O1..O6,
+        box:x0,y0,x1,y1). ``align``: "auto" | True | False; default False for an array, "auto" otherwise.
+        Raises ``facecomp.NoFaceFound`` (a ValueError) for a photo with no face to align.
         Sample k fills the hole with noise keyed by (seed, k): same seed, same completions.
-        ``complete_full`` says, besides, how many pixels took the inpainting fallback.
+        ``complete_full`` says, besides, how many faces were found and pixels took the inpainting fallback.
         """
-        return self.complete_full(image, mask, seed, samples, (blend,)).by_blend[blend]
+        return self.complete_blends(image, mask, seed, samples, (blend,), align=align)[blend]
 
-    def complete_blends(self, image: np.ndarray, mask: np.ndarray, seed: int = 0, samples: int = 1,
-                        blends: tuple[str, ...] = ("none",)) -> dict[str, list[np.ndarray]]:
+    def complete_blends(self, image: ImageInput, mask: MaskInput, seed: int = 0, samples: int = 1,
+                        blends: tuple[str, ...] = ("none",), *, align: str | bool | None = None) -> dict[str, list]:
         """Like ``complete``, once per blend in ``blends`` from one generator pass (the plain completion is
         what Poisson blending starts from, so asking for both costs one forward, not two)."""
-        return self.complete_full(image, mask, seed, samples, blends).by_blend
+        done = self.complete_full(image, mask, seed, samples, blends, align=align)
+        return {b: like(image, outs) for b, outs in done.by_blend.items()}
+
+    def complete_full(self, image: ImageInput, mask: MaskInput, seed: int = 0, samples: int = 1,
+                      blends: tuple[str, ...] = ("none",), *, align: str | bool | None = None) -> Completion:
+        """``complete_blends`` with the whole result, as arrays whatever the input: the images per blend, the
+        faces completed, and the count of masked pixels the model never sees (off its face box), which
+        OpenCV's inpainting filled."""
+        if align is None:
+            align = False if isinstance(image, np.ndarray) else "auto"
+        return wild.complete_any(self, as_rgb(image), as_mask(mask), align, seed, samples, blends)
 
     @torch.no_grad()
-    def complete_full(self, image: np.ndarray, mask: np.ndarray, seed: int = 0, samples: int = 1,
+    def complete_face(self, image: np.ndarray, mask: np.ndarray, seed: int = 0, samples: int = 1,
                       blends: tuple[str, ...] = ("none",)) -> Completion:
-        """``complete_blends`` with the whole result: the images per blend and the count of masked pixels
-        outside the face box, which OpenCV's inpainting filled because the model never sees them."""
-        for blend in blends:
-            if blend not in BLENDS:
-                raise ValueError(f"unknown blend '{blend}' (valid: {', '.join(BLENDS)})")
-        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"image must be [H, W, 3] uint8, got {getattr(image, 'shape', type(image).__name__)} "
-                             f"{getattr(image, 'dtype', '')}")
+        """The model's own contract: ``image`` ([H, W, 3] uint8) is the face — a 178x218 CelebA-aligned one
+        through its face box, anything else whole; ``mask`` [H, W] in [0, 1], 1 = missing."""
+        check_blends(blends)
+        check_image(image)
         h, w = image.shape[:2]
         mask = np.asarray(mask)
         if mask.shape != (h, w):

@@ -43,6 +43,11 @@ class FaceToolsMissing(ImportError):
     """dlib or the face-recognition-models weights are not installed."""
 
 
+class NoFaceFound(ValueError):
+    """A photo to be aligned holds no face the detectors find (or is too small to hold one). Its message says
+    what to do instead: give an aligned face crop, or take the whole image as the face (``align=False``)."""
+
+
 def model_dir() -> Path:
     """The ``models/`` folder of face-recognition-models, found without importing the package."""
     spec = importlib.util.find_spec(MODELS_PACKAGE)
@@ -154,11 +159,11 @@ class LandmarkDetector:
 
 
 def check_searchable(width: int, height: int) -> None:
-    """A one-line ``ValueError`` for a photo too small to hold a face the detectors can find."""
+    """A one-line ``NoFaceFound`` (a ValueError) for a photo too small to hold a face the detectors can find."""
     if min(width, height) < MIN_PHOTO_SIDE:
-        raise ValueError(f"the photo is {width}x{height}: too small to find a face in (the face detector needs "
-                         f"at least {MIN_PHOTO_SIDE} px on each side); to complete the whole image as one face, "
-                         "use align none (--align none)")
+        raise NoFaceFound(f"the photo is {width}x{height}: too small to find a face in (the face detector needs "
+                          f"at least {MIN_PHOTO_SIDE} px on each side); to complete the whole image as one face, "
+                          "use align none (--align none)")
 
 
 # --- alignment to the training layout (photos in the wild) -------------------------------------

@@ -9,23 +9,38 @@ Masks: ``O1``..``O6`` name regions of each face (they are drawn in the aligned l
 into the photo, for every face found); ``box:`` and mask images are in photo pixels and are
 completed by the model wherever they fall on a face's completion box. Masked pixels on no face's
 box are filled by OpenCV's inpainting (Telea) and counted (``inpainted``); a mask that touches no
-face at all is refused.
+face at all is refused; a photo where no face is found raises :class:`facecomp.NoFaceFound`.
+
+The Python entry is ``facecomp.Completer.complete(photo, mask, align="auto")`` (a path, a PIL image or an
+array); :func:`complete_any` is the same on arrays, for the CLI and the server, and reports the faces
+found and the pixels inpainted. The detector is dlib's, built once per process
+(``facecomp.faces.shared_detector``) unless one is passed in.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Protocol
 
 import cv2
 import numpy as np
 
 from facecomp import layout, masks
-from facecomp.complete import BLENDS, Completer, Completion, check_request, inpaint, poisson_blend
+from facecomp.blend import Completion, check_blends, check_request, inpaint, poisson_blend
+from facecomp.faces import NoFaceFound, align_faces
 
 log = logging.getLogger(__name__)
 ALIGNED_W, ALIGNED_H = layout.ALIGNED_SIZE
 ALIGNS = ("auto", "none")  # detect + align unaligned photos, or take the whole image as the face
+# Python callers may say True (look for faces whatever the image's size) and False (= "none") too.
+
+
+class FaceCompleter(Protocol):
+    """What completes one face: ``facecomp.Completer`` (its ``complete_face``)."""
+
+    def complete_face(self, image: np.ndarray, mask: np.ndarray, seed: int = 0, samples: int = 1,
+                      blends: tuple[str, ...] = ("none",)) -> Completion: ...
 
 
 @dataclass
@@ -51,17 +66,13 @@ def _box_mask() -> np.ndarray:
     return box
 
 
-def complete_photo(completer: Completer, photo: np.ndarray, mask_spec: str | np.ndarray, seed: int = 0,
+def complete_photo(completer: FaceCompleter, photo: np.ndarray, mask_spec: str | np.ndarray, seed: int = 0,
                    samples: int = 1, blend: str = "none", detector=None,
                    blends: tuple[str, ...] | None = None) -> PhotoResult:
     """``mask_spec``: O1..O6 (for every face), 'box:...' or a mask image path, or a [H, W] array (1 = missing).
     ``blends``: several blends from one generator pass per face (default: just ``blend``)."""
-    from facecomp.faces import align_faces
-
     blends = blends or (blend,)
-    for b in blends:
-        if b not in BLENDS:
-            raise ValueError(f"unknown blend '{b}' (valid: {', '.join(BLENDS)})")
+    check_blends(blends)
     check_request(samples, seed)  # before detection: a bad request costs nothing
     h, w = photo.shape[:2]
     if not isinstance(mask_spec, str) and np.asarray(mask_spec).shape != (h, w):
@@ -69,7 +80,8 @@ def complete_photo(completer: Completer, photo: np.ndarray, mask_spec: str | np.
         raise ValueError(f"mask is {'x'.join(map(str, mask_spec.shape[::-1]))} but the image is {w}x{h}")
     found = align_faces(photo, detector)
     if not found:
-        raise ValueError("no face found in the photo")
+        raise NoFaceFound(f"no face found in this {w}x{h} photo: give an aligned 178x218 face crop, or take the "
+                          "whole image as the face (align=False in Python, --align none on the command line)")
     named = isinstance(mask_spec, str) and mask_spec.upper() in masks.OCCLUSIONS
     if named:
         user_mask = None
@@ -105,7 +117,7 @@ def complete_photo(completer: Completer, photo: np.ndarray, mask_spec: str | np.
         hole = ((hole > 1e-3) & (box > 0)).astype(np.float32)
         if not hole.any():
             continue
-        outs = completer.complete(aligned, hole, seed=seed, samples=samples)
+        outs = completer.complete_face(aligned, hole, seed=seed, samples=samples).images
         for k, out in enumerate(outs):
             filled = cv2.warpAffine(out, back, (w, h), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
             for b, imgs in results.items():
@@ -124,34 +136,21 @@ def complete_photo(completer: Completer, photo: np.ndarray, mask_spec: str | np.
     return PhotoResult(results[blends[0]], len(found), completed, int(rest.sum()), covered | rest, boxes, results)
 
 
-def complete_image(completer: Completer, image: np.ndarray, mask_spec: str | np.ndarray, align: str = "auto",
-                   seed: int = 0, samples: int = 1, blend: str = "none") -> tuple[list[np.ndarray], int]:
-    """The one entry for any input: (completions, faces found). ``align="auto"``: a 178x218
-    CelebA-aligned face goes straight to the model (faces found = 1), anything else through
-    detection and alignment; ``"none"``: the whole image is taken as the face."""
-    by_blend, faces = complete_image_blends(completer, image, mask_spec, align, seed, samples, (blend,))
-    return by_blend[blend], faces
-
-
-def complete_image_blends(completer: Completer, image: np.ndarray, mask_spec: str | np.ndarray, align: str = "auto",
-                          seed: int = 0, samples: int = 1, blends: tuple[str, ...] = ("none",),
-                          ) -> tuple[dict[str, list[np.ndarray]], int]:
-    """``complete_image`` for several blends from one generator pass: ({blend: completions}, faces found)."""
-    done = complete_any(completer, image, mask_spec, align, seed, samples, blends)
-    return done.by_blend, done.faces
-
-
-def complete_any(completer: Completer, image: np.ndarray, mask_spec: str | np.ndarray, align: str = "auto",
+def complete_any(completer: FaceCompleter, image: np.ndarray, mask_spec: str | np.ndarray, align: str | bool = "auto",
                  seed: int = 0, samples: int = 1, blends: tuple[str, ...] = ("none",), detector=None) -> Completion:
-    """``complete_image_blends`` with the whole result: images per blend, faces found, and how many masked
-    pixels the model could not see and OpenCV's inpainting filled (``inpainted``). ``detector``: a
-    ``faces.LandmarkDetector`` to reuse (default: one built for the photo)."""
-    if align not in ALIGNS:
-        raise ValueError(f"unknown align '{align}' (valid: {', '.join(ALIGNS)})")
+    """Any [H, W, 3] uint8 image: images per blend, faces completed, and how many masked pixels the model could
+    not see and OpenCV's inpainting filled (``inpainted``). ``align``: "auto" (a 178x218 CelebA-aligned face
+    goes straight to the model, anything else through detection and alignment), "none" or False (the whole
+    image is the face), True (detection and alignment whatever the size). ``detector``: a
+    ``faces.LandmarkDetector`` to reuse (default: this process's shared one)."""
+    if isinstance(align, np.bool_):
+        align = bool(align)
+    if align is not True and align is not False and align not in ALIGNS:
+        raise ValueError(f"unknown align {align!r} (valid: {', '.join(ALIGNS)}; in Python also True, False)")
     h, w = image.shape[:2]
-    if align == "auto" and not layout.is_aligned_size(w, h):
+    if align is True or (align == "auto" and not layout.is_aligned_size(w, h)):
         done = complete_photo(completer, image, mask_spec, seed=seed, samples=samples, blends=blends,
                               detector=detector)
         return Completion(done.by_blend, done.inpainted, done.faces)
     mask = masks.from_spec(mask_spec, w, h) if isinstance(mask_spec, str) else mask_spec
-    return completer.complete_full(image, mask, seed=seed, samples=samples, blends=blends)
+    return completer.complete_face(image, mask, seed=seed, samples=samples, blends=blends)
