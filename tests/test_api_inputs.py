@@ -120,3 +120,20 @@ def test_the_detector_is_built_once_across_calls(completer, astronaut, tmp_path,
         assert len(built) == 1
     finally:
         faces.shared_detector.cache_clear()  # later tests build the real class again
+
+
+@needs_faces
+def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    """The README's Python block, with the shipped model: the astronaut completed, the coffee cup refused."""
+    from .conftest import REPO
+
+    text = (REPO / "README.md").read_text()
+    start = text.index("# Python: a PIL image")
+    code = text[start:text.index("```", start)]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    out = np.asarray(Image.open(tmp_path / "astronaut_o3.png"))
+    astronaut = skdata.astronaut()
+    changed = (out != astronaut).any(-1)
+    assert out.shape == astronaut.shape and 0 < changed.mean() < 0.05  # an eye band on one face
+    assert "no face found in this 600x400 photo" in capsys.readouterr().out

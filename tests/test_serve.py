@@ -157,7 +157,7 @@ def test_engine_server_matches_eager_server(server, face, generator_weights, tmp
 
 @pytest.mark.parametrize("fields,status,words", [
     ({}, 422, "either a mask image or a preset"),
-    ({"preset": "O9"}, 422, "unknown preset"),
+    ({"preset": "O9"}, 422, "preset must be one of"),
     ({"preset": "O3", "samples": 99}, 422, "samples must be in 1..4"),
     ({"preset": "O3", "samples": 2}, 422, "format=json"),
     ({"preset": "O3", "blend": "sharpen"}, 422, "blend must be"),
@@ -196,6 +196,10 @@ def test_unaligned_photo_and_no_face(server, celeba):
     photo = read_rgb(wild[0])
     r = post(url, png(photo), preset="O6", format="json")
     assert r.status_code == 200 and r.json()["faces"] >= 1, r.text
+    from facecomp.serve.timing import parse_header
+
+    timing = parse_header(r.headers["server-timing"])
+    assert timing["detect"] > 0 and timing["align"] > 0 and timing["paste"] > 0, timing
     r = post(url, png(np.full((300, 400, 3), 200, np.uint8)), preset="O3")
     assert r.status_code == 422 and "no face found" in r.json()["error"]
 
@@ -256,3 +260,202 @@ def test_browser_brush_and_complete(server, face):
     radius = 28 / 2 / min(sx, sy) + 2  # brush of 28 screen px
     assert ys.min() >= y - radius and ys.max() <= y + radius
     assert xs.min() >= 60 - radius and xs.max() <= 120 + radius
+
+
+def test_docs_assets_are_served_by_the_app(server):
+    """/docs and /redoc reference only the app's own copies of Swagger UI and ReDoc (no CDN): every
+    <script src> and <link href> of each page is a path of this server and answers 200 with content."""
+    import re
+
+    url, _ = server
+    for page in ("/docs", "/redoc"):
+        r = httpx.get(f"{url}{page}")
+        assert r.status_code == 200 and "text/html" in r.headers["content-type"]
+        refs = re.findall(r'<script[^>]*\bsrc="([^"]+)"', r.text) + re.findall(r'<link[^>]*\bhref="([^"]+)"', r.text)
+        assert len(refs) >= (3 if page == "/docs" else 2), refs  # the JS, (the CSS,) the icon
+        for ref in refs:
+            assert ref.startswith("/"), f"{page} loads {ref} from elsewhere"
+            asset = httpx.get(f"{url}{ref}")
+            assert asset.status_code == 200 and len(asset.content) > 1000, (ref, asset.status_code)
+        assert "cdn" not in r.text.lower() and "fonts.googleapis" not in r.text
+
+
+def test_openapi_enums_and_answer_models(server):
+    """The fixed choices are enums taken from the components' registries; every answer has a schema."""
+    from facecomp import complete, images, wild
+
+    url, _ = server
+    schema = httpx.get(f"{url}/openapi.json").json()
+    parts = schema["components"]["schemas"]
+    assert parts["Blend"]["enum"] == [*complete.BLENDS, "both"]
+    assert parts["ImageBlend"]["enum"] == list(complete.BLENDS)
+    assert parts["Align"]["enum"] == list(wild.ALIGNS)
+    assert parts["Preset"]["enum"] == list(masks.OCCLUSIONS)
+    assert parts["Format"]["enum"] == [*images.OUTPUT_FORMATS, "json"]
+    op = schema["paths"]["/v1/complete"]["post"]
+    body = op["requestBody"]["content"]
+    assert body["multipart/form-data"]["schema"]["$ref"].endswith("/CompleteForm")
+    assert body["application/json"]["schema"]["$ref"].endswith("/CompleteJSON")
+    form, js = parts["CompleteForm"]["properties"], parts["CompleteJSON"]["properties"]
+    assert form["image"]["format"] == "binary" and js["image"]["type"] == "string"
+    for fields in (form, js):
+        for name, enum in (("blend", "Blend"), ("align", "Align"), ("format", "Format")):
+            assert fields[name]["$ref"].endswith(f"/{enum}")
+        assert fields["preset"]["anyOf"][0]["$ref"].endswith("/Preset")
+    ok = op["responses"]["200"]
+    assert ok["content"]["application/json"]["schema"]["$ref"].endswith("/CompleteResult")
+    assert {"image/png", "image/jpeg", "image/webp"} <= set(ok["content"])
+    assert {"X-Faces", "X-Inpainted-Pixels", "Server-Timing"} <= set(ok["headers"])
+    for status in ("400", "413", "415", "422", "500", "503"):
+        assert op["responses"][status]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+    assert "Retry-After" in op["responses"]["503"]["headers"]
+    assert parts["ErrorBody"]["required"] == ["error"]
+    assert set(parts["CompleteResult"]["required"]) == {"faces", "inpainted", "seconds", "images"}
+    health = schema["paths"]["/healthz"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert health["$ref"].endswith("/Health")
+
+
+def unimage(data: bytes) -> tuple[str, np.ndarray]:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return im.format, np.asarray(im.convert("RGB"))
+
+
+@pytest.mark.parametrize("fmt,pillow,media", [("png", "PNG", "image/png"), ("jpg", "JPEG", "image/jpeg"),
+                                              ("jpeg", "JPEG", "image/jpeg"), ("webp", "WEBP", "image/webp")])
+def test_output_formats(server, face, fmt, pillow, media):
+    """format=png|jpg (or jpeg)|webp: that encoding, its Content-Type, the same completion (lossless PNG exactly,
+    JPEG/WebP at quality 95 over 30 dB PSNR from it)."""
+    url, _ = server
+    img = face[1]
+    reference = unpng(post(url, png(img), preset="O3", seed=4).content)
+    r = post(url, png(img), preset="O3", seed=4, format=fmt)
+    assert r.status_code == 200 and r.headers["content-type"] == media, r.text[:200]
+    kind, out = unimage(r.content)
+    assert kind == pillow and out.shape == img.shape
+    err = out.astype(float) - reference.astype(float)
+    psnr = 10 * np.log10(255**2 / max(np.mean(err**2), 1e-12))
+    assert np.abs(err).max() == 0 if fmt == "png" else psnr > 30, psnr  # 32-34 dB measured
+
+
+def b64(data: bytes, data_url: str | None = None) -> str:
+    text = base64.b64encode(data).decode()
+    return f"data:{data_url};base64,{text}" if data_url else text
+
+
+def test_json_body_with_base64_images(server, face):
+    """IOPaint's request shape: a JSON body with base64 images (bare or data URLs); its extra fields are ignored.
+    The answer is the image (as IOPaint's) or, with format=json, the JSON document, pixel for pixel what the
+    multipart form gets."""
+    url, _ = server
+    img = face[1]
+    mask = np.zeros(img.shape[:2], np.uint8)
+    mask[150:170, 70:110] = 255
+    form = post(url, png(img), mask_png=png(mask), seed=7)
+    assert form.status_code == 200
+    iopaint = {"image": b64(png(img), "image/png"), "mask": b64(png(mask)), "seed": 7,
+               "ldm_steps": 20, "hd_strategy": "Crop", "sd_seed": 42, "prompt": ""}  # IOPaint's own fields
+    r = httpx.post(f"{url}/v1/complete", json=iopaint, timeout=120)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png", r.text[:300]
+    assert np.array_equal(unpng(r.content), unpng(form.content))
+    # Line-wrapped base64 (what `base64` prints) and format=json
+    wrapped = "\n".join(iopaint["image"][i:i + 76] for i in range(0, len(iopaint["image"]), 76))
+    r = httpx.post(f"{url}/v1/complete", json={**iopaint, "image": wrapped, "format": "json", "samples": 2,
+                                                "blend": "both"}, timeout=120)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json", r.text[:300]
+    body = r.json()
+    assert [(i["sample"], i["blend"]) for i in body["images"]] == [(0, "none"), (1, "none"), (0, "poisson"),
+                                                                   (1, "poisson")]
+    assert np.array_equal(unpng(base64.b64decode(body["images"][0]["png_base64"])), unpng(form.content))
+    r = httpx.post(f"{url}/v1/complete", json={"image": b64(png(img)), "preset": "o3", "format": "webp"}, timeout=120)
+    assert r.status_code == 200 and unimage(r.content)[0] == "WEBP"
+
+
+@pytest.mark.parametrize("body,status,words", [
+    ({"image": "not base64!", "preset": "O3"}, 400, "image: not valid base64"),
+    ({"image": "data:image/png,rawbytes", "preset": "O3"}, 400, "a data URL must be base64"),
+    ({"image": b64(b"plain text, not a picture"), "preset": "O3"}, 415, "not an image"),
+    ({"preset": "O3"}, 422, "image: Field required"),
+    ({"image": "aGVsbG8=", "preset": "O3", "blend": "sharpen"}, 422, "blend must be one of"),
+    ({"image": "aGVsbG8=", "preset": "O3", "format": "gif"}, 422, "format must be one of"),
+    ({"image": "aGVsbG8=", "preset": "O3", "align": "sideways"}, 422, "align must be one of"),
+    ({"image": "aGVsbG8="}, 422, "either a mask image or a preset"),
+    ({"image": "aGVsbG8=", "preset": "O3", "samples": 2}, 422, "format=png returns one image"),
+    ({"image": "aGVsbG8=", "preset": "O3", "seed": -1}, 422, "seed: Input should be greater than or equal to 0"),
+])
+def test_json_body_refusals(server, body, status, words):
+    url, _ = server
+    r = httpx.post(f"{url}/v1/complete", json=body, timeout=60)
+    assert r.status_code == status and words in r.json()["error"], r.text
+
+
+def test_body_kinds_and_limits(server):
+    url, _ = server
+    r = httpx.post(f"{url}/v1/complete", content=b"{", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "Invalid JSON" in r.json()["error"]
+    r = httpx.post(f"{url}/v1/complete", content=b"hello", headers={"content-type": "text/plain"})
+    assert r.status_code == 415 and "multipart/form-data or application/json" in r.json()["error"]
+    big = b64(os.urandom(2 * 1024 * 1024 + 10))  # over the fixture's 2 MiB upload limit once decoded
+    r = httpx.post(f"{url}/v1/complete", json={"image": big, "preset": "O3"}, timeout=60)
+    assert r.status_code == 413 and "byte limit" in r.json()["error"], r.text[:200]
+    r = httpx.post(f"{url}/v1/complete", json={"image": big + big[:800_000], "preset": "O3"}, timeout=60)
+    assert r.status_code == 413 and "limit" in r.json()["error"], r.text[:200]  # the body itself, unread
+    r = httpx.post(f"{url}/v1/complete", data={"preset": "O3", "image": "text, not a file"})
+    assert r.status_code == 422 and "send a file" in r.json()["error"]
+
+
+def test_server_timing_header(server, face):
+    """Every completion says where its time went (Server-Timing, milliseconds): the six stages add up to total;
+    an aligned face spends nothing in detection."""
+    from facecomp.serve.timing import STAGES, parse_header
+
+    url, _ = server
+    r = post(url, png(face[1]), preset="O3", format="json")
+    timing = parse_header(r.headers["server-timing"])
+    assert list(timing) == [*STAGES, "total"]
+    assert timing["detect"] == 0 and timing["generator"] > 0 and timing["decode"] > 0 and timing["encode"] > 0
+    assert abs(sum(timing[s] for s in STAGES) - timing["total"]) < 0.5
+    assert timing["total"] / 1000 == pytest.approx(r.json()["seconds"] + timing["encode"] / 1000, abs=0.01)
+
+
+@pytest.mark.skipif(chromium() is None, reason="needs Debian's chromium (scripts/test.sh installs it)")
+def test_browser_docs_render_offline(server):
+    """/docs and /redoc render the API in a browser that may reach nothing but this server."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (the 'test' extra)")
+    url, _ = server
+    blocked = []
+
+    def only_this_server(route):
+        if route.request.url.startswith(url):
+            route.continue_()
+        else:
+            blocked.append(route.request.url)
+            route.abort()
+
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium(), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 1000})
+            page.route("**/*", only_this_server)
+            page.goto(f"{url}/docs")
+            op = page.locator(".opblock-post", has_text="/v1/complete")
+            op.wait_for(timeout=60_000)
+            op.locator(".opblock-summary").click()
+            page.locator(".opblock-post .opblock-section-request-body").wait_for(timeout=30_000)
+            text = page.locator(".opblock-post").inner_text()
+            assert "multipart/form-data" in text or "application/json" in text, text[:500]
+            assert page.locator(".opblock-get", has_text="/healthz").count() == 1
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "serve_docs.png"), full_page=False)
+            assert not blocked, f"/docs tried to reach {blocked}"
+            page.goto(f"{url}/redoc")
+            page.get_by_text("Complete the masked region of a face photo").first.wait_for(timeout=60_000)
+            page.screenshot(path=str(ARTIFACTS / "serve_redoc.png"), full_page=False)
+        finally:
+            browser.close()
+    # ReDoc's sidebar shows Redocly's logo from their CDN and drops the <img> when it fails to load (onError):
+    # decoration, the one request an offline /redoc makes and does without.
+    assert set(blocked) <= {"https://cdn.redoc.ly/redoc/logo-mini.svg"}, f"/redoc tried to reach {blocked}"

@@ -8,31 +8,37 @@ request that finds ``max_pending`` others admitted gets 503 with ``Retry-After``
 cannot pile up images in memory. Every bad input is a 4xx with ``{"error": "<one line>"}``.
 Masked pixels the model cannot see (off every face's box) are inpainted (OpenCV Telea) and counted:
 the ``X-Inpainted-Pixels`` header, and ``inpainted`` in a JSON answer.
+
+``POST /v1/complete`` takes a multipart form (files) or a JSON body with base64 images (IOPaint's shape),
+read by its Content-Type and validated against one set of models (``schema``); it answers with the image
+(PNG, JPEG or WebP) or a JSON document, and says where the time went in ``Server-Timing`` (``timing``).
+``/docs`` and ``/redoc`` load Swagger UI and ReDoc from the app itself (the fastapi-offline package's
+copies), so they work with no network.
 """
 
 from __future__ import annotations
 
 import base64
+import copy
 import io
+import json
 import logging
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
 import numpy as np
-from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from facecomp import masks
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
-BLENDS = ("none", "poisson", "both")
 
 
 @dataclass(frozen=True)
@@ -70,11 +76,15 @@ def decode_image(data: bytes, max_pixels: int, what: str, mode: str = "RGB") -> 
         raise BadRequest(400, str(e)) from None
 
 
-def png_bytes(image: np.ndarray) -> bytes:
+def encode_image(image: np.ndarray, fmt: str) -> bytes:
+    """[H, W, 3] uint8 -> file bytes as ``fmt`` (a name of images.OUTPUT_FORMATS, with its save options)."""
     from PIL import Image
 
+    from facecomp import images
+
+    name, options = images.OUTPUT_FORMATS[fmt]
     buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
+    Image.fromarray(image).save(buf, format=name, **options)
     return buf.getvalue()
 
 
@@ -135,14 +145,19 @@ def model_facts(runner: Runner) -> dict:
 
 
 def create_app(cfg: ServeConfig, runner: Runner | None = None):
-    from facecomp.complete import MAX_SEED
-    from facecomp.wild import complete_any
+    from fastapi_offline import FastAPIOffline
+
+    from facecomp.serve import schema
 
     runner = runner or Runner(cfg)
     facts = model_facts(runner)  # fixed for the worker's life; hashing the weights once, not per request
-    app = FastAPI(title="facecomp", version="1", description="Generative face completion (Li et al., CVPR 2017): "
-                  "complete the masked region of a face photo.")
+    # FastAPI's own /docs and /redoc fetch Swagger UI and ReDoc from a CDN; these serve the package's copies.
+    app = FastAPIOffline(title="facecomp", version="1", static_url="/docs-assets",
+                         description="Generative face completion (Li et al., CVPR 2017): complete the masked "
+                         "region of a face photo.")
     app.state.runner = runner
+    default_openapi = app.openapi
+    app.openapi = lambda: app.openapi_schema or schema.add_request_models(default_openapi())
 
     def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status, headers=headers)
@@ -150,8 +165,7 @@ def create_app(cfg: ServeConfig, runner: Runner | None = None):
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(x) for x in first.get("loc", ())[1:]) or "request"
-        return error(422, f"{where}: {first.get('msg', 'invalid request')}")
+        return error(422, schema.describe({**first, "loc": first.get("loc", ())[1:]}))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
@@ -165,7 +179,7 @@ def create_app(cfg: ServeConfig, runner: Runner | None = None):
     @app.middleware("http")
     async def _limit_size(request: Request, call_next):
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > cfg.max_upload_bytes + 64 * 1024:
+        if length is not None and length.isdigit() and int(length) > body_limit(cfg, request):
             return error(413, f"upload of {int(length):,} bytes is over the {cfg.max_upload_bytes:,}-byte limit")
         return await call_next(request)
 
@@ -173,7 +187,7 @@ def create_app(cfg: ServeConfig, runner: Runner | None = None):
     async def page():
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=schema.Health)
     async def healthz():
         b = runner.batcher.stats
         return {"status": "ok", "served": runner.served, "rejected_busy": runner.rejected,
@@ -183,50 +197,23 @@ def create_app(cfg: ServeConfig, runner: Runner | None = None):
     async def model():
         return facts
 
-    @app.post("/v1/complete", responses={200: {"content": {"image/png": {}, "application/json": {}}},
-                                         400: {}, 413: {}, 415: {}, 422: {}, 503: {}})
-    async def complete(
-        image: Annotated[UploadFile, File(description="the photo (PNG, JPEG, WebP, ...)")],
-        mask: Annotated[UploadFile | None, File(description="mask of the photo's size, white = missing")] = None,
-        preset: Annotated[str | None, Form(description="O1..O6 instead of a mask image")] = None,
-        seed: Annotated[int, Form()] = 0,
-        samples: Annotated[int, Form(description="completions from different noise")] = 1,
-        blend: Annotated[str, Form(description="none, poisson or both")] = "none",
-        align: Annotated[str, Form(description="auto (detect + align unaligned photos) or none")] = "auto",
-        format: Annotated[str, Form(description="png (one image) or json (base64 PNGs)")] = "png",
-    ):
+    @app.post("/v1/complete", summary="Complete the masked region of a face photo",
+              description="Send the photo and a mask (white = missing) or a preset, as a multipart form or as "
+              "JSON with base64 images. Answers with the completed photo (format png, jpg, webp) or, with "
+              "format=json, every sample and blend as base64 PNGs. Unaligned photos are searched for faces and "
+              "each face is aligned first (align=auto).",
+              openapi_extra={"requestBody": schema.REQUEST_BODY}, responses=schema.complete_responses())
+    async def complete(request: Request):
         try:
-            if not 1 <= samples <= cfg.max_samples:
-                raise BadRequest(422, f"samples must be in 1..{cfg.max_samples}, got {samples}")
-            if not 0 <= seed < MAX_SEED:
-                raise BadRequest(422, f"seed must be in 0..2**64-1, got {seed}")
-            if blend not in BLENDS:
-                raise BadRequest(422, f"blend must be one of {', '.join(BLENDS)}, got '{blend}'")
-            if format not in ("png", "json"):
-                raise BadRequest(422, f"format must be png or json, got '{format}'")
-            if format == "png" and (samples > 1 or blend == "both"):
-                raise BadRequest(422, "format=png returns one image: use format=json for several")
-            if align not in ("auto", "none"):
-                raise BadRequest(422, f"align must be auto or none, got '{align}'")
-            if (mask is None) == (not preset):
-                raise BadRequest(422, "give either a mask image or a preset (O1..O6)")
-            if preset and preset.upper() not in masks.OCCLUSIONS:
-                raise BadRequest(422, f"unknown preset '{preset}' (valid: {', '.join(masks.OCCLUSIONS)})")
-            photo_bytes = await image.read(cfg.max_upload_bytes + 1)
-            if len(photo_bytes) > cfg.max_upload_bytes:
-                raise BadRequest(413, f"image is over the {cfg.max_upload_bytes:,}-byte limit")
-            mask_bytes = await mask.read(cfg.max_upload_bytes + 1) if mask is not None else None
-            if mask_bytes is not None and len(mask_bytes) > cfg.max_upload_bytes:
-                raise BadRequest(413, f"mask is over the {cfg.max_upload_bytes:,}-byte limit")
+            req, photo_bytes, mask_bytes = await read_request(request, cfg)
         except BadRequest as e:
             return error(e.status, str(e))
         if not runner.try_admit():
             return error(503, "busy: too many requests in flight, retry shortly",
                          headers={"Retry-After": str(cfg.retry_after_s)})
         try:
-            started = time.perf_counter()
-            outs, done = await run_in_threadpool(_complete_sync, runner, cfg, photo_bytes, mask_bytes, preset,
-                                                 seed, samples, blend, align, complete_any)
+            content, media, headers = await run_in_threadpool(_complete_sync, runner, cfg, req, photo_bytes,
+                                                              mask_bytes)
             runner.served += 1
         except BadRequest as e:
             return error(e.status, str(e))
@@ -234,18 +221,88 @@ def create_app(cfg: ServeConfig, runner: Runner | None = None):
             return error(422, str(e))
         finally:
             runner.release()
-        if format == "png":
-            return Response(png_bytes(outs[0][1]), media_type="image/png",
-                            headers={"X-Faces": str(done.faces), "X-Inpainted-Pixels": str(done.inpainted)})
-        return {"faces": done.faces, "inpainted": done.inpainted, "seconds": round(time.perf_counter() - started, 3),
-                "images": [{"sample": k % samples, "blend": b, "png_base64": base64.b64encode(png_bytes(img)).decode()}
-                           for k, (b, img) in enumerate(outs)]}
+        return Response(content, media_type=media, headers=headers)
 
     return app
 
 
-def _complete_sync(runner: Runner, cfg: ServeConfig, photo_bytes: bytes, mask_bytes: bytes | None,
-                   preset: str | None, seed: int, samples: int, blend: str, align: str, complete_any):
+def body_limit(cfg: ServeConfig, request: Request) -> int:
+    """Bytes a request body may hold: the upload limit, plus base64's third for JSON, plus room for the fields."""
+    is_json = "json" in request.headers.get("content-type", "")
+    return (cfg.max_upload_bytes * 4 // 3 + 4 if is_json else cfg.max_upload_bytes) + 64 * 1024
+
+
+async def read_request(request: Request, cfg: ServeConfig):
+    """The request, whichever body it came in: (options, photo bytes, mask bytes or None). Checks everything that
+    needs no decoding, so a bad request costs nothing."""
+    from pydantic import ValidationError
+
+    from facecomp.serve import schema
+
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "application/json" or kind.endswith("+json"):
+        raw = bytearray()
+        async for chunk in request.stream():  # bounded even when no Content-Length was sent
+            raw += chunk
+            if len(raw) > body_limit(cfg, request):
+                raise BadRequest(413, f"JSON body is over the {body_limit(cfg, request):,}-byte limit")
+        try:
+            body = schema.CompleteJSON.model_validate_json(bytes(raw))
+        except ValidationError as e:
+            raise BadRequest(422, schema.one_line(e)) from None
+        check_options(body, cfg, has_mask=bool(body.mask))
+        try:
+            photo = schema.unbase64(body.image, "image")
+            mask = schema.unbase64(body.mask, "mask") if body.mask else None
+        except ValueError as e:
+            raise BadRequest(400, str(e)) from None
+        for what, data in (("image", photo), ("mask", mask)):
+            if data is not None and len(data) > cfg.max_upload_bytes:
+                raise BadRequest(413, f"{what} is over the {cfg.max_upload_bytes:,}-byte limit")
+        return body, photo, mask
+    if kind not in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        raise BadRequest(415, f"send multipart/form-data or application/json, not {kind or 'a body without type'}")
+    async with request.form(max_files=4, max_fields=64) as form:
+        # An empty field is an absent one (as FastAPI's Form() has it): its default applies.
+        fields = {k: v for k, v in form.multi_items() if isinstance(v, str) and v and k not in ("image", "mask")}
+        try:
+            options = schema.Options.model_validate(fields)
+        except ValidationError as e:
+            raise BadRequest(422, schema.one_line(e)) from None
+        image, mask = form.get("image"), form.get("mask") or None
+        for what, part in (("image", image), ("mask", mask)):
+            if part is not None and not isinstance(part, UploadFile):
+                raise BadRequest(422, f"{what}: send a file (multipart file field), not text")
+        if image is None:
+            raise BadRequest(422, "image: Field required")
+        check_options(options, cfg, has_mask=mask is not None)
+        photo = await image.read(cfg.max_upload_bytes + 1)
+        if len(photo) > cfg.max_upload_bytes:
+            raise BadRequest(413, f"image is over the {cfg.max_upload_bytes:,}-byte limit")
+        mask_bytes = await mask.read(cfg.max_upload_bytes + 1) if mask is not None else None
+        if mask_bytes is not None and len(mask_bytes) > cfg.max_upload_bytes:
+            raise BadRequest(413, f"mask is over the {cfg.max_upload_bytes:,}-byte limit")
+    return options, photo, mask_bytes
+
+
+def check_options(req, cfg: ServeConfig, has_mask: bool) -> None:
+    """What the schema cannot say: the server's own limits and fields at odds with each other."""
+    if req.samples > cfg.max_samples:
+        raise BadRequest(422, f"samples must be in 1..{cfg.max_samples}, got {req.samples}")
+    if req.format.value != "json" and (req.samples > 1 or req.blend.value == "both"):
+        raise BadRequest(422, f"format={req.format.value} returns one image: use format=json for several")
+    if has_mask == (req.preset is not None):
+        raise BadRequest(422, "give either a mask image or a preset (O1..O6)")
+
+
+def _complete_sync(runner: Runner, cfg: ServeConfig, req, photo_bytes: bytes, mask_bytes: bytes | None):
+    """Decode, complete, encode, in a worker thread: (body, media type, headers), the stages timed."""
+    from facecomp.serve import schema
+    from facecomp.serve.timing import StageClock, TimedDetector, TimedGenerator
+    from facecomp.wild import complete_any
+
+    clock = StageClock()
+    clock.to("decode")
     photo = decode_image(photo_bytes, cfg.max_pixels, "image")
     if mask_bytes is not None:
         m = decode_image(mask_bytes, cfg.max_pixels, "mask", mode="L")
@@ -254,7 +311,25 @@ def _complete_sync(runner: Runner, cfg: ServeConfig, photo_bytes: bytes, mask_by
                              f"{photo.shape[1]}x{photo.shape[0]}")
         spec: str | np.ndarray = (m > 127).astype(np.float32)
     else:
-        spec = preset.upper()
+        spec = req.preset.value
+    blend = req.blend.value
     blends = ("none", "poisson") if blend == "both" else (blend,)  # both: one generator pass, two pastes
-    done = complete_any(runner.completer, photo, spec, align, seed=seed, samples=samples, blends=blends)
-    return [(b, img) for b in blends for img in done.by_blend[b]], done
+    completer = copy.copy(runner.completer)  # this request's view: the same model, its own clock around it
+    completer.generator = TimedGenerator(runner.completer.generator, clock)
+    clock.to("align")
+    done = complete_any(completer, photo, spec, req.align.value, seed=req.seed, samples=req.samples, blends=blends,
+                        detector=TimedDetector(clock))
+    clock.to("encode")
+    seconds = round(clock.total_ms / 1000, 3)
+    if req.format.value == "json":
+        outs = [(b, img) for b in blends for img in done.by_blend[b]]
+        body = {"faces": done.faces, "inpainted": done.inpainted, "seconds": seconds,
+                "images": [{"sample": k % req.samples, "blend": b,
+                            "png_base64": base64.b64encode(encode_image(img, "png")).decode()}
+                           for k, (b, img) in enumerate(outs)]}
+        content, media = json.dumps(body).encode(), "application/json"
+    else:
+        content, media = encode_image(done.by_blend[blend][0], req.format.value), schema.media_type(req.format.value)
+    clock.to(None)
+    return content, media, {"X-Faces": str(done.faces), "X-Inpainted-Pixels": str(done.inpainted),
+                            "Server-Timing": clock.header()}
