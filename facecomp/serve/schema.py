@@ -1,7 +1,7 @@
 """The HTTP API's request and answer models: what ``/openapi.json`` documents and what both request bodies
 (multipart form, JSON with base64 images) are validated against.
 
-The fixed choices are enums built from the components' own registries (``complete.BLENDS``,
+The fixed choices are enums built from the components' own registries (``blend.BLENDS``,
 ``wild.ALIGNS``, ``masks.OCCLUSIONS``, ``images.OUTPUT_FORMATS``), so the schema cannot drift from
 what the library accepts.
 """
@@ -15,7 +15,8 @@ from enum import Enum
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.json_schema import models_json_schema
 
-from facecomp import complete, images, masks, wild
+from facecomp import images, masks, wild
+from facecomp.blend import BLENDS, MAX_SEED
 
 
 def _choices(name: str, values, doc: str) -> type[Enum]:
@@ -24,9 +25,9 @@ def _choices(name: str, values, doc: str) -> type[Enum]:
     return choices
 
 
-Blend = _choices("Blend", (*complete.BLENDS, "both"), "How the generated pixels are pasted: none (hard), poisson "
+Blend = _choices("Blend", (*BLENDS, "both"), "How the generated pixels are pasted: none (hard), poisson "
                  "(seamless cloning, the paper's M5) or both (two images from one generator pass).")
-ImageBlend = _choices("ImageBlend", complete.BLENDS, "The blend one returned image was pasted with.")
+ImageBlend = _choices("ImageBlend", BLENDS, "The blend one returned image was pasted with.")
 Align = _choices("Align", wild.ALIGNS, "auto: a 178x218 CelebA-aligned face goes straight to the model, any other "
                  "photo is searched for faces and each is aligned; none: the whole image is taken as the face.")
 Preset = _choices("Preset", masks.OCCLUSIONS, "A region of every face instead of a mask image: "
@@ -41,7 +42,7 @@ class Options(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     preset: Preset | None = Field(None, description="instead of a mask image (case-insensitive)")
-    seed: int = Field(0, ge=0, lt=complete.MAX_SEED, description="the fill noise's key: same seed, same pixels")
+    seed: int = Field(0, ge=0, lt=MAX_SEED, description="the fill noise's key: same seed, same pixels")
     samples: int = Field(1, ge=1, description="completions from different noise, at most the server's "
                          "limits.max_samples (GET /v1/model); more than one needs format=json")
     blend: Blend = Field(Blend("none"), description="both needs format=json")
