@@ -65,17 +65,15 @@ def _time_steps(step_fn, warmup: int, steps: int) -> list[float]:
 
 
 def plain(cfg, stage: int, batch: dict, threads: int, warmup: int, steps: int, contiguous: bool = False) -> list[float]:
-    from facecomp.train.step import OptimizerUpdater, train_step
+    from facecomp.train.loop import build_optimizers, build_updaters
+    from facecomp.train.step import train_step
 
     torch.set_num_threads(threads)
     models = _models(cfg, stage)
     if contiguous:  # the weight layout DeepSpeed engines get (cluster.engines.build_engines)
         for name in ("generator", "d_local", "d_global"):
             setattr(models, name, getattr(models, name).to(memory_format=torch.contiguous_format))
-    opt = lambda m, lr: torch.optim.Adam(m.parameters(), lr=lr, betas=(cfg.optim.beta1, cfg.optim.beta2))  # noqa: E731
-    updaters = {"g": OptimizerUpdater(models.generator, opt(models.generator, cfg.optim.lr_g)),
-                "d_local": OptimizerUpdater(models.d_local, opt(models.d_local, cfg.optim.lr_d)),
-                "d_global": OptimizerUpdater(models.d_global, opt(models.d_global, cfg.optim.lr_d))}
+    updaters = build_updaters(models, build_optimizers(models, cfg), cfg)
     return _time_steps(lambda s: train_step(models, updaters, batch, cfg, stage, s), warmup, steps)
 
 

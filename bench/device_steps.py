@@ -189,8 +189,7 @@ def _models(cfg, device: torch.device, seed: int = 0, dtype: torch.dtype | None 
     """Stage-3 models (G, both Ds, a random frozen parsing net) seeded the same on every device, with
     plain Adam updaters; ``dtype`` casts G and the Ds (weights and buffers), as a bf16 engine holds them."""
     from facecomp.models import ParsingNet, freeze
-    from facecomp.train.loop import build_models
-    from facecomp.train.step import OptimizerUpdater
+    from facecomp.train.loop import build_models, build_optimizers, build_updaters
 
     torch.manual_seed(seed)
     models = build_models(cfg, 3, torch.device("cpu"))
@@ -203,14 +202,7 @@ def _models(cfg, device: torch.device, seed: int = 0, dtype: torch.dtype | None 
         if cfg.runtime.channels_last:
             mod = mod.to(memory_format=torch.channels_last)
         setattr(models, name, mod)
-
-    def adam(mod, lr):
-        betas = (cfg.optim.beta1, cfg.optim.beta2)
-        return OptimizerUpdater(mod, torch.optim.Adam(mod.parameters(), lr=lr, betas=betas))
-
-    updaters = {"g": adam(models.generator, cfg.optim.lr_g), "d_local": adam(models.d_local, cfg.optim.lr_d),
-                "d_global": adam(models.d_global, cfg.optim.lr_d)}
-    return models, updaters
+    return models, build_updaters(models, build_optimizers(models, cfg), cfg)
 
 
 def gpu_vs_cpu(ctx: Context) -> dict:

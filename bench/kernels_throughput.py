@@ -79,13 +79,12 @@ def bench_ops(n: int, repeats: int, dtype=torch.float32) -> list[dict]:
 
 def bench_train_step(repeats: int) -> dict:
     from facecomp.config import load_config
-    from facecomp.train.loop import build_models
-    from facecomp.train.step import OptimizerUpdater, train_step
+    from facecomp.train.loop import build_models, build_optimizers, build_updaters
+    from facecomp.train.step import train_step
 
     cfg = load_config("cpu")
     models = build_models(cfg, 1, torch.device("cpu"))
-    upd = {k: OptimizerUpdater(mod, torch.optim.Adam(mod.parameters(), lr=1e-4))
-           for k, mod in (("g", models.generator), ("d_local", models.d_local), ("d_global", models.d_global))}
+    upd = build_updaters(models, build_optimizers(models, cfg), cfg)
     x = torch.rand(cfg.train.batch_size, 3, 128, 128) * 2 - 1
     m = torch.zeros(cfg.train.batch_size, 1, 128, 128)
     m[:, :, 32:96, 32:96] = 1

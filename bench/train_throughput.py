@@ -27,8 +27,8 @@ from facecomp.data.celeba import CelebAIndex
 from facecomp.data.pipeline import build_loader
 from facecomp.models import ParsingNet, freeze
 from facecomp.runtime import tune_allocator
-from facecomp.train.loop import build_models
-from facecomp.train.step import OptimizerUpdater, train_step
+from facecomp.train.loop import build_models, build_optimizers, build_updaters
+from facecomp.train.step import train_step
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
@@ -49,9 +49,7 @@ def setup(cfg, stage):
         models.parsing = freeze(ParsingNet(cfg.parsing))
         if cfg.runtime.channels_last:
             models.parsing = models.parsing.to(memory_format=torch.channels_last)
-    updaters = {n: OptimizerUpdater(m, torch.optim.Adam(m.parameters(), lr=1e-4))
-                for n, m in (("g", models.generator), ("d_local", models.d_local), ("d_global", models.d_global))}
-    return models, updaters
+    return models, build_updaters(models, build_optimizers(models, cfg), cfg)
 
 
 def bench_stage(cfg, stage, batch, repeats):

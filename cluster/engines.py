@@ -17,10 +17,10 @@ from typing import Any
 import torch
 
 from facecomp.config import Config
+from facecomp.train.loop import TRAINED, base_lrs
 from facecomp.train.step import Models
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-ENGINES = ("g", "d_local", "d_global")  # updater names of facecomp.train.step
 
 
 def config_names() -> list[str]:
@@ -79,19 +79,21 @@ class Engines:
     called through its engine, a ZeRO-0 D refuses that backward, so the step sees the bare module.
     """
 
-    g: Any
+    generator: Any
     d_local: Any
     d_global: Any
 
     def updaters(self) -> dict[str, Any]:
-        return {"g": self.g, "d_local": self.d_local, "d_global": self.d_global}
+        """The step's updaters, keyed like the modules (facecomp.train.loop.TRAINED)."""
+        return {name: getattr(self, name) for name in TRAINED}
 
     def models(self, parsing: torch.nn.Module | None) -> Models:
-        return Models(generator=self.g, d_local=self.d_local.module, d_global=self.d_global.module, parsing=parsing)
+        return Models(generator=self.generator, d_local=self.d_local.module, d_global=self.d_global.module,
+                      parsing=parsing)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         """Checkpoint names (generator, d_local, d_global) -> the trained modules."""
-        return {"generator": self.g.module, "d_local": self.d_local.module, "d_global": self.d_global.module}
+        return {name: getattr(self, name).module for name in TRAINED}
 
 
 def build_engines(models: Models, cfg: Config, device: torch.device) -> Engines:
@@ -101,14 +103,13 @@ def build_engines(models: Models, cfg: Config, device: torch.device) -> Engines:
     ds_json = load_ds_json(cfg.cluster.deepspeed)
     dtype = next((t for key, t in (("bf16", torch.bfloat16), ("fp16", torch.float16))
                   if ds_json.get(key, {}).get("enabled")), None)
-    lrs = {"g": cfg.optim.lr_g, "d_local": cfg.optim.lr_d, "d_global": cfg.optim.lr_d}
-    mods = {"g": models.generator, "d_local": models.d_local, "d_global": models.d_global}
+    lrs = base_lrs(cfg.optim)
     engines = {}
-    for name in ENGINES:
+    for name in TRAINED:
         # DeepSpeed broadcasts and flattens parameters as contiguous byte views, which channels_last
         # weights are not. The step still feeds channels_last activations (runtime.channels_last), and
         # a conv with one channels_last operand runs channels_last.
-        mod = mods[name].to(memory_format=torch.contiguous_format)
+        mod = getattr(models, name).to(memory_format=torch.contiguous_format)
         if dtype is not None:
             # DeepSpeed casts only the parameters; BatchNorm then meets bf16 weights and fp32 running
             # statistics, which CPU batch_norm refuses. Cast the buffers with them.

@@ -12,7 +12,6 @@ SIGTERM/SIGUSR1 to the driver stop the stage: every worker checkpoints at the sa
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +20,9 @@ from facecomp import config as config_mod
 from facecomp.config import Config
 from facecomp.train import checkpoint as ck
 from facecomp.train import runs
+from facecomp.train.checkpoint import RunState
 from facecomp.train.stages import check_stage
 
-from . import checkpoints
 from .engines import load_ds_json
 from .stop import clear_stop, stop_on_signal
 from .worker import train_loop_per_worker
@@ -46,7 +45,7 @@ class LaunchConfig:
 class StageResult:
     run_dir: Path
     checkpoint: Path
-    state: dict
+    state: RunState
     finished: bool = True  # False: stopped by a signal, with a checkpoint to continue from
     stopped_by: str = ""  # the signal's name
 
@@ -67,8 +66,7 @@ def train_stage(cfg: Config, stage: int, launch: LaunchConfig, init: str | Path 
     run_dir = storage / name
     if init is not None:
         runs.check_init_source(init, init_unfinished)
-        init = ck.find_checkpoint(checkpoints.latest(init)) if Path(init).is_dir() else Path(init)
-        init = str(Path(init).resolve())
+        init = str((ck.find_checkpoint(init) if Path(init).is_dir() else Path(init)).resolve())
     elif stage > 1 and not from_scratch and not any(run_dir.glob("step_*/state.json")):
         raise ValueError(f"stage {stage} starts from the previous stage: pass --init RUN (or --from-scratch to "
                          "train it from random weights)")
@@ -88,16 +86,16 @@ def train_stage(cfg: Config, stage: int, launch: LaunchConfig, init: str | Path 
     if result.checkpoint is None:
         raise RuntimeError(f"stage {stage} finished without a checkpoint in {run_dir}")
     final = Path(result.checkpoint.path)
-    state = json.loads((final / "state.json").read_text())
+    state = RunState.read(final)
     total = cfg.train.stage_steps[stage - 1]
-    if state["step"] < total:
-        log.info("stage %d stopped by %s at step %d/%d", stage, stop.name or "request", state["step"], total)
+    if state.step < total:
+        log.info("stage %d stopped by %s at step %d/%d", stage, stop.name or "request", state.step, total)
         return StageResult(run_dir=run_dir, checkpoint=final, state=state, finished=False, stopped_by=stop.name)
     clear_stop(run_dir)  # a signal after the last step: the stage finished all the same
     ck.copy_file(final / "generator.safetensors", run_dir / "generator.safetensors")
     ck.write_json(run_dir / runs.RESULT_FILE, {
-        "finished": True, "stage": stage, "steps": state["step"], "images": state["images"],
-        "seconds": state["seconds"], "world_size": state["world_size"], "restarts": state["restarts"],
+        "finished": True, "stage": stage, "steps": state.step, "images": state.images,
+        "seconds": state.seconds, "world_size": state.world_size, "restarts": state.restarts,
         "checkpoint": final.name, "chosen": None, "generator": "generator.safetensors"})
     return StageResult(run_dir=run_dir, checkpoint=final, state=state)
 

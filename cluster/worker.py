@@ -1,8 +1,10 @@
-"""The per-worker loop Ray Train runs on every rank: build, wrap in DeepSpeed, (restore | init), step.
+"""The per-worker loop Ray Train runs on every rank: the loop driver of facecomp.train.loop with the
+cluster's hooks.
 
-It is the loop of facecomp.train.loop cut down to what differs: the models are DeepSpeed engines,
-the data is this rank's shard, and checkpoints go to Ray Train (every rank reports its part; Ray
-merges them into one folder in the run's storage). The step itself is facecomp.train.step.train_step.
+What differs from the plain loop is only in the hooks: the models are DeepSpeed engines, the data is
+this rank's shard, a step whose batch is empty on any rank passes on every rank, and checkpoints go to
+Ray Train (every rank reports its part; Ray merges them into one folder in the run's storage). The step
+itself is facecomp.train.step.train_step, as in the plain loop.
 
 A stop marker written by the driver on SIGTERM/SIGUSR1 (facecomp.cluster.stop) makes every rank
 checkpoint at the same step and return. Rank 0 writes TensorBoard logs to ``STORAGE/NAME/tb``: the
@@ -11,10 +13,11 @@ scalars and image grids of ``facecomp train``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +25,18 @@ import torch
 
 from facecomp import config as config_mod
 from facecomp import runtime
+from facecomp.config import Config
+from facecomp.data.celeba import partition_files
+from facecomp.data.loaders import make_loader
+from facecomp.train.checkpoint import RunState
+from facecomp.train.loop import StageHooks, build_models, drive, init_from, resume_state
+
+from . import checkpoints
 
 log = logging.getLogger("facecomp.cluster")
+
+# report(step, metrics, folder): hand a checkpoint folder of this rank to Ray Train (ray.train.report)
+Report = Callable[[int, dict[str, float], Path], None]
 
 
 def _accelerator(device: torch.device) -> None:
@@ -33,59 +46,62 @@ def _accelerator(device: torch.device) -> None:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train's entry on every worker: Ray's context, then :func:`run_stage`."""
     import ray.train
     import ray.train.torch
 
-    from facecomp.data.celeba import partition_files
-    from facecomp.data.loaders import make_loader
-    from facecomp.train.loop import _grid, build_models, init_from
-    from facecomp.train.schedule import lr_factor, set_lr
-    from facecomp.train.step import train_step
-
-    from . import checkpoints
-    from .engines import build_engines, make_agree
-    from .stop import STOP_FILE, StopAgreement, max_reduce, stop_group
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = config_mod.from_dict(config["config"])
-    stage: int = config["stage"]
-    run_dir = Path(config["run_dir"])
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()  # cuda:<local rank> on GPU workers, cpu otherwise
-    _accelerator(device)
     torch.set_num_threads(cfg.cluster.cpus_per_worker)
-    cfg.runtime.device = str(device)
     if cfg.runtime.tune_malloc and device.type == "cpu":
         runtime.tune_allocator()  # as facecomp train does (facecomp.runtime: ~20% of a CPU step)
 
+    def report(step: int, metrics: dict[str, float], folder: Path) -> None:
+        ray.train.report({"step": step, **metrics}, checkpoint=ray.train.Checkpoint.from_directory(str(folder)),
+                         checkpoint_dir_name=checkpoints.dir_name(step))
+
+    run_stage(cfg, config["stage"], Path(config["run_dir"]), ctx.get_world_rank(), ctx.get_world_size(), device,
+              report, restore=ray.train.get_checkpoint(), init=config.get("init"))
+
+
+def run_stage(cfg: Config, stage: int, run_dir: Path, rank: int, world: int, device: torch.device,
+              report: Report, restore=None, init: str | None = None) -> RunState:
+    """One rank of a stage, inside an initialised process group: DeepSpeed engines (restored from
+    ``restore``, this run's own checkpoint as Ray Train hands it back: anything with ``as_directory()``;
+    else initialised from ``init``), then the loop driver. Rank 0 logs."""
+    from .engines import build_engines, make_agree
+    from .stop import STOP_FILE, StopAgreement, max_reduce, stop_group
+
+    _accelerator(device)
+    cfg.runtime.device = str(device)
     models = build_models(cfg, stage, device)
-    ray_ckpt = ray.train.get_checkpoint()
-    if ray_ckpt is None and config.get("init"):
+    if restore is None and init:
         # weights only (safetensors), before the engines broadcast rank 0's parameters
-        source = init_from(models, config["init"])
+        source = init_from(models, init)
         if rank == 0:
             log.info("stage %d initialised from %s", stage, source)
     engines = build_engines(models, cfg, device)
-    step_models = engines.models(models.parsing)
-    updaters = engines.updaters()
 
-    start_step, images, seconds, restarts, position = 0, 0, 0.0, [], None
-    saved = None  # the step of this run's newest checkpoint
-    if ray_ckpt is not None:
-        with ray_ckpt.as_directory() as d:
-            state = checkpoints.restore(engines, Path(d), stage)
+    state, position = RunState(stage=stage), None
+    if restore is not None:
+        with restore.as_directory() as d:
+            state = resume_state(Path(d), stage)
+            checkpoints.restore(engines, Path(d))
             position = checkpoints.loader_state(Path(d), rank, world, state)
-        start_step, images, seconds = state["step"], state["images"], state["seconds"]
-        restarts, saved = [*state.get("restarts", []), start_step], start_step
         if rank == 0:
-            log.info("resumed stage %d at step %d from %s", stage, start_step, ray_ckpt.path)
+            log.info("resumed stage %d at step %d from %s", stage, state.step, getattr(restore, "path", restore))
+    state = dataclasses.replace(state, world_size=world, deepspeed=cfg.cluster.deepspeed,
+                                config=config_mod.to_dict(cfg))
 
     files = partition_files(cfg.data.roots, cfg.data.partition, cfg.data.limit)
-    loader = make_loader(cfg, files, start_step=start_step, rank=rank, world_size=world, device=device,
+    loader = make_loader(cfg, files, start_step=state.step, rank=rank, world_size=world, device=device,
                          loader_state=position)
-    agree = make_agree(world)
-    stop = StopAgreement(run_dir / STOP_FILE, max_reduce(stop_group()) if world > 1 else None)
+    # one gloo all_reduce(MAX) per check on every rank, so all ranks take the same decision
+    reduce = max_reduce(stop_group()) if world > 1 else None
+    stop = StopAgreement(run_dir / STOP_FILE, reduce)
+    updaters = engines.updaters()
     for engine in updaters.values():
         engine.train()
     writer = None
@@ -94,61 +110,40 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
         # purge_step: events logged past the checkpoint a restart resumes from are dropped (step N's
         # scalars were written before checkpoint N, so they stay)
-        writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1 if ray_ckpt is not None else None)
+        writer = SummaryWriter(str(run_dir / "tb"), purge_step=state.step + 1 if restore is not None else None)
 
+    hooks = _ClusterStage(cfg, stage, engines, models.parsing, device, rank=rank, loader=loader, report=report,
+                          writer=writer, agree=make_agree(world), any_rank=reduce)
     total = cfg.train.stage_steps[stage - 1]
-    base_lr = {"g": cfg.optim.lr_g, "d_local": cfg.optim.lr_d, "d_global": cfg.optim.lr_d}
-
-    def save(step: int, metrics: dict[str, float]) -> None:
-        state = {"format": "facecomp-cluster/1", "stage": stage, "step": step, "images": images,
-                 "seconds": seconds, "world_size": world, "deepspeed": cfg.cluster.deepspeed,
-                 "restarts": restarts, "config": config_mod.to_dict(cfg)}
-        with tempfile.TemporaryDirectory(prefix="facecomp-ckpt-") as tmp:
-            checkpoints.save(engines, Path(tmp), rank, cfg, stage, step, state)
-            checkpoints.save_loader_state(Path(tmp), rank, loader)
-            ray.train.report({"step": step, **metrics},
-                             checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                             checkpoint_dir_name=checkpoints.dir_name(step))
-        if writer is not None:
-            writer.flush()
-
-    step, metrics = start_step, {}
-    batches = iter(loader)
-    # stop() is a collective: every rank calls it once per step, and all leave the loop at the same step
-    while step < total and not stop():
-        batch = next(batches)
-        # A rank whose whole batch was unreadable still takes the step (an empty one is not possible:
-        # the engines' collectives need every rank), so the pipeline's None batch is an error here.
-        if batch["image"] is None:
-            raise ValueError(f"rank {rank}: every image of batch {step} is unreadable")
-        tick = time.perf_counter()
-        batch = {**batch, "image": batch["image"].to(device), "mask": batch["mask"].to(device)}
-        factor = lr_factor(cfg.optim, step, total)  # the plain loop's schedule (1 unless optim.lr_decay)
-        for name, engine in updaters.items():
-            set_lr(engine.optimizer, base_lr[name] * factor)
-        result = train_step(step_models, updaters, batch, cfg, stage, step, agree=agree)
-        metrics = result.metrics
-        seconds += time.perf_counter() - tick
-        images += batch["image"].shape[0] * world
-        step += 1
-        if rank == 0 and (step % cfg.train.log_every == 0 or step == total):
-            log.info("stage %d step %d/%d recon %.2f total %.2f", stage, step, total, metrics["recon"],
-                     metrics["total"])
-            for k, v in metrics.items():
-                writer.add_scalar(f"stage{stage}/{k}", v, step)
-            writer.add_scalar(f"stage{stage}/images_per_s", images / max(seconds, 1e-9), step)
-            writer.add_scalar(f"stage{stage}/lr_factor", factor, step)
-        if writer is not None and (step % cfg.train.image_every == 0 or step == total):
-            writer.add_image(f"stage{stage}/original_masked_completed",
-                             _grid(batch["image"], batch["mask"], result.completed), step)
-        if step % cfg.train.ckpt_every == 0 or step == total:
-            save(step, metrics)
-            saved = step
-    if step < total:  # stopped: a checkpoint at the step reached (even step 0), which a rerun resumes from
-        if saved != step:
-            save(step, metrics)
-        if rank == 0:
-            log.info("stage %d stopped at step %d/%d on request; checkpoint %s", stage, step, total,
-                     checkpoints.dir_name(step))
+    finished = drive(state, iter(loader), hooks, total=total, ckpt_every=cfg.train.ckpt_every, stop=stop,
+                     saved=state.step if restore is not None else None)
+    if not finished and rank == 0:
+        log.info("stage %d stopped at step %d/%d on request; checkpoint %s", stage, state.step, total,
+                 checkpoints.dir_name(state.step))
     if writer is not None:
         writer.close()
+    return state
+
+
+class _ClusterStage(StageHooks):
+    """DeepSpeed engines on this rank's shard; checkpoints reported to Ray Train by every rank."""
+
+    def __init__(self, cfg: Config, stage: int, engines, parsing: torch.nn.Module | None, device: torch.device, *,
+                 rank: int, loader, report: Report, writer, agree,
+                 any_rank: Callable[[torch.Tensor], torch.Tensor] | None):
+        super().__init__(cfg, stage, engines.models(parsing), engines.updaters(), device, writer=writer,
+                         log_lines=rank == 0, agree=agree)
+        self.engines, self.rank, self.loader, self.report, self.any_rank = engines, rank, loader, report, any_rank
+
+    def empty(self, batch: dict) -> bool:
+        # The engines' collectives need every rank in every update: a step passes on all ranks or on none.
+        flag = torch.tensor([1 if batch["image"] is None else 0], dtype=torch.int32)
+        return bool((self.any_rank(flag) if self.any_rank is not None else flag).item())
+
+    def save(self, state: RunState) -> None:
+        with tempfile.TemporaryDirectory(prefix="facecomp-ckpt-") as tmp:
+            checkpoints.save(self.engines, Path(tmp), self.rank, self.cfg, state)
+            checkpoints.save_loader_state(Path(tmp), self.rank, self.loader)
+            self.report(state.step, self.metrics, Path(tmp))
+        if self.writer is not None:
+            self.writer.flush()

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,9 +47,7 @@ def _cluster(*args, timeout=420):
 
 
 def _state(run: Path) -> dict:
-    from facecomp.cluster.checkpoints import latest
-
-    return json.loads((latest(run) / "state.json").read_text())
+    return json.loads((ck.find_checkpoint(run) / "state.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +74,7 @@ def test_three_stages_two_workers(stage_runs):
         # the files the rest of facecomp reads: safetensors that load into a fresh generator
         ck.load_module(run / "generator.safetensors", Generator(cfg.generator), "generator")
         assert (run / "config.toml").is_file()
-        assert {p.name for p in (run / "step_0000004").glob("ds_*")} == {"ds_g", "ds_d_local", "ds_d_global"}
+        assert {p.name for p in (run / "step_0000004").glob("ds_*")} == {"ds_generator", "ds_d_local", "ds_d_global"}
     assert _state(storage / "stage2")["deepspeed"] == "zero2_fp32"
     assert _state(storage / "stage3")["deepspeed"] == "zero0_fp32"
     # stage N+1 started from stage N's newest checkpoint (its safetensors, through facecomp's init_from)
@@ -189,48 +188,86 @@ def dist_world_1():
             os.environ[k] = v
 
 
+def _scalars(run: Path, stage: int, key: str) -> list[float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    return [e.value for e in sorted(events.Scalars(f"stage{stage}/{key}"), key=lambda e: e.step)]
+
+
+def _cluster_stage(cfg, stage: int, run: Path, restore=None) -> dict[int, Path]:
+    """The cluster's own per-worker loop as one rank (the process group of dist_world_1); the folders it
+    reports, by step, copied where Ray Train would merge them."""
+    from facecomp import config as config_mod
+    from facecomp.cluster.worker import run_stage
+
+    reported: dict[int, Path] = {}
+
+    def report(step, metrics, folder):
+        reported[step] = shutil.copytree(folder, run / f"step_{step:07d}", dirs_exist_ok=True)
+
+    cfg = config_mod.from_dict(config_mod.to_dict(cfg))
+    run_stage(cfg, stage, run, 0, 1, torch.device("cpu"), report, restore=restore)
+    return reported
+
+
 @pytest.mark.parametrize("ds_name", ["zero1_fp32", "zero2_fp32"])
-def test_engine_losses_equal_plain_loop(smoke_cfg, face_files, dist_world_1, ds_name):
-    """Stage 3 (every term, both D updates) for 3 steps on the same real batch: DeepSpeed engines vs
-    plain modules + torch Adam. Tolerance: rtol 1e-5 on each loss. Both run torch's Adam with the
-    same hyper-parameters on the same fp32 gradients; what differs is only ZeRO's flattened
-    parameter buffer (Adam updates a flat view instead of per-tensor ones) and a 1-rank all-reduce, which
-    change no arithmetic, so they agree to the last bit here. rtol 1e-5 rather than equality because
-    nothing promises bit-identical kernels across the two paths; DeepSpeed's default gradient clipping
-    at norm 1.0 (switched off in engines.deepspeed_config) already shows up as 5e-5 at step 1."""
-    from facecomp.cluster.engines import build_engines, make_agree
-    from facecomp.data.pipeline import build_loader
-    from facecomp.models import ParsingNet, freeze
-    from facecomp.train.loop import build_models
-    from facecomp.train.step import OptimizerUpdater, train_step
+def test_engine_losses_equal_plain_loop(celeba, parsing_weights, dist_world_1, tmp_path, ds_name):
+    """Stage 3 (every term, both D updates) for 3 steps on the same real faces: the cluster's loop
+    (facecomp.cluster.worker.run_stage: DeepSpeed engines) vs the plain loop (facecomp.train.loop.train:
+    plain modules + torch Adam), each as it runs, read back from the TensorBoard scalars and weights
+    they write. Tolerance: rtol 1e-5 on each loss. Both run torch's Adam with the same
+    hyper-parameters on the same fp32 gradients; what differs is only ZeRO's flattened parameter buffer
+    (Adam updates a flat view instead of per-tensor ones) and a 1-rank all-reduce, which change no
+    arithmetic, so they agree to the last bit here. rtol 1e-5 rather than equality because nothing
+    promises bit-identical kernels across the two paths; DeepSpeed's default gradient clipping at norm
+    1.0 (switched off in engines.deepspeed_config) already shows up as 5e-5 at step 1."""
+    from facecomp.train.loop import train
 
-    cfg = smoke_cfg
-    cfg.cluster.deepspeed = ds_name
-    cfg.adversarial.d_skip_below = 0.0  # both Ds always step: the whole step is compared
-    batch = next(iter(build_loader(face_files, cfg.generator.image_size, cfg.data, cfg.mask, 4, 0)))
-    batch = {"image": batch["image"], "mask": batch["mask"]}
+    cfg = load_config("smoke", [f'data.roots=["{celeba}"]', f"parsing.weights={parsing_weights}",
+                                f"cluster.deepspeed={ds_name}", "adversarial.d_skip_below=0.0",  # both Ds step
+                                "train.stage_steps=[3, 3, 3]", "train.ckpt_every=3", "train.log_every=1",
+                                "train.image_every=1000", "validation.faces=0"])
+    plain = train(cfg, 3, cfg.data.roots, tmp_path / "plain", progress=False)
+    reported = _cluster_stage(cfg, 3, tmp_path / "cluster")
+    assert plain.steps == 3 and sorted(reported) == [3]
+    assert ck.read_state(reported[3])["images"] == plain.images
+    for key in ("d_adv_local", "d_adv_global", "recon", "adv_local", "adv_global", "parsing", "total"):
+        a, b = _scalars(tmp_path / "plain", 3, key), _scalars(tmp_path / "cluster", 3, key)
+        assert len(a) == len(b) == 3, key
+        for step, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert y == pytest.approx(x, rel=1e-5), f"step {step} {key}: plain {x}, engine {y}"
+    g_plain = ck.load_tensors(ck.find_checkpoint(tmp_path / "plain") / "generator.safetensors", "generator")[0]
+    g_cluster = ck.load_tensors(reported[3] / "generator.safetensors", "generator")[0]
+    for k in g_plain:
+        torch.testing.assert_close(g_cluster[k], g_plain[k], rtol=1e-5, atol=1e-6)
 
-    def parsing():
-        torch.manual_seed(1)
-        return freeze(ParsingNet(cfg.parsing))
 
-    plain = build_models(cfg, 1, torch.device("cpu"))
-    plain.parsing = parsing()
-    opt = lambda m, lr: torch.optim.Adam(m.parameters(), lr=lr, betas=(cfg.optim.beta1, cfg.optim.beta2))  # noqa: E731
-    updaters = {"g": OptimizerUpdater(plain.generator, opt(plain.generator, cfg.optim.lr_g)),
-                "d_local": OptimizerUpdater(plain.d_local, opt(plain.d_local, cfg.optim.lr_d)),
-                "d_global": OptimizerUpdater(plain.d_global, opt(plain.d_global, cfg.optim.lr_d))}
+def test_a_cluster_checkpoint_of_the_earlier_layout_resumes(celeba, smoke_cfg, dist_world_1, tmp_path):
+    """A checkpoint written before the engines were named like the modules (the generator's DeepSpeed
+    folder ds_g/, state.json of format facecomp-cluster/1) restores, and the run goes on to the very
+    weights of an uninterrupted one."""
+    import ray.train
 
-    engines = build_engines(build_models(cfg, 1, torch.device("cpu")), cfg, torch.device("cpu"))
-    ds_models = engines.models(parsing())
-    agree = make_agree(1)
-    for step in range(3):
-        a = train_step(plain, updaters, batch, cfg, 3, step).metrics
-        b = train_step(ds_models, engines.updaters(), batch, cfg, 3, step, agree=agree).metrics
-        for key in ("d_adv_local", "d_adv_global", "recon", "adv_local", "adv_global", "parsing", "total"):
-            assert b[key] == pytest.approx(a[key], rel=1e-5), f"step {step} {key}: plain {a[key]}, engine {b[key]}"
-    for p, q in zip(plain.generator.parameters(), engines.g.module.parameters(), strict=True):
-        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
+    smoke_cfg.data.roots = [str(celeba)]
+    smoke_cfg.train.stage_steps, smoke_cfg.train.ckpt_every = [4, 4, 4], 2
+    straight = _cluster_stage(smoke_cfg, 1, tmp_path / "straight")
+    split = _cluster_stage(smoke_cfg, 1, tmp_path / "split")
+    old = split[2]
+    (old / "ds_generator").rename(old / "ds_g")
+    state = ck.read_state(old)
+    keys = ("stage", "step", "images", "seconds", "world_size", "deepspeed", "restarts", "config")
+    legacy = {"format": "facecomp-cluster/1", **{k: state[k] for k in keys}}
+    (old / "state.json").write_text(json.dumps(legacy))
+    shutil.rmtree(split[4])  # as if the run had stopped at step 2
+    resumed = _cluster_stage(smoke_cfg, 1, tmp_path / "split", restore=ray.train.Checkpoint.from_directory(str(old)))
+    state = ck.read_state(resumed[4])
+    assert (state["step"], state["restarts"], state["images"]) == (4, [2], 4 * smoke_cfg.train.batch_size)
+    for name in ("generator", "d_local"):
+        a = ck.load_tensors(straight[4] / f"{name}.safetensors")[0]
+        b = ck.load_tensors(resumed[4] / f"{name}.safetensors")[0]
+        assert all(torch.equal(a[k], b[k]) for k in a), f"{name} differs after resuming the earlier layout"
 
 
 def test_bad_deepspeed_config_is_one_line(celeba, tmp_path):
@@ -288,7 +325,7 @@ def test_bf16_engines_train(smoke_cfg, face_files, dist_world_1, ds_name):
     b = next(iter(build_loader(face_files, cfg.generator.image_size, cfg.data, cfg.mask, 4, 0)))
     batch = {"image": b["image"], "mask": b["mask"]}
     engines = build_engines(build_models(cfg, 1, torch.device("cpu")), cfg, torch.device("cpu"))
-    assert next(engines.g.module.parameters()).dtype == torch.bfloat16
+    assert next(engines.generator.module.parameters()).dtype == torch.bfloat16
     before = {n: [p.detach().float().clone() for p in m.parameters()] for n, m in engines.modules().items()}
     for step in range(2):
         metrics = train_step(engines.models(None), engines.updaters(), batch, cfg, 2, step, agree=make_agree(1)).metrics

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from facecomp.models import ParsingNet, freeze
-from facecomp.train.loop import build_models
+from facecomp.train.loop import build_models, build_optimizers, build_updaters
 from facecomp.train.stages import loss_weights
-from facecomp.train.step import OptimizerUpdater, train_step
+from facecomp.train.step import train_step
 
 
 def _setup(cfg, stage, parsing=False):
@@ -14,8 +14,7 @@ def _setup(cfg, stage, parsing=False):
     if parsing:
         torch.manual_seed(1)
         models.parsing = freeze(ParsingNet(cfg.parsing))
-    updaters = {name: OptimizerUpdater(mod, torch.optim.Adam(mod.parameters(), lr=1e-3))
-                for name, mod in (("g", models.generator), ("d_local", models.d_local), ("d_global", models.d_global))}
+    updaters = build_updaters(models, build_optimizers(models, cfg), cfg)
     torch.manual_seed(0)
     x = torch.rand(4, 3, 128, 128) * 2 - 1
     m = torch.zeros(4, 1, 128, 128)

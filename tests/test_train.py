@@ -61,7 +61,7 @@ def test_resume_equals_uninterrupted(celeba, smoke_cfg, parsing_weights, tmp_pat
     smoke_cfg.train.stage_steps = [6, 6, 6]
     result = train(smoke_cfg, 3, celeba, tmp_path / "split", resume=True, progress=False)
     assert result.steps == 6
-    for name in ("generator", "d_local", "d_global", "optim_g", "optim_d_local"):
+    for name in ("generator", "d_local", "d_global", "optim_generator", "optim_d_local"):
         a = load_file(ck.find_checkpoint(tmp_path / "straight") / f"{name}.safetensors")
         b = load_file(ck.find_checkpoint(tmp_path / "split") / f"{name}.safetensors")
         assert a.keys() == b.keys()

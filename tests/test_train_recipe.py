@@ -19,9 +19,9 @@ from facecomp.data.celeba import partition_files
 from facecomp.train import checkpoint as ck
 from facecomp.train import validation as val
 from facecomp.train.ema import EMA
-from facecomp.train.loop import build_models, train
+from facecomp.train.loop import build_models, build_optimizers, build_updaters, train
 from facecomp.train.schedule import lr_factor
-from facecomp.train.step import OptimizerUpdater, train_step
+from facecomp.train.step import train_step
 
 
 def _celeba_folder(root, names, partition):
@@ -94,8 +94,7 @@ def test_r1_changes_the_discriminator_update(smoke_cfg):
     def d_after(r1):
         cfg = config_mod.load_config("smoke", [f"adversarial.r1={r1}", "adversarial.d_skip_below=0.0"])
         models = build_models(cfg, 2, torch.device("cpu"))
-        ups = {n: OptimizerUpdater(m, torch.optim.SGD(m.parameters(), lr=0.1))
-               for n, m in (("g", models.generator), ("d_local", models.d_local), ("d_global", models.d_global))}
+        ups = build_updaters(models, build_optimizers(models, cfg), cfg)
         torch.manual_seed(0)
         x = torch.rand(4, 3, 128, 128) * 2 - 1
         m = torch.zeros(4, 1, 128, 128)
@@ -125,7 +124,7 @@ def test_choose_follows_the_stated_rule():
 def test_best_checkpoint_survives_pruning(tmp_path):
     mod = nn.Linear(2, 2)
     for step in (1, 2, 3, 4):
-        ck.save_checkpoint(tmp_path, step, {"generator": (mod, {})}, {}, {"step": step}, keep=2,
+        ck.save_checkpoint(tmp_path, {"generator": (mod, {})}, {}, ck.RunState(stage=1, step=step), keep=2,
                            protect=frozenset({2}))
     assert ck.checkpoint_steps(tmp_path) == {2, 3, 4}
 
@@ -175,7 +174,7 @@ def test_resume_with_ema_and_decay_equals_uninterrupted(celeba, smoke_cfg, tmp_p
     stopped = train(smoke_cfg, 1, celeba, tmp_path / "split", progress=False, stop_at=1)
     assert stopped.steps == 1 and not (tmp_path / "split" / "result.json").exists()
     train(smoke_cfg, 1, celeba, tmp_path / "split", resume=True, progress=False)
-    for name in ("generator", "generator_ema", "optim_g"):
+    for name in ("generator", "generator_ema", "optim_generator"):
         a = load_file(ck.find_checkpoint(tmp_path / "straight") / f"{name}.safetensors")
         b = load_file(ck.find_checkpoint(tmp_path / "split") / f"{name}.safetensors")
         assert all(torch.equal(a[k], b[k]) for k in a), f"{name} differs after resume"

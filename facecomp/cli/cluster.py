@@ -63,11 +63,11 @@ def run(args: argparse.Namespace) -> int:
     if not result.finished:
         from facecomp.train.preempt import EXIT_STOPPED
 
-        print(f"stage {args.stage}: stopped by {result.stopped_by or 'request'} at step {s['step']} on "
-              f"{s['world_size']} workers; checkpoint: {result.checkpoint}; run the same command again to continue")
+        print(f"stage {args.stage}: stopped by {result.stopped_by or 'request'} at step {s.step} on "
+              f"{s.world_size} workers; checkpoint: {result.checkpoint}; run the same command again to continue")
         return EXIT_STOPPED
-    print(f"stage {args.stage}: {s['step']} steps on {s['world_size']} workers ({cfg.cluster.deepspeed}), "
-          f"{s['images']} images, restarts from steps {s['restarts']}; checkpoint: {result.checkpoint}; "
+    print(f"stage {args.stage}: {s.step} steps on {s.world_size} workers ({cfg.cluster.deepspeed}), "
+          f"{s.images} images, restarts from steps {s.restarts}; checkpoint: {result.checkpoint}; "
           f"generator: {result.run_dir / 'generator.safetensors'}")
     return 0
 

@@ -30,6 +30,8 @@ def add_parser(sub) -> None:
                    help="train stage 2 or 3 from random weights (without it, those stages need --init)")
     p.add_argument("--loader", choices=config_mod.DataConfig.LOADERS,
                    help="input pipeline: the PyTorch DataLoader or NVIDIA DALI (facecomp[dali]); sets data.loader")
+    p.add_argument("--stop-at", type=int, metavar="STEP", help="end this session at STEP with a checkpoint, as a "
+                   "stop signal would (exit 75); continue it with --resume")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.batch_size=16")
@@ -49,15 +51,14 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and args.overwrite:
         raise ValueError("--resume continues a run; --overwrite starts it again: pick one")
     if args.resume:
-        from facecomp.train.checkpoint import find_checkpoint, read_state
+        from facecomp.train.checkpoint import RunState, find_checkpoint
 
-        state = read_state(find_checkpoint(args.run_dir))
-        cfg = config_mod.from_dict(state["config"])
+        started = RunState.read(find_checkpoint(args.run_dir)).config
+        cfg = config_mod.from_dict(started)
         if args.config:  # a config named again on resume: it is the candidate, compared below
             cfg = config_mod.load_config(args.config)
         config_mod.apply_overrides(cfg, overrides)
-        changes = runs.config_changes(config_mod.to_dict(config_mod.from_dict(state["config"])),
-                                      config_mod.to_dict(cfg))
+        changes = runs.config_changes(config_mod.to_dict(config_mod.from_dict(started)), config_mod.to_dict(cfg))
         if changes and not args.allow_config_change:
             raise ValueError(f"{args.run_dir} was started with another config ({'; '.join(changes[:4])}"
                              f"{' ...' if len(changes) > 4 else ''}); resume without overrides, or pass "
@@ -88,10 +89,11 @@ def run(args: argparse.Namespace) -> int:
 
     with StopRequest().installed() as stop:
         result = train(cfg, args.stage, cfg.data.roots, args.run_dir, init=args.init, resume=args.resume,
-                       progress=not args.no_progress, stop=stop.__bool__)
+                       progress=not args.no_progress, stop_at=args.stop_at, stop=stop.__bool__)
     rate = result.images / max(result.seconds, 1e-9)
     if not result.finished:
-        print(f"stage {args.stage}: stopped by {stop.name or 'request'} at step {result.steps}; checkpoint saved, "
+        why = stop.name or ("--stop-at" if args.stop_at is not None else "request")
+        print(f"stage {args.stage}: stopped by {why} at step {result.steps}; checkpoint saved, "
               f"continue with: facecomp train --stage {args.stage} --run-dir {args.run_dir} --resume")
         return EXIT_STOPPED
     print(f"stage {args.stage}: {result.steps} steps, {result.images} images in this session "

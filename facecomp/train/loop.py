@@ -1,4 +1,10 @@
-"""The training loop of one stage: build, (init | resume), step, log, checkpoint.
+"""The loop around the one training step, once: optimizers, run state, resume check, step driver.
+
+Every loop is :func:`drive` with its own :class:`Hooks`: the plain stage loop here (:func:`train`),
+the cluster's per-worker loop (facecomp.cluster.worker: DeepSpeed engines, Ray Train checkpoints) and
+the parsing network's (facecomp.train.parsing). The driver counts steps, images, time and unreadable
+images into one :class:`~facecomp.train.checkpoint.RunState`, and says when to checkpoint; the hooks
+take the step, log, and write checkpoints.
 
 A stage is its own run directory. ``init`` starts from a previous stage's run (weights only);
 ``resume`` continues this run from its latest checkpoint at the exact step, with the same data
@@ -10,29 +16,35 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from facecomp import config as config_mod
 from facecomp import runtime
-from facecomp.config import Config
+from facecomp.config import Config, OptimConfig
 from facecomp.data.celeba import partition_files
 from facecomp.data.loaders import make_loader
 from facecomp.models import Generator, build_discriminators
 from facecomp.train import checkpoint as ck
 from facecomp.train import validation as val
+from facecomp.train.checkpoint import RunState
 from facecomp.train.ema import EMA
 from facecomp.train.runs import RESULT_FILE, read_result
 from facecomp.train.schedule import lr_factor, set_lr
 from facecomp.train.stages import STAGES, check_stage
-from facecomp.train.step import Models, OptimizerUpdater, train_step
+from facecomp.train.step import Models, OptimizerUpdater, StepResult, Updater, train_step
 
 log = logging.getLogger(__name__)
 
+TRAINED = ("generator", "d_local", "d_global")  # what a completion stage updates, named as in checkpoints
+
+
+# --- models and optimizers ------------------------------------------------------------------------
 
 def build_models(cfg: Config, stage: int, device: torch.device) -> Models:
     """Fresh models for a stage, initialised from a generator seeded by train.seed."""
@@ -60,6 +72,24 @@ def load_parsing(cfg: Config) -> nn.Module:
     except ValueError as e:
         raise ValueError(f"stage 3 needs face-parsing weights: {e} (set parsing.weights=PATH, or train them: "
                          "facecomp parsing train)") from None
+
+
+def base_lrs(optim: OptimConfig) -> dict[str, float]:
+    """The learning rate of each trained module before the schedule's factor."""
+    return {"generator": optim.lr_g, "d_local": optim.lr_d, "d_global": optim.lr_d}
+
+
+def build_optimizers(models: Models, cfg: Config) -> dict[str, torch.optim.Optimizer]:
+    """torch Adam for each trained module (optim.*), keyed by the module's name. The cluster's DeepSpeed
+    engines are told the same hyper-parameters (facecomp.cluster.engines.deepspeed_config)."""
+    lrs, betas = base_lrs(cfg.optim), (cfg.optim.beta1, cfg.optim.beta2)
+    return {name: torch.optim.Adam(getattr(models, name).parameters(), lr=lrs[name], betas=betas) for name in TRAINED}
+
+
+def build_updaters(models: Models, optimizers: dict[str, torch.optim.Optimizer], cfg: Config
+                   ) -> dict[str, OptimizerUpdater]:
+    """The step's updaters over plain modules: each optimizer with optim.grad_clip."""
+    return {name: OptimizerUpdater(getattr(models, name), opt, cfg.optim.grad_clip) for name, opt in optimizers.items()}
 
 
 def weights_meta(cfg: Config, name: str, stage: int, step: int) -> dict:
@@ -90,6 +120,130 @@ def init_from(models: Models, source: str | Path) -> Path:
     return ckpt
 
 
+# --- the driver -----------------------------------------------------------------------------------
+
+def resume_state(ckpt: Path, stage: int | None) -> RunState:
+    """The state a run resumes from, if it is a run of ``stage`` (None: the parsing network's)."""
+    state = RunState.read(ckpt)
+    if state.stage != stage:
+        wanted = "the parsing network" if stage is None else f"stage {stage}"
+        raise ValueError(f"{ckpt} holds {state.describe()}; cannot resume it as {wanted}")
+    state.restarts = [*state.restarts, state.step]
+    return state
+
+
+class Hooks:
+    """What one loop does around the driver's steps."""
+
+    def empty(self, batch: dict) -> bool:
+        """No readable image in this batch (on any rank, where there are several): the step passes
+        without an update; the step number still advances, so the data stays that of an uninterrupted run."""
+        return batch["image"] is None
+
+    def step(self, batch: dict, step: int) -> Any:
+        """The update of step ``step`` (0-based) on a batch that has images; returns what ``after_step`` sees."""
+        raise NotImplementedError
+
+    def after_step(self, state: RunState, batch: dict, result: Any, at_checkpoint: bool) -> None:
+        """Logs, images, validation, schedulers; ``result`` is None after an empty batch."""
+
+    def save(self, state: RunState) -> None:
+        """Write the checkpoint of ``state.step``."""
+        raise NotImplementedError
+
+
+def drive(state: RunState, batches: Iterator[dict], hooks: Hooks, *, total: int, ckpt_every: int,
+          until: int | None = None, stop: Callable[[], bool] | None = None, saved: int | None = None) -> bool:
+    """Steps from ``state.step`` to ``total`` (or ``until``), a checkpoint every ``ckpt_every`` steps and
+    at ``total``. ``stop`` is asked before each step (once per step on every rank: it may be a collective).
+    A session that ends before ``total`` leaves a checkpoint at the step reached (even step 0) unless
+    one is there already (``saved``: the step of this run's newest checkpoint). True when the stage is done.
+    """
+    until = total if until is None else min(until, total)
+    started, wall = time.perf_counter(), state.wall_seconds
+    while state.step < until and not (stop is not None and stop()):
+        batch = next(batches)
+        if batch["skipped"]:
+            state.skipped += batch["skipped"]
+            log.warning("%d unreadable image(s) skipped so far", state.skipped)
+        result = None
+        if not hooks.empty(batch):
+            tick = time.perf_counter()
+            result = hooks.step(batch, state.step)
+            state.seconds += time.perf_counter() - tick
+            state.images += batch["image"].shape[0] * state.world_size
+        state.step += 1
+        state.wall_seconds = wall + time.perf_counter() - started
+        at_checkpoint = state.step % ckpt_every == 0 or state.step == total
+        hooks.after_step(state, batch, result, at_checkpoint)
+        if at_checkpoint:
+            hooks.save(state)
+            saved = state.step
+    state.wall_seconds = wall + time.perf_counter() - started
+    if state.step < total and saved != state.step:
+        hooks.save(state)
+    return state.step >= total
+
+
+class StageHooks(Hooks):
+    """A completion stage around :func:`~facecomp.train.step.train_step`: the learning-rate schedule,
+    the step, scalars and log lines every ``train.log_every`` steps, image grids every ``image_every``.
+    The plain loop adds the EMA, validation and its checkpoints; the cluster loop its checkpoints."""
+
+    def __init__(self, cfg: Config, stage: int, models: Models, updaters: dict[str, Updater],
+                 device: torch.device, *, writer=None, bar=None, log_lines: bool = True,
+                 agree: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        self.cfg, self.stage, self.models, self.updaters, self.device = cfg, stage, models, updaters, device
+        self.writer, self.bar, self.log_lines, self.agree = writer, bar, log_lines, agree
+        self.total = cfg.train.stage_steps[stage - 1]
+        self.base_lr = base_lrs(cfg.optim)
+        self.factor = 1.0
+        self.metrics: dict[str, float] = {}
+
+    def step(self, batch: dict, step: int) -> StepResult:
+        batch = {**batch, "image": batch["image"].to(self.device), "mask": batch["mask"].to(self.device)}
+        self.factor = lr_factor(self.cfg.optim, step, self.total)
+        for name, updater in self.updaters.items():
+            set_lr(updater.optimizer, self.base_lr[name] * self.factor)
+        return train_step(self.models, self.updaters, batch, self.cfg, self.stage, step, agree=self.agree)
+
+    def after_step(self, state: RunState, batch: dict, result: StepResult | None, at_checkpoint: bool) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+        if result is None:
+            return
+        step, t = state.step, self.cfg.train
+        self.metrics = result.metrics
+        if step % t.log_every == 0 or step == self.total:
+            self.log(state)
+        if self.writer is not None and (step % t.image_every == 0 or step == self.total):
+            grid = _grid(batch["image"], batch["mask"], result.completed)
+            self.writer.add_image(f"stage{self.stage}/original_masked_completed", grid, step)
+
+    def log(self, state: RunState) -> None:
+        m, s, rate = self.metrics, self.stage, state.images / max(state.seconds, 1e-9)
+        if self.writer is not None:
+            for k, v in m.items():
+                self.writer.add_scalar(f"stage{s}/{k}", v, state.step)
+            self.writer.add_scalar(f"stage{s}/images_per_s", rate, state.step)
+            self.writer.add_scalar(f"stage{s}/lr_factor", self.factor, state.step)
+        if self.bar is not None:
+            self.bar.set_postfix(recon=f"{m['recon']:.1f}", total=f"{m['total']:.1f}")
+        if self.log_lines:  # a run in the background (nohup, a batch job, a cluster worker): a line in its log
+            log.info("stage %d step %d/%d recon %.2f total %.2f lr x%.3f %.1f images/s", s, state.step, self.total,
+                     m["recon"], m["total"], self.factor, rate)
+
+
+def _grid(x: torch.Tensor, m: torch.Tensor, y: torch.Tensor, n: int = 8) -> torch.Tensor:
+    """Rows of (original, masked, completed) as one [3, H, W] image in [0, 1]."""
+    x, m, y = x[:n].float().cpu(), m[:n].float().cpu(), y[:n].float().cpu()
+    masked = x * (1 - m) + m  # hole shown white
+    rows = [torch.cat([a, b, c], dim=2) for a, b, c in zip(x, masked, y, strict=True)]
+    return (torch.cat(rows, dim=1).clamp(-1, 1) + 1) / 2
+
+
+# --- the plain loop -------------------------------------------------------------------------------
+
 @dataclass
 class RunResult:
     run_dir: Path
@@ -98,6 +252,59 @@ class RunResult:
     seconds: float
     metrics: dict[str, float]
     finished: bool = True  # False: stopped early (stop_at or a signal) with a checkpoint to resume from
+
+
+class _PlainStage(StageHooks):
+    """One process: torch optimizers, the EMA of G, validation and the checkpoint rule, atomic checkpoints."""
+
+    def __init__(self, cfg: Config, stage: int, run_dir: Path, models: Models,
+                 optimizers: dict[str, torch.optim.Optimizer], device: torch.device, *, ema: EMA | None,
+                 vset: val.ValidationSet | None, loader, writer, bar, log_lines: bool):
+        super().__init__(cfg, stage, models, build_updaters(models, optimizers, cfg), device, writer=writer, bar=bar,
+                         log_lines=log_lines)
+        self.run_dir, self.optimizers, self.ema, self.vset, self.loader = run_dir, optimizers, ema, vset, loader
+
+    def step(self, batch: dict, step: int) -> StepResult:
+        result = super().step(batch, step)
+        if self.ema is not None:
+            self.ema.update(self.models.generator, step)
+        return result
+
+    def after_step(self, state: RunState, batch: dict, result: StepResult | None, at_checkpoint: bool) -> None:
+        super().after_step(state, batch, result, at_checkpoint)
+        every = self.cfg.validation.every
+        if self.vset is not None and (at_checkpoint or (every and state.step % every == 0)):
+            self.validate(state)
+
+    def best(self, state: RunState) -> dict | None:
+        """The best (step, variant) among checkpoints on disk and the one being written at this step."""
+        v = self.cfg.validation
+        return val.choose(state.validation, v.select, v.select_after, ck.checkpoint_steps(self.run_dir) | {state.step})
+
+    def validate(self, state: RunState) -> None:
+        step, device = state.step, self.device
+        record: dict = {"step": step, "raw": val.score(self.models.generator, self.vset, self.cfg, device)}
+        if self.ema is not None:
+            record["ema"] = val.score(self.ema.module, self.vset, self.cfg, device)
+        state.validation[:] = [r for r in state.validation if r["step"] < step] + [record]
+        for variant in ("raw", "ema"):
+            for key, value in record.get(variant, {}).items():
+                self.writer.add_scalar(f"stage{self.stage}/val_{variant}/{key}", value, step)
+        ck.write_json(self.run_dir / "validation.json", state.validation)
+        log.info("validation at step %d: %s", step, {k: round(record["raw"][k], 3) for k in ("hole_psnr", "ssim")})
+
+    def save(self, state: RunState) -> None:
+        cfg, stage, step = self.cfg, self.stage, state.step
+        state.best = self.best(state)
+        if hasattr(self.loader, "state"):  # a loader that keeps its own position (DALI): resume it from there
+            state.loader_state = self.loader.state()
+        mods = {n: (getattr(self.models, n), weights_meta(cfg, n, stage, step)) for n in TRAINED}
+        if self.ema is not None:
+            mods["generator_ema"] = (self.ema.module, {**weights_meta(cfg, "generator", stage, step),
+                                                       "kind": "generator", "ema_decay": self.ema.decay})
+        protect = frozenset([state.best["step"]] if state.best else [])
+        ck.save_checkpoint(self.run_dir, mods, self.optimizers, state, keep=cfg.train.keep_checkpoints,
+                           protect=protect)
 
 
 def train(cfg: Config, stage: int, data_root: str | Path | list[str], run_dir: str | Path,
@@ -113,40 +320,18 @@ def train(cfg: Config, stage: int, data_root: str | Path | list[str], run_dir: s
     run_dir = Path(run_dir)
     device = runtime.start(cfg.runtime)
 
-    start_step, skipped, images_seen, seconds, wall = 0, 0, 0, 0.0, 0.0
-    ckpt, loader_state, history = None, None, []
-    if resume:
-        ckpt = ck.find_checkpoint(run_dir)
-        state = ck.read_state(ckpt)
-        if state["stage"] != stage:
-            raise ValueError(f"{run_dir} holds a stage-{state['stage']} run; cannot resume it as stage {stage}")
-        start_step, skipped = state["step"], state.get("skipped", 0)
-        images_seen, seconds = state.get("images", 0), state.get("seconds", 0.0)
-        wall = state.get("wall_seconds", 0.0)
-        loader_state = state.get("loader_state")  # DALI's reader position (text); absent for the torch loader
-        history = state.get("validation", [])  # validation records up to this checkpoint
-
+    ckpt = ck.find_checkpoint(run_dir) if resume else None
+    state = resume_state(ckpt, stage) if ckpt is not None else RunState(stage=stage)
+    state.config = config_mod.to_dict(cfg)
     models = build_models(cfg, stage, device)
-    opt_g = torch.optim.Adam(models.generator.parameters(), lr=cfg.optim.lr_g, betas=(cfg.optim.beta1, cfg.optim.beta2))
-    opts = {"g": opt_g}
-    for name in ("d_local", "d_global"):
-        opts[name] = torch.optim.Adam(getattr(models, name).parameters(), lr=cfg.optim.lr_d,
-                                      betas=(cfg.optim.beta1, cfg.optim.beta2))
-    updaters = {"g": OptimizerUpdater(models.generator, opt_g, cfg.optim.grad_clip),
-                "d_local": OptimizerUpdater(models.d_local, opts["d_local"], cfg.optim.grad_clip),
-                "d_global": OptimizerUpdater(models.d_global, opts["d_global"], cfg.optim.grad_clip)}
-
-    base_lr = {"g": cfg.optim.lr_g, "d_local": cfg.optim.lr_d, "d_global": cfg.optim.lr_d}
-
+    optimizers = build_optimizers(models, cfg)
     if ckpt is not None:
-        for name in ("generator", "d_local", "d_global"):
+        for name in TRAINED:
             ck.load_module(ckpt / f"{name}.safetensors", getattr(models, name), name)
-        for name, opt in opts.items():
-            tensors, meta = ck.load_tensors(ckpt / f"optim_{name}.safetensors", f"optim_{name}")
-            ck.load_optimizer(opt, tensors, meta["param_groups"])
-        log.info("resumed %s at step %d", ckpt, start_step)
+        ck.load_optimizers(ckpt, optimizers)
+        log.info("resumed stage %d at step %d from %s", stage, state.step, ckpt)
     elif init is not None:
-        log.info("initialised from %s", init_from(models, init))
+        log.info("stage %d initialised from %s", stage, init_from(models, init))
     ema = EMA(models.generator, cfg.train.ema) if cfg.train.ema > 0 else None
     if ema is not None and ckpt is not None:
         if (ckpt / "generator_ema.safetensors").is_file():
@@ -162,120 +347,40 @@ def train(cfg: Config, stage: int, data_root: str | Path | list[str], run_dir: s
     roots = data_root if isinstance(data_root, list | tuple) else [data_root]
     files = partition_files(roots, cfg.data.partition, cfg.data.limit)
     vset = val.load_validation_set(cfg)
-    total_steps = cfg.train.stage_steps[stage - 1]
-    loader = make_loader(cfg, files, start_step=start_step, device=device, loader_state=loader_state)
+    total = cfg.train.stage_steps[stage - 1]
+    loader = make_loader(cfg, files, start_step=state.step, device=device, loader_state=state.loader_state)
 
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
-    writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1 if resume else None)
+    writer = SummaryWriter(str(run_dir / "tb"), purge_step=state.step + 1 if resume else None)
     for mod in (models.generator, models.d_local, models.d_global):
         mod.train()
-
-    v_cfg = cfg.validation
-
-    def best(step: int) -> dict | None:
-        """The best (step, variant) among checkpoints on disk and the one being written at ``step``."""
-        return val.choose(history, v_cfg.select, v_cfg.select_after, ck.checkpoint_steps(run_dir) | {step})
-
-    def validate(step: int) -> None:
-        record: dict = {"step": step, "raw": val.score(models.generator, vset, cfg, device)}
-        if ema is not None:
-            record["ema"] = val.score(ema.module, vset, cfg, device)
-        history[:] = [r for r in history if r["step"] < step] + [record]
-        for variant in ("raw", "ema"):
-            for key, value in record.get(variant, {}).items():
-                writer.add_scalar(f"stage{stage}/val_{variant}/{key}", value, step)
-        ck.write_json(run_dir / "validation.json", history)
-        log.info("validation at step %d: %s", step, {k: round(r[k], 3) for k in ("hole_psnr", "ssim")
-                                                      for r in [record["raw"]]})
-
-    def save(step: int) -> None:
-        state = {"stage": stage, "step": step, "skipped": skipped, "images": images_seen, "seconds": seconds,
-                 "wall_seconds": wall + time.perf_counter() - started, "config": config_mod.to_dict(cfg),
-                 "validation": history, "best": best(step)}
-        if hasattr(loader, "state"):  # a loader that keeps its own position (DALI): resume it from there
-            state["loader_state"] = loader.state()
-        names = ("generator", "d_local", "d_global")
-        mods = {n: (getattr(models, n), weights_meta(cfg, n, stage, step)) for n in names}
-        if ema is not None:
-            mods["generator_ema"] = (ema.module, {**weights_meta(cfg, "generator", stage, step), "kind": "generator",
-                                                  "ema_decay": ema.decay})
-        protect = frozenset([state["best"]["step"]] if state["best"] else [])
-        ck.save_checkpoint(run_dir, step, mods, opts, state, keep=cfg.train.keep_checkpoints, protect=protect)
-
-    metrics: dict[str, float] = {}
-    bar = tqdm(total=total_steps, initial=start_step, desc=f"stage {stage}", disable=not progress, unit="step")
-    step = start_step
-    started = time.perf_counter()  # wall clock of this session (data loading, logging, checkpoints included)
-    batches = iter(loader)
-    until = total_steps if stop_at is None else min(stop_at, total_steps)
-    while step < until and not (stop is not None and stop()):
-        batch = next(batches)
-        skipped += batch["skipped"]
-        if batch["skipped"]:
-            log.warning("%d unreadable image(s) skipped so far", skipped)
-        if batch["image"] is None:  # every file of the batch unreadable: the step passes without an update,
-            step += 1                # so step numbers stay aligned with the sampler (exact resume)
-            bar.update(1)
-            continue
-        tick = time.perf_counter()
-        batch = {**batch, "image": batch["image"].to(device), "mask": batch["mask"].to(device)}
-        factor = lr_factor(cfg.optim, step, total_steps)
-        for name, opt in opts.items():
-            set_lr(opt, base_lr[name] * factor)
-        result = train_step(models, updaters, batch, cfg, stage, step)
-        if ema is not None:
-            ema.update(models.generator, step)
-        seconds += time.perf_counter() - tick
-        images_seen += batch["image"].shape[0]
-        step += 1
-        metrics = result.metrics
-        bar.update(1)
-        if step % cfg.train.log_every == 0 or step == total_steps:
-            for k, v in metrics.items():
-                writer.add_scalar(f"stage{stage}/{k}", v, step)
-            writer.add_scalar(f"stage{stage}/images_per_s", images_seen / max(seconds, 1e-9), step)
-            writer.add_scalar(f"stage{stage}/lr_factor", factor, step)
-            bar.set_postfix(recon=f"{metrics['recon']:.1f}", total=f"{metrics['total']:.1f}")
-            if not progress:  # a run in the background (nohup, a batch job): a line in its log instead of a bar
-                log.info("stage %d step %d/%d recon %.1f total %.1f lr x%.3f %.1f images/s", stage, step,
-                         total_steps, metrics["recon"], metrics["total"], factor, images_seen / max(seconds, 1e-9))
-        if step % cfg.train.image_every == 0 or step == total_steps:
-            grid = _grid(batch["image"], batch["mask"], result.completed)
-            writer.add_image(f"stage{stage}/original_masked_completed", grid, step)
-        at_checkpoint = step % cfg.train.ckpt_every == 0 or step == total_steps
-        if vset is not None and (at_checkpoint or (v_cfg.every and step % v_cfg.every == 0)):
-            validate(step)
-        if at_checkpoint:
-            save(step)
+    bar = tqdm(total=total, initial=state.step, desc=f"stage {stage}", disable=not progress, unit="step")
+    hooks = _PlainStage(cfg, stage, run_dir, models, optimizers, device, ema=ema, vset=vset, loader=loader,
+                        writer=writer, bar=bar, log_lines=not progress)
+    finished = drive(state, iter(loader), hooks, total=total, ckpt_every=cfg.train.ckpt_every, until=stop_at,
+                     stop=stop, saved=state.step if ckpt is not None else None)
     bar.close()
-    if step < total_steps:  # stopped early: leave a checkpoint to resume from, and no result
-        if step not in ck.checkpoint_steps(run_dir):  # even at step 0: a requeued job resumes from it
-            save(step)
-        writer.close()
-        return RunResult(run_dir, step, images_seen, seconds, metrics, finished=False)
     writer.close()
-    chosen = best(step) if vset is not None else None
+    if not finished:  # stopped early: a checkpoint to resume from, and no result
+        return RunResult(run_dir, state.step, state.images, state.seconds, hooks.metrics, finished=False)
+    _write_result(run_dir, state, hooks.best(state) if vset is not None else None, cfg)
+    return RunResult(run_dir, state.step, state.images, state.seconds, hooks.metrics)
+
+
+def _write_result(run_dir: Path, state: RunState, chosen: dict | None, cfg: Config) -> None:
+    """The finished stage: its chosen generator copied to ``run_dir/generator.safetensors``, and result.json."""
     if chosen is not None:
         final = run_dir / "checkpoints" / f"step_{chosen['step']:07d}"
         weights = final / ("generator_ema.safetensors" if chosen["variant"] == "ema" else "generator.safetensors")
     else:
-        final = ck.find_checkpoint(run_dir)
-        weights = final / "generator.safetensors"
+        weights = ck.find_checkpoint(run_dir) / "generator.safetensors"
     ck.copy_file(weights, run_dir / "generator.safetensors")
-    scores = next((r[chosen["variant"]] for r in history if chosen and r["step"] == chosen["step"]), None)
-    result = {"finished": True, "stage": stage, "steps": step, "images": images_seen, "seconds": seconds,
-              "wall_seconds": wall + time.perf_counter() - started, "chosen": chosen, "scores": scores,
-              "rule": f"max {v_cfg.select} over O1-O6 (raw or EMA) among checkpoints at step >= {v_cfg.select_after}"
+    scores = next((r[chosen["variant"]] for r in state.validation if chosen and r["step"] == chosen["step"]), None)
+    v = cfg.validation
+    result = {"finished": True, "stage": state.stage, "steps": state.step, "images": state.images,
+              "seconds": state.seconds, "wall_seconds": state.wall_seconds, "chosen": chosen, "scores": scores,
+              "rule": f"max {v.select} over O1-O6 (raw or EMA) among checkpoints at step >= {v.select_after}"
               if chosen else "latest checkpoint (no validation)", "generator": "generator.safetensors"}
     ck.write_json(run_dir / RESULT_FILE, result)
-    return RunResult(run_dir, step, images_seen, seconds, metrics)
-
-
-def _grid(x: torch.Tensor, m: torch.Tensor, y: torch.Tensor, n: int = 8) -> torch.Tensor:
-    """Rows of (original, masked, completed) as one [3, H, W] image in [0, 1]."""
-    x, m, y = x[:n].float().cpu(), m[:n].float().cpu(), y[:n].float().cpu()
-    masked = x * (1 - m) + m  # hole shown white
-    rows = [torch.cat([a, b, c], dim=2) for a, b, c in zip(x, masked, y, strict=True)]
-    return (torch.cat(rows, dim=1).clamp(-1, 1) + 1) / 2

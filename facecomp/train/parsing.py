@@ -10,7 +10,6 @@ classes swapped), shifts, rotations and scales are those of completion training.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,8 @@ from facecomp.images import read_gray
 from facecomp.layout import Augment
 from facecomp.models.parsing import ParsingNet
 from facecomp.train import checkpoint as ck
+from facecomp.train.checkpoint import RunState
+from facecomp.train.loop import Hooks, drive, resume_state
 from facecomp.train.step import autocast
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,46 @@ class ParsingRun:
     loss: float
 
 
+class _ParsingHooks(Hooks):
+    """The parsing network's step (weighted cross-entropy, AdamW, one-cycle schedule), logs, checkpoints."""
+
+    def __init__(self, cfg: Config, run_dir: Path, net: torch.nn.Module, opt: torch.optim.Optimizer, sched,
+                 weights: torch.Tensor, device: torch.device, writer, bar):
+        self.cfg, self.run_dir, self.net, self.opt, self.sched = cfg, run_dir, net, opt, sched
+        self.weights, self.device, self.writer, self.bar = weights, device, writer, bar
+        self.fmt = torch.channels_last if cfg.runtime.channels_last else torch.contiguous_format
+        self.loss = float("nan")
+        self.meta = {"config": config_mod.to_dict(cfg.parsing), "trained": True,
+                     "labels": "dlib 68 landmarks + GrabCut hair"}
+
+    def step(self, batch: dict, step: int) -> float:
+        x = batch["image"].to(self.device).contiguous(memory_format=self.fmt)
+        y = batch["labels"].to(self.device)
+        with autocast(self.cfg, self.device):
+            logits = self.net(x)
+        loss = F.cross_entropy(logits.float(), y, weight=self.weights)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.loss = loss.item()
+        return self.loss
+
+    def after_step(self, state: RunState, batch: dict, result: float | None, at_checkpoint: bool) -> None:
+        self.sched.step()  # after empty batches too: the schedule follows the step number
+        self.bar.update(1)
+        pt, step = self.cfg.parsing_train, state.step
+        if step % pt.log_every == 0 or step == pt.steps:
+            self.writer.add_scalar("parsing/loss", self.loss, step)
+            self.writer.add_scalar("parsing/lr", self.sched.get_last_lr()[0], step)
+            self.writer.add_scalar("parsing/images_per_s", state.images / max(state.seconds, 1e-9), step)
+            self.bar.set_postfix(loss=f"{self.loss:.3f}")
+
+    def save(self, state: RunState) -> None:
+        state.scheduler = self.sched.state_dict()
+        ck.save_checkpoint(self.run_dir, {"parsing": (self.net, {**self.meta, "step": state.step})},
+                           {"parsing": self.opt}, state, keep=self.cfg.train.keep_checkpoints)
+
+
 def train_parsing(cfg: Config, data_root: str | Path, run_dir: str | Path, resume: bool = False,
                   progress: bool = True) -> ParsingRun:
     pt = cfg.parsing_train
@@ -73,61 +114,27 @@ def train_parsing(cfg: Config, data_root: str | Path, run_dir: str | Path, resum
     opt = torch.optim.AdamW(net.parameters(), lr=pt.lr, weight_decay=pt.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=pt.lr, total_steps=pt.steps, pct_start=0.1)
 
-    start, images, seconds = 0, 0, 0.0
-    if resume:
-        ckpt = ck.find_checkpoint(run_dir)
-        state = ck.read_state(ckpt)
-        start, images, seconds = state["step"], state["images"], state["seconds"]
+    ckpt = ck.find_checkpoint(run_dir) if resume else None
+    state = resume_state(ckpt, None) if ckpt is not None else RunState(stage=None)
+    state.config = config_mod.to_dict(cfg)
+    if ckpt is not None:
         ck.load_module(ckpt / "parsing.safetensors", net, "parsing")
-        tensors, meta = ck.load_tensors(ckpt / "optim_parsing.safetensors", "optim_parsing")
-        ck.load_optimizer(opt, tensors, meta["param_groups"])
-        sched.load_state_dict(state["scheduler"])
-        log.info("resumed %s at step %d", ckpt, start)
+        ck.load_optimizers(ckpt, {"parsing": opt})
+        sched.load_state_dict(state.scheduler)
+        log.info("resumed %s at step %d", ckpt, state.step)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.toml").write_text(config_mod.to_toml(cfg))
-
-    meta = {"config": config_mod.to_dict(cfg.parsing), "trained": True, "labels": "dlib 68 landmarks + GrabCut hair"}
-
-    def save(step: int) -> Path:
-        state = {"step": step, "images": images, "seconds": seconds, "scheduler": sched.state_dict(),
-                 "config": config_mod.to_dict(cfg)}
-        return ck.save_checkpoint(run_dir, step, {"parsing": (net, {**meta, "step": step})}, {"parsing": opt}, state,
-                                  keep=cfg.train.keep_checkpoints)
 
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
-    writer = SummaryWriter(str(run_dir / "tb"), purge_step=start + 1 if resume else None)
-    loader = train_loader(pairs, SIZE, Augment.from_config(cfg.data), pt.batch_size, cfg.train.seed, start,
+    writer = SummaryWriter(str(run_dir / "tb"), purge_step=state.step + 1 if resume else None)
+    loader = train_loader(pairs, SIZE, Augment.from_config(cfg.data), pt.batch_size, cfg.train.seed, state.step,
                           cfg.data.workers)
-    bar = tqdm(total=pt.steps, initial=start, desc="parsing", unit="step", disable=not progress)
-    step, loss_value, batches = start, float("nan"), iter(loader)
-    while step < pt.steps:
-        batch = next(batches)
-        step += 1
-        if batch["image"] is not None:
-            tick = time.perf_counter()
-            x = batch["image"].to(device).contiguous(memory_format=fmt)
-            y = batch["labels"].to(device)
-            with autocast(cfg, device):
-                logits = net(x)
-            loss = F.cross_entropy(logits.float(), y, weight=weights)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            seconds += time.perf_counter() - tick
-            images += x.shape[0]
-            loss_value = loss.item()
-        sched.step()
-        bar.update(1)
-        if step % pt.log_every == 0 or step == pt.steps:
-            writer.add_scalar("parsing/loss", loss_value, step)
-            writer.add_scalar("parsing/lr", sched.get_last_lr()[0], step)
-            writer.add_scalar("parsing/images_per_s", images / max(seconds, 1e-9), step)
-            bar.set_postfix(loss=f"{loss_value:.3f}")
-        if step % pt.ckpt_every == 0 or step == pt.steps:
-            save(step)
+    bar = tqdm(total=pt.steps, initial=state.step, desc="parsing", unit="step", disable=not progress)
+    hooks = _ParsingHooks(cfg, run_dir, net, opt, sched, weights, device, writer, bar)
+    drive(state, iter(loader), hooks, total=pt.steps, ckpt_every=pt.ckpt_every, saved=state.step)
     bar.close()
     writer.close()
     ck.copy_file(ck.find_checkpoint(run_dir) / "parsing.safetensors", run_dir / "parsing.safetensors")
-    return ParsingRun(run_dir, step, images, seconds, loss_value)
+    return ParsingRun(run_dir, state.step, state.images, state.seconds, hooks.loss)

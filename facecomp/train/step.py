@@ -22,6 +22,11 @@ from facecomp.train.stages import loss_weights
 
 
 class Updater(Protocol):
+    """What steps one module: ``updaters`` of :func:`train_step` are keyed by the module's name
+    (generator, d_local, d_global). ``optimizer`` is where the loop sets the learning rate."""
+
+    optimizer: torch.optim.Optimizer
+
     def backward(self, loss: torch.Tensor) -> None: ...
     def step(self) -> None: ...
 
@@ -151,8 +156,8 @@ def train_step(models: Models, updaters: dict[str, Updater], batch: dict, cfg: C
             lp = losses.parsing(models.parsing(y), target)
             total = total + w["parsing"] * lp
             metrics["parsing"] = lp.item()
-    updaters["g"].backward(total)
-    updaters["g"].step()
+    updaters["generator"].backward(total)
+    updaters["generator"].step()
     metrics["total"] = total.item()
     metrics["adv_ramp"] = ramp
     return StepResult(metrics=metrics, completed=y.detach())
