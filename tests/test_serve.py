@@ -223,36 +223,42 @@ def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(chromium() is None, reason="needs Debian's chromium (scripts/test.sh installs it)")
-def test_browser_brush_and_complete(server, face):
+@contextlib.contextmanager
+def browser_page(width: int, height: int):
+    """A page of Debian's headless Chromium (through playwright), closed afterwards."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (the 'test' extra)")
-    url, _ = server
-    path, img = face
-    h, w = img.shape[:2]
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium(), args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
             "--disable-sync", "--no-first-run"])
         try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.goto(url)
-            page.set_input_files("#file", str(path))
-            page.wait_for_function("document.getElementById('status').textContent.includes('brush over')")
-            box = page.locator("#maskView").bounding_box()
-            sx, sy = box["width"] / w, box["height"] / h
-            y = 112  # the eyes of an aligned CelebA face
-            page.mouse.move(box["x"] + 60 * sx, box["y"] + y * sy)
-            page.mouse.down()
-            for x in range(60, 121, 10):
-                page.mouse.move(box["x"] + x * sx, box["y"] + y * sy)
-            page.mouse.up()
-            page.click("#complete")
-            page.wait_for_selector("figure[data-blend='none'] img", timeout=120_000)
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "serve_page.png"), full_page=True)
-            src = page.locator("figure[data-blend='none'] img").first.get_attribute("src")
+            yield browser.new_page(viewport={"width": width, "height": height})
         finally:
             browser.close()
+
+
+@pytest.mark.skipif(chromium() is None, reason="needs Debian's chromium (scripts/test.sh installs it)")
+def test_browser_brush_and_complete(server, face):
+    url, _ = server
+    path, img = face
+    h, w = img.shape[:2]
+    with browser_page(1200, 900) as page:
+        page.goto(url)
+        page.set_input_files("#file", str(path))
+        page.wait_for_function("document.getElementById('status').textContent.includes('brush over')")
+        box = page.locator("#maskView").bounding_box()
+        sx, sy = box["width"] / w, box["height"] / h
+        y = 112  # the eyes of an aligned CelebA face
+        page.mouse.move(box["x"] + 60 * sx, box["y"] + y * sy)
+        page.mouse.down()
+        for x in range(60, 121, 10):
+            page.mouse.move(box["x"] + x * sx, box["y"] + y * sy)
+        page.mouse.up()
+        page.click("#complete")
+        page.wait_for_selector("figure[data-blend='none'] img", timeout=120_000)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "serve_page.png"), full_page=True)
+        src = page.locator("figure[data-blend='none'] img").first.get_attribute("src")
     out = unpng(base64.b64decode(src.split(",", 1)[1]))
     changed = (out != img).any(2)
     ys, xs = np.nonzero(changed)
@@ -422,7 +428,6 @@ def test_server_timing_header(server, face):
 @pytest.mark.skipif(chromium() is None, reason="needs Debian's chromium (scripts/test.sh installs it)")
 def test_browser_docs_render_offline(server):
     """/docs and /redoc render the API in a browser that may reach nothing but this server."""
-    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (the 'test' extra)")
     url, _ = server
     blocked = []
 
@@ -433,29 +438,22 @@ def test_browser_docs_render_offline(server):
             blocked.append(route.request.url)
             route.abort()
 
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium(), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 1000})
-            page.route("**/*", only_this_server)
-            page.goto(f"{url}/docs")
-            op = page.locator(".opblock-post", has_text="/v1/complete")
-            op.wait_for(timeout=60_000)
-            op.locator(".opblock-summary").click()
-            page.locator(".opblock-post .opblock-section-request-body").wait_for(timeout=30_000)
-            text = page.locator(".opblock-post").inner_text()
-            assert "multipart/form-data" in text or "application/json" in text, text[:500]
-            assert page.locator(".opblock-get", has_text="/healthz").count() == 1
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "serve_docs.png"), full_page=False)
-            assert not blocked, f"/docs tried to reach {blocked}"
-            page.goto(f"{url}/redoc")
-            page.get_by_text("Complete the masked region of a face photo").first.wait_for(timeout=60_000)
-            page.screenshot(path=str(ARTIFACTS / "serve_redoc.png"), full_page=False)
-        finally:
-            browser.close()
+    with browser_page(1200, 1000) as page:
+        page.route("**/*", only_this_server)
+        page.goto(f"{url}/docs")
+        op = page.locator(".opblock-post", has_text="/v1/complete")
+        op.wait_for(timeout=60_000)
+        op.locator(".opblock-summary").click()
+        page.locator(".opblock-post .opblock-section-request-body").wait_for(timeout=30_000)
+        text = page.locator(".opblock-post").inner_text()
+        assert "multipart/form-data" in text or "application/json" in text, text[:500]
+        assert page.locator(".opblock-get", has_text="/healthz").count() == 1
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "serve_docs.png"), full_page=False)
+        assert not blocked, f"/docs tried to reach {blocked}"
+        page.goto(f"{url}/redoc")
+        page.get_by_text("Complete the masked region of a face photo").first.wait_for(timeout=60_000)
+        page.screenshot(path=str(ARTIFACTS / "serve_redoc.png"), full_page=False)
     # ReDoc's sidebar shows Redocly's logo from their CDN and drops the <img> when it fails to load (onError):
     # decoration, the one request an offline /redoc makes and does without.
     assert set(blocked) <= {"https://cdn.redoc.ly/redoc/logo-mini.svg"}, f"/redoc tried to reach {blocked}"
