@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from facecomp import config as config_mod
-from facecomp.config import load_config
+from facecomp.config import default_data_root, load_config
 from facecomp.runtime import tune_allocator
 
 
@@ -123,7 +123,7 @@ def ray_run(cfg, stage: int, batch: dict, workers: int, warmup: int, steps: int,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="../shared/data/celeba")
+    ap.add_argument("--data", default=default_data_root())
     ap.add_argument("--preset", default="cpu")
     ap.add_argument("--stages", default="1,3")
     ap.add_argument("--steps", type=int, default=6)

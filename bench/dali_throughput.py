@@ -27,7 +27,7 @@ import numpy as np
 import psutil
 import torch
 
-from facecomp.config import load_config
+from facecomp.config import default_data_root, load_config
 from facecomp.data.celeba import CelebAIndex
 from facecomp.data.pipeline import build_loader
 
@@ -137,7 +137,7 @@ def stage_costs(files: list[Path], cfg, batches: int = 40) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="../shared/data/celeba")
+    ap.add_argument("--data", default=default_data_root())
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--batches", type=int, default=40)
     ap.add_argument("--warmup", type=int, default=10, help="untimed first batches (start-up; queues drained)")

@@ -55,7 +55,9 @@ def find_faces(folder: str | None) -> list[Path]:
             files = sorted(p for p in c.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
             if files:
                 return files
-    shared = Path(os.environ.get("FACECOMP_DATA", source_tree.REPO.parent / "shared" / "data")) / "celeba"
+    from facecomp.config import data_home
+
+    shared = data_home(source_tree.REPO.parent / "shared" / "data") / "celeba"
     if not folder and (shared / "img_align_celeba").is_dir():
         from facecomp.data.celeba import CelebAIndex
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from facecomp.config import load_config
+from facecomp.config import default_data_root, load_config
 from facecomp.data.celeba import CelebAIndex
 from facecomp.data.pipeline import build_loader
 from facecomp.models import ParsingNet, freeze
@@ -73,7 +73,7 @@ def bench_stage(cfg, stage, batch, repeats):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="../shared/data/celeba")
+    ap.add_argument("--data", default=default_data_root())
     ap.add_argument("--presets", default="cpu,paper")
     ap.add_argument("--widths", default="0.25,0.5,0.75,1.0", help="stage-3 width sweep on the cpu preset")
     ap.add_argument("--paper-batch", type=int, default=16, help="the paper preset's batch here (images/s barely"

@@ -34,6 +34,7 @@ from PIL import Image
 
 from facecomp import faces, images
 from facecomp.complete import Completer
+from facecomp.config import default_data_root
 from facecomp.runtime import tune_allocator
 from facecomp.serve.timing import STAGES, StageClock, TimedDetector, TimedGenerator
 from facecomp.wild import complete_any
@@ -87,7 +88,7 @@ def pick_photos(folder: Path, per_bucket: int) -> dict[str, list[bytes]]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=os.environ.get("FACECOMP_DATA", "../shared/data") + "/celeba_wild")
+    ap.add_argument("--data", default=default_data_root("celeba_wild"))
     ap.add_argument("--engine", help="artifact of facecomp export to run the generator")
     ap.add_argument("--photos", type=int, default=6, help="photos per size bucket")
     ap.add_argument("--repeats", type=int, default=5)

@@ -17,8 +17,8 @@ import torch
 
 from facecomp.export.metadata import ArtifactMeta, package_versions
 from facecomp.export.program import OUTPUT_NAME
-from facecomp.export.spec import BatchRange, ExportConfig
-from facecomp.runtime import MissingCapability
+from facecomp.export.spec import FORMAT_NAMES, BatchRange, ExportConfig
+from facecomp.runtime import MissingCapability, MissingExtra
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
 # ONNX Runtime providers per artifact device, the wanted one first. CUDA keeps the CPU provider after
@@ -90,9 +90,8 @@ class OnnxFormat:
             import onnx  # noqa: F401
             import onnxruntime  # noqa: F401
             import onnxscript  # noqa: F401
-        except ImportError:
-            raise ExportUnavailable("ONNX export needs onnx, onnxscript and onnxruntime: "
-                                    "pip install 'facecomp[export]'") from None
+        except ImportError as e:
+            raise MissingExtra("export", "ONNX export", e.name) from None
         if cfg.precision == "bf16":
             # ONNX Runtime's CPU provider has no bfloat16 convolution kernels: the model would not load.
             raise ExportUnavailable("ONNX Runtime cannot run bf16 convolutions; use --precision fp32 or fp16")
@@ -192,9 +191,8 @@ class TensorRTFormat:
             raise ExportUnavailable("TensorRT needs a CUDA GPU; this machine has none (use --format aoti or onnx)")
         try:
             import torch_tensorrt  # noqa: F401
-        except ImportError:
-            raise ExportUnavailable("TensorRT export needs torch-tensorrt and TensorRT: "
-                                    "pip install 'facecomp[tensorrt]' on a CUDA machine") from None
+        except ImportError as e:
+            raise MissingExtra("tensorrt", "TensorRT export", e.name) from None
 
     def versions(self) -> dict[str, str]:
         return package_versions("torch", "torch-tensorrt", "tensorrt", "tensorrt-cu13")
@@ -265,3 +263,4 @@ def input_shape_of(program: torch.export.ExportedProgram) -> tuple[int, ...]:
 
 
 FORMATS = {f.name: f for f in (AotiFormat(), OnnxFormat(), TensorRTFormat())}
+assert tuple(FORMATS) == FORMAT_NAMES, "export.spec.FORMAT_NAMES names the formats of this registry"

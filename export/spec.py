@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-FORMATS = ("aoti", "onnx", "tensorrt")
+# The names of facecomp.export.formats.FORMATS (that registry checks it holds these), for ExportConfig's check
+FORMAT_NAMES = ("aoti", "onnx", "tensorrt")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -49,8 +50,8 @@ class ExportConfig:
     channels_last: bool = True  # NHWC activations inside the graph (measured faster on CPU, see bench/)
 
     def __post_init__(self):
-        if self.format not in FORMATS:
-            raise ValueError(f"unknown export format '{self.format}' (valid: {', '.join(FORMATS)})")
+        if self.format not in FORMAT_NAMES:
+            raise ValueError(f"unknown export format '{self.format}' (valid: {', '.join(FORMAT_NAMES)})")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision '{self.precision}' (valid: {', '.join(PRECISIONS)})")
         if self.device not in ("cpu", "cuda"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -72,7 +73,19 @@ class ParsingConfig:
             raise ValueError(f"parsing.width must be positive, got {self.width}")
 
 
-DEFAULT_DATA_ROOT = "../shared/data/celeba"
+DATA_ENV = "FACECOMP_DATA"  # the folder holding the datasets: celeba/, celeba_extra/, celeba_wild/
+DATA_HOME = "../shared/data"  # its default, beside the repository
+
+
+def data_home(default: str | Path = DATA_HOME) -> Path:
+    """The folder holding the datasets (``celeba/``, ``celeba_extra/``, ``celeba_wild/``): ``$FACECOMP_DATA``,
+    else ``default``. The one default every command, test, benchmark and script starts from."""
+    return Path(os.environ.get(DATA_ENV) or default)
+
+
+def default_data_root(dataset: str = "celeba") -> str:
+    """A dataset folder under :func:`data_home` (CelebA's layout): the default of ``data.roots`` and ``--data``."""
+    return str(data_home() / dataset)
 
 
 @dataclass(kw_only=True)
@@ -83,7 +96,7 @@ class DataConfig:
     LOADERS: ClassVar[tuple[str, ...]] = ("torch", "dali")  # facecomp.data.loaders.make_loader
 
     # One or more CelebA folders; a run reads the same partition of each (e.g. celeba/ + celeba_extra/).
-    roots: list[str] = field(default_factory=lambda: [DEFAULT_DATA_ROOT])
+    roots: list[str] = field(default_factory=lambda: [default_data_root()])
     partition: str = "train"  # train | val | test
     limit: int = 0  # use only the first N images of the partition, over all roots in order (0 = all)
     flip: float = 0.5  # probability of a horizontal flip

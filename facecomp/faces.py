@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from facecomp.runtime import MissingExtra, require
+
 MODELS_PACKAGE = "face_recognition_models"
 # dlib's detectors look for faces of about 80 px and search at twice the photo's size at most (upsample 1),
 # so no face under about 40 px is found. A photo whose short side is under that is refused up front: on
@@ -36,11 +38,7 @@ MIN_PHOTO_SIDE = 40
 # minutes; a face must then be about 8% of the photo's side for the CNN to find it (HOG, at full size, still
 # finds smaller ones). The landmarks are fitted on the full-size photo either way.
 CNN_MAX_PIXELS = 1_000_000
-INSTALL_HINT = "pip install 'facecomp[faces]' (dlib-bin + face-recognition-models)"
-
-
-class FaceToolsMissing(ImportError):
-    """dlib or the face-recognition-models weights are not installed."""
+WHAT = "face detection and landmarks (dlib)"
 
 
 class NoFaceFound(ValueError):
@@ -52,26 +50,22 @@ def model_dir() -> Path:
     """The ``models/`` folder of face-recognition-models, found without importing the package."""
     spec = importlib.util.find_spec(MODELS_PACKAGE)
     if spec is None or spec.origin is None:
-        raise FaceToolsMissing(f"{MODELS_PACKAGE} is not installed: {INSTALL_HINT}")
+        raise MissingExtra("faces", WHAT, MODELS_PACKAGE)
     folder = Path(spec.origin).parent / "models"
     if not folder.is_dir():
-        raise FaceToolsMissing(f"{folder} is missing from the {MODELS_PACKAGE} package: {INSTALL_HINT}")
+        raise MissingExtra("faces", WHAT, f"{folder} of {MODELS_PACKAGE}")
     return folder
 
 
 def import_dlib():
-    try:
-        import dlib
-    except ImportError:
-        raise FaceToolsMissing(f"dlib is not installed: {INSTALL_HINT}") from None
-    return dlib
+    return require("dlib", "faces", WHAT)
 
 
 def available() -> bool:
     try:
         import_dlib()
         model_dir()
-    except FaceToolsMissing:
+    except MissingExtra:
         return False
     return True
 

@@ -4,16 +4,37 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import importlib
 import logging
 import os
 from collections.abc import Mapping
+from types import ModuleType
 
 log = logging.getLogger(__name__)
 
 
 class MissingCapability(RuntimeError):
-    """What a command needs is not on this machine (an optional extra, a GPU); the message says what to do.
+    """What a command needs is not on this machine (a GPU, a runtime provider); the message says what to do.
     The CLI prints it as one line instead of a traceback."""
+
+
+class MissingExtra(ImportError):
+    """An optional extra of facecomp is not installed: the one error for it everywhere. The message names
+    what needed it, the extra, and the pip command that installs it; the CLI prints it as one line."""
+
+    def __init__(self, extra: str, what: str, missing: str = ""):
+        self.extra, self.what = extra, what
+        self.command = f"pip install 'facecomp[{extra}]'"
+        why = f" ({missing} is not installed)" if missing else ""
+        super().__init__(f"{what} needs the '{extra}' extra{why}: {self.command}")
+
+
+def require(module: str, extra: str, what: str) -> ModuleType:
+    """``import module``, or :class:`MissingExtra` naming ``extra``."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise MissingExtra(extra, what, e.name or module) from None
 
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1

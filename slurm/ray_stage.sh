@@ -4,7 +4,9 @@
 # `facecomp cluster train` against it, and tear Ray down whatever happens.
 #
 # Settings (environment, all optional but FACECOMP_DATA):
-#   FACECOMP_DATA            CelebA folder every node can read (required)
+#   FACECOMP_DATA            the folder holding the datasets (celeba/, celeba_extra/, ...) that every node
+#                            can read (required; the same meaning as everywhere in facecomp)
+#   FACECOMP_DATASETS        the dataset folders in it to train on, space-separated (default: celeba)
 #   FACECOMP_SETUP           a bash file sourced on every node before Ray starts (and before the driver):
 #                            `module load ...`, `conda activate ...`, proxy or NCCL variables
 #   FACECOMP_CONFIG          preset or TOML file (default: paper)
@@ -40,7 +42,10 @@ if [ -n "${FACECOMP_SETUP:-}" ]; then
 fi
 venv=${FACECOMP_VENV:-$submit_dir/.venv}
 if [ -d "$venv/bin" ]; then export PATH="$venv/bin:$PATH"; fi
-: "${FACECOMP_DATA:?set FACECOMP_DATA to the CelebA folder every node can read}"
+: "${FACECOMP_DATA:?set FACECOMP_DATA to the folder holding celeba/ that every node can read}"
+data_args=()
+# shellcheck disable=SC2086  # FACECOMP_DATASETS is a list of words on purpose
+for dataset in ${FACECOMP_DATASETS:-celeba}; do data_args+=(--data "$FACECOMP_DATA/$dataset"); done
 config=${FACECOMP_CONFIG:-paper}
 storage=${FACECOMP_STORAGE:-$submit_dir/runs/cluster}
 free_port() { python -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])'; }
@@ -130,7 +135,7 @@ run_stage() {
   # The driver runs in the background so that this shell can take signals (bash runs a trap only
   # between commands; `wait` returns at once on one) and forward them.
   # shellcheck disable=SC2086  # FACECOMP_OVERRIDES is a list of words on purpose
-  facecomp cluster train --address "$address" --config "$config" --stage "$stage" --data "$FACECOMP_DATA" \
+  facecomp cluster train --address "$address" --config "$config" --stage "$stage" "${data_args[@]}" \
     --num-workers "$num_workers" "${gpu_args[@]}" --storage "$storage" "$@" ${FACECOMP_OVERRIDES:-} &
   driver=$!
   while :; do

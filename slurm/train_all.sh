@@ -5,7 +5,7 @@
 # for it. If a stage fails, Slurm cancels the stages after it (--kill-on-invalid-dep=yes).
 # From the repository root, with the settings of slurm/ray_stage.sh in the environment; any arguments
 # are sbatch options for every stage:
-#   FACECOMP_DATA=/shared/celeba FACECOMP_STORAGE=/shared/runs slurm/train_all.sh --partition=gpu --account=myproj
+#   FACECOMP_DATA=/shared/data FACECOMP_STORAGE=/shared/runs slurm/train_all.sh --partition=gpu --account=myproj
 # Prints one line per stage: "stage N: job ID".
 set -euo pipefail
 [ -f slurm/ray_stage.sh ] || { echo "run slurm/train_all.sh from the repository root" >&2; exit 2; }

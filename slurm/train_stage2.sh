@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Stage 2 (+ local adversarial loss, from stage 1) on a Slurm allocation: Ray head on the first node,
 # workers on the others, one DeepSpeed worker per GPU. Submit from the repository root:
-#   FACECOMP_DATA=/shared/celeba sbatch slurm/train_stage2.sh
+#   FACECOMP_DATA=/shared/data sbatch slurm/train_stage2.sh   # the folder holding celeba/
 # Settings: slurm/ray_stage.sh. Override the allocation on the command line, e.g.
 #   sbatch --partition=gpu --account=myproj --nodes=4 --gpus-per-node=4 --mem=0 --time=12:00:00 ...
 # USR1 to the batch shell five minutes before the time limit (or scancel --signal=USR1|TERM --batch JOB)

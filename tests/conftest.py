@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from facecomp.config import load_config
+from facecomp.config import data_home, load_config
 
 REPO = Path(__file__).resolve().parent.parent
-DATA = Path(os.environ.get("FACECOMP_DATA", REPO.parent / "shared" / "data"))
+DATA = data_home(REPO.parent / "shared" / "data")  # $FACECOMP_DATA: the folder holding celeba/
 
 
 @pytest.fixture(scope="session")

@@ -177,7 +177,7 @@ def _wait_job(job: str, env: dict, timeout: float) -> dict[str, str]:
 
 
 def _slurm_env(slurm, celeba, storage: Path, overrides: str) -> dict:
-    return {**slurm, "FACECOMP_DATA": str(celeba), "FACECOMP_CONFIG": "smoke", "FACECOMP_STORAGE": str(storage),
+    return {**slurm, "FACECOMP_DATA": str(celeba.parent), "FACECOMP_CONFIG": "smoke", "FACECOMP_STORAGE": str(storage),
             "FACECOMP_VENV": str(BIN.parent), "FACECOMP_WORKERS_PER_NODE": "2",
             "FACECOMP_RAY_TMP": tempfile.mkdtemp(prefix="rfs", dir="/tmp"), "RAY_DEDUP_LOGS": "0",
             "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "FACECOMP_OVERRIDES": overrides}

@@ -97,3 +97,53 @@ def test_config_choices_are_the_components_registries():
 
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--stage", "1", "--run-dir", "x", "--loader", "tf"])
+
+
+def _choices(parser, *path: str) -> dict:
+    """{flag: choices} of a subcommand's parser (``facecomp export`` -> path ("export",))."""
+    import argparse
+
+    for name in path:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[name]
+    return {a.option_strings[0]: tuple(a.choices) for a in parser._actions if a.choices and a.option_strings}
+
+
+def test_cli_choices_come_from_the_components():
+    from facecomp.blend import BLENDS
+    from facecomp.cli import build_parser
+    from facecomp.data.celeba import PARTITIONS
+    from facecomp.export.formats import FORMATS
+    from facecomp.export.spec import PRECISIONS
+    from facecomp.train.stages import STAGES
+
+    parser = build_parser()
+    for path in (("train",), ("cluster", "train")):
+        assert _choices(parser, *path)["--stage"] == tuple(STAGES)
+    assert _choices(parser, "export")["--format"] == tuple(FORMATS)
+    assert _choices(parser, "export")["--precision"] == tuple(PRECISIONS)
+    for path in (("complete",), ("demo",), ("eval", "table")):
+        assert _choices(parser, *path)["--blend"] == BLENDS
+    assert _choices(parser, "eval", "table")["--partition"] == tuple(PARTITIONS)
+
+
+def test_one_default_data_folder(monkeypatch, tmp_path):
+    """$FACECOMP_DATA is the folder holding celeba/ (celeba_extra/, celeba_wild/) for every default."""
+    from facecomp.cli import build_parser
+    from facecomp.config import DataConfig, data_home, default_data_root
+
+    monkeypatch.setenv("FACECOMP_DATA", str(tmp_path))
+    assert data_home() == tmp_path and default_data_root("celeba_wild") == str(tmp_path / "celeba_wild")
+    assert DataConfig().roots == [str(tmp_path / "celeba")]
+    assert build_parser().parse_args(["eval", "identity"]).data == str(tmp_path / "celeba")
+    monkeypatch.delenv("FACECOMP_DATA")
+    assert data_home() == data_home("../shared/data") and data_home("/x") == type(tmp_path)("/x")
+
+
+def test_a_missing_extra_is_one_error_naming_it():
+    from facecomp.runtime import MissingExtra, require
+
+    with pytest.raises(MissingExtra, match=r"ONNX export needs the 'export' extra \(no_such_module_x is not "
+                                           r"installed\): pip install 'facecomp\[export\]'") as e:
+        require("no_such_module_x", "export", "ONNX export")
+    assert isinstance(e.value, ImportError) and e.value.extra == "export"

@@ -15,8 +15,7 @@ from facecomp.cli import export as export_cli
 from facecomp.cli import parsing as parsing_cli
 from facecomp.cli import serve as serve_cli
 from facecomp.cli import train as train_cli
-from facecomp.faces import FaceToolsMissing
-from facecomp.runtime import MissingCapability
+from facecomp.runtime import MissingCapability, MissingExtra
 
 SUBCOMMANDS = (train_cli, complete_cli, eval_cli, parsing_cli, demo_cli, serve_cli, cluster_cli, export_cli)
 
@@ -41,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # user errors: one line, no traceback
         print(f"facecomp: error: {e}", file=sys.stderr)
         return 2
-    except (FaceToolsMissing, MissingCapability) as e:  # an optional extra or a GPU is missing: say which
+    except (MissingExtra, MissingCapability) as e:  # an optional extra or a GPU is missing: say which
         print(f"facecomp: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # an output folder that cannot be written, a full disk: the system's own words suffice

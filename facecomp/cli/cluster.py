@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 from facecomp import config as config_mod
+from facecomp.cli import common
+from facecomp.runtime import MissingExtra
 
 
 def add_parser(sub) -> None:
@@ -20,30 +22,23 @@ def add_parser(sub) -> None:
                         "SIGTERM/SIGUSR1 make every worker checkpoint at the same step; the command then exits "
                         "75 (run it again to continue).")
     t.add_argument("--config", required=True, help="preset (smoke, cpu, paper) or a TOML file")
-    t.add_argument("--stage", type=int, required=True, choices=(1, 2, 3))
-    t.add_argument("--data", required=True, action="append", metavar="DIR",
-                   help="CelebA folder every worker can read; repeat it for several; sets data.roots")
+    common.add_stage(t)
+    common.add_data_roots(t, required=True)
     t.add_argument("--num-workers", type=int, default=2)
     t.add_argument("--gpus-per-worker", type=float, default=0, help="0 = CPU workers (gloo); > 0 = GPU (NCCL)")
     t.add_argument("--storage", default="runs/cluster", help="where runs live (a folder every node sees)")
     t.add_argument("--name", default="", help="run name (default stage<N>)")
     t.add_argument("--address", help="join this Ray cluster ('auto' = the one this node belongs to); "
                    "default: start a local Ray instance")
-    t.add_argument("--init", help="previous stage's cluster run (its newest checkpoint; the run must have "
-                   "finished), a checkpoint folder or generator weights")
-    t.add_argument("--init-unfinished", action="store_true",
-                   help="let --init start from a run that has not finished (its newest checkpoint)")
-    t.add_argument("--from-scratch", action="store_true",
-                   help="train stage 2 or 3 from random weights (without it, those stages need --init)")
-    t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-    t.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="dotted overrides, e.g. cluster.deepspeed=zero2_fp32")
+    common.add_init(t, "run (its newest checkpoint; the run must have finished), a checkpoint folder or "
+                    "generator weights")
+    common.add_overrides(t, "cluster.deepspeed=zero2_fp32")
     t.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    roots = ", ".join(_quote(str(Path(d).resolve())) for d in args.data)
-    overrides = [*args.overrides, f"data.roots=[{roots}]"]
+    # absolute: every worker reads them, from wherever Ray starts it
+    overrides = [*args.overrides, common.roots_override([str(Path(d).resolve()) for d in args.data])]
     cfg = config_mod.load_config(args.config, overrides)
     if args.dry_run:
         sys.stdout.write(config_mod.to_toml(cfg))
@@ -53,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         from facecomp.cluster.launch import LaunchConfig, train_stage
     except ImportError as e:
-        raise ValueError(f"facecomp cluster needs the 'cluster' extra (pip install 'facecomp[cluster]'): {e}") from None
+        raise MissingExtra("cluster", "facecomp cluster", e.name or str(e)) from None
 
     launch = LaunchConfig(num_workers=args.num_workers, gpus_per_worker=args.gpus_per_worker, storage=args.storage,
                           name=args.name, address=args.address)
@@ -71,6 +66,3 @@ def run(args: argparse.Namespace) -> int:
           f"generator: {result.run_dir / 'generator.safetensors'}")
     return 0
 
-
-def _quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

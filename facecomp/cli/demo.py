@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from facecomp.blend import BLENDS
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="complete scikit-image's public-domain astronaut portrait under O1-O6",
@@ -16,7 +18,7 @@ def add_parser(sub) -> None:
                        "extra for face detection.")
     p.add_argument("-o", "--out-dir", default="facecomp-demo", help="folder for demo.png (default ./facecomp-demo)")
     p.add_argument("--model", help="generator weights (default: the shipped model)")
-    p.add_argument("--blend", choices=("none", "poisson"), default="poisson")
+    p.add_argument("--blend", choices=BLENDS, default="poisson")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
 

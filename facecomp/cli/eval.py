@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from facecomp.config import DEFAULT_DATA_ROOT, DataConfig
+from facecomp.blend import BLENDS
+from facecomp.cli import common
+from facecomp.data.celeba import PARTITIONS
 
 
 def _common(p: argparse.ArgumentParser, baselines: bool = True) -> None:
@@ -13,8 +15,8 @@ def _common(p: argparse.ArgumentParser, baselines: bool = True) -> None:
                    help="generator weights or run directory; repeat for several (default: the shipped model)")
     if baselines:
         p.add_argument("--baselines", default="noise,telea,ns", help="comma-separated: noise, telea, ns ('' = none)")
-    p.add_argument("--data", default=DEFAULT_DATA_ROOT, help="CelebA folder")
-    p.add_argument("--partition", default="val", choices=DataConfig.PARTITIONS)
+    common.add_data_folder(p)
+    p.add_argument("--partition", default="val", choices=tuple(PARTITIONS))
     p.add_argument("--limit", type=int, default=0, help="first N faces of the partition (0 = all)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-progress", action="store_true")
@@ -28,7 +30,7 @@ def add_parser(sub) -> None:
                         "grid.png (original, masked, each method) to --out.")
     _common(t)
     t.add_argument("--masks", default="O1,O2,O3,O4,O5,O6")
-    t.add_argument("--blend", choices=("none", "poisson"), default="none",
+    t.add_argument("--blend", choices=BLENDS, default="none",
                    help="poisson: add a Poisson-blended column per model (the paper's M5)")
     t.add_argument("--resolution", choices=("input", "crop"), default="input",
                    help="draw masks and score at the input's 178x218 or on the 128x128 face crop")
@@ -63,8 +65,8 @@ def add_parser(sub) -> None:
     i = esub.add_parser("identity", help="sanity check of the identity embedding: same vs other identity",
                         description="Mean embedding distance between faces of the same identity and of different "
                         "identities, and nearest-neighbour top-1, on unoccluded faces.")
-    i.add_argument("--data", default=DEFAULT_DATA_ROOT)
-    i.add_argument("--partition", default="val", choices=DataConfig.PARTITIONS)
+    common.add_data_folder(i)
+    i.add_argument("--partition", default="val", choices=tuple(PARTITIONS))
     i.add_argument("--identities", type=int, default=20)
     i.add_argument("--per-identity", type=int, default=5)
     i.add_argument("--out", help="folder for identity.json")
@@ -93,6 +95,7 @@ def _face_metrics(spec: str, parsing_weights: str | None) -> tuple:
 
     from facecomp import faces
     from facecomp.eval import table
+    from facecomp.runtime import MissingExtra
     from facecomp.weights import SHIPPED
 
     names = [s.strip() for s in spec.split(",") if s.strip()]
@@ -103,7 +106,7 @@ def _face_metrics(spec: str, parsing_weights: str | None) -> tuple:
     for name in names:
         if name == "landmarks":
             if auto and not faces.available():
-                print(f"facecomp: note: no landmark error: {faces.INSTALL_HINT}", file=sys.stderr)
+                print(f"facecomp: note: left out: {MissingExtra('faces', 'the landmark error')}", file=sys.stderr)
                 continue
             from facecomp.eval.landmarks import FaceFound, LandmarkError, LandmarkModel
 
@@ -112,7 +115,7 @@ def _face_metrics(spec: str, parsing_weights: str | None) -> tuple:
             continue
         if name == "identity":
             if auto and not faces.available():
-                print(f"facecomp: note: no identity distance: {faces.INSTALL_HINT}", file=sys.stderr)
+                print(f"facecomp: note: left out: {MissingExtra('faces', 'the identity distance')}", file=sys.stderr)
                 continue
             chosen.append(table.IdentityDistance())
         elif name == "parsing":

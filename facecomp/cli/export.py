@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from facecomp.export.formats import FORMATS
+from facecomp.export.spec import PRECISIONS
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("export", help="compile the generator: AOTInductor, ONNX or TensorRT",
@@ -11,8 +14,8 @@ def add_parser(sub) -> None:
                        "that `facecomp complete --engine` and `facecomp serve --engine` run (ONNX and TensorRT "
                        "also get a Triton model repository in OUT/triton).")
     p.add_argument("--model", help="generator weights, run directory or checkpoint (default: the shipped model)")
-    p.add_argument("--format", required=True, choices=("aoti", "onnx", "tensorrt"))
-    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
+    p.add_argument("--format", required=True, choices=tuple(FORMATS))
+    p.add_argument("--precision", default="fp32", choices=tuple(PRECISIONS),
                    help="compute precision inside the graph; inputs and outputs stay float32")
     p.add_argument("--batch", default="1:1:32", metavar="MIN:OPT:MAX",
                    help="dynamic batch range (OPT: the size TensorRT tunes for, Triton's preferred batch)")

@@ -7,7 +7,8 @@ import argparse
 import torch
 
 from facecomp import config as config_mod
-from facecomp.config import DEFAULT_DATA_ROOT, ParsingTrainConfig
+from facecomp.cli import common
+from facecomp.config import ParsingTrainConfig
 
 
 def add_parser(sub) -> None:
@@ -28,7 +29,7 @@ def add_parser(sub) -> None:
                             "landmarks, with hair from GrabCut; faces without landmarks are skipped and counted. "
                             "Existing labels in --out are kept (it is a cache) unless --overwrite. "
                             "Needs the 'faces' extra.")
-    label.add_argument("--data", default=DEFAULT_DATA_ROOT, help="CelebA folder")
+    common.add_data_folder(label)
     label.add_argument("--out", required=True, help="folder for <image>.png labels (keep it outside the repository)")
     label.add_argument("--partition", default="train,val", help="comma-separated partitions (default train,val)")
     label.add_argument("--limit", type=int, default=0, help="first N faces of each partition (0 = all)")
@@ -56,7 +57,7 @@ def add_parser(sub) -> None:
                          "lips, mouth merged, as Helen papers report it) and mIoU, beside the per-pixel prior "
                          "(each pixel's most frequent training label).")
     ev.add_argument("--weights", help="parsing safetensors (default: shipped)")
-    ev.add_argument("--data", default=DEFAULT_DATA_ROOT)
+    common.add_data_folder(ev)
     ev.add_argument("--labels", default=ParsingTrainConfig().labels)
     ev.add_argument("--partition", default="val")
     ev.add_argument("--limit", type=int, default=0)

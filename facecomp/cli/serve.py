@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from facecomp.runtime import require
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("serve", help="web page to brush a mask on your photo, and an HTTP API",
@@ -27,10 +29,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    try:
-        import uvicorn
-    except ImportError:
-        raise ValueError("facecomp serve needs the 'serve' extra: pip install 'facecomp[serve]'") from None
+    uvicorn = require("uvicorn", "serve", "facecomp serve")
     if args.workers < 1 or args.max_pending < 1 or args.max_batch < 1:
         raise ValueError("--workers, --max-pending and --max-batch must be at least 1")
     # uvicorn's workers import the app by name; the settings travel in the environment.

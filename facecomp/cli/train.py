@@ -7,41 +7,35 @@ import sys
 from pathlib import Path
 
 from facecomp import config as config_mod
+from facecomp.cli import common
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train one stage (1: Lr, 2: +La1, 3: +La2 +Lp)",
                        description="Train one stage. Each stage starts from the previous one (--init).")
     p.add_argument("--config", help="preset (smoke, cpu, paper) or a TOML file; with --resume, the run's own")
-    p.add_argument("--stage", type=int, required=True, choices=(1, 2, 3))
-    p.add_argument("--data", action="append", metavar="DIR",
-                   help="CelebA folder (img_align_celeba/, list_eval_partition.txt); repeat it to train on several "
-                        "(their train partitions together); sets data.roots")
+    common.add_stage(p)
+    common.add_data_roots(p)
     p.add_argument("--run-dir", required=True, help="where checkpoints, TensorBoard logs and the config go")
-    p.add_argument("--init", help="previous stage's run directory, checkpoint or generator weights to start from")
+    common.add_init(p, "run directory, checkpoint or generator weights")
     p.add_argument("--resume", action="store_true", help="continue this run directory from its latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="start again in a --run-dir that already holds a run "
                    "(its checkpoints and logs are deleted)")
     p.add_argument("--allow-config-change", action="store_true",
                    help="with --resume: accept a config that differs from the one the run started with")
-    p.add_argument("--init-unfinished", action="store_true",
-                   help="let --init start from a run that has not finished (its latest checkpoint)")
-    p.add_argument("--from-scratch", action="store_true",
-                   help="train stage 2 or 3 from random weights (without it, those stages need --init)")
     p.add_argument("--loader", choices=config_mod.DataConfig.LOADERS,
                    help="input pipeline: the PyTorch DataLoader or NVIDIA DALI (facecomp[dali]); sets data.loader")
     p.add_argument("--stop-at", type=int, metavar="STEP", help="end this session at STEP with a checkpoint, as a "
                    "stop signal would (exit 75); continue it with --resume")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.batch_size=16")
+    common.add_overrides(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.data:
-        overrides.append(f"data.roots=[{', '.join(_quote(d) for d in args.data)}]")
+        overrides.append(common.roots_override(args.data))
     if args.loader:
         overrides.append(f"data.loader={args.loader}")
     from facecomp.train import runs
@@ -81,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         if args.overwrite:
             runs.clear(args.run_dir)
         runs.refuse_started(args.run_dir)
-    if cfg.data.loader == "dali":  # fail before building models when the extra is missing (one-line ValueError)
+    if cfg.data.loader == "dali":  # fail before building models when the extra is missing (MissingExtra: one line)
         from facecomp.data import dali  # noqa: F401
 
     from facecomp.train.loop import train
@@ -99,7 +93,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"stage {args.stage}: {result.steps} steps, {result.images} images in this session "
           f"({rate:.1f} images/s); generator: {result.run_dir / 'generator.safetensors'}")
     return 0
-
-
-def _quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -45,14 +45,13 @@ import torch
 
 from facecomp import layout
 from facecomp.config import Config, DataConfig
-from facecomp.runtime import cores_per_local_rank
+from facecomp.runtime import MissingExtra, cores_per_local_rank
 
 try:
     from nvidia.dali import fn, pipeline_def, types
     from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 except ImportError:  # optional extra; the CLI prints this as one line
-    raise ValueError("data.loader=dali needs NVIDIA DALI, which is not installed: "
-                     "pip install 'facecomp[dali]'") from None
+    raise MissingExtra("dali", "data.loader=dali", "NVIDIA DALI") from None
 
 log = logging.getLogger(__name__)
 
