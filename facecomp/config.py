@@ -247,6 +247,9 @@ class TrainConfig:
     keep_checkpoints: int = 3  # older checkpoints of a run are deleted (0 = keep all); the best is kept too
     seed: int = 0
     ema: float = 0.0  # decay of an exponential moving average of G's weights (e.g. 0.999); 0 = none
+    # training faces the average's BatchNorm statistics are re-estimated on before it is scored or saved
+    # (facecomp.train.ema); 0 = copy the raw weights' statistics (worse: ~1 dB hole PSNR at 28k faces)
+    ema_bn_images: int = 512
 
     def __post_init__(self) -> None:
         self.check()
@@ -258,6 +261,8 @@ class TrainConfig:
             raise ValueError(f"train.stage_steps needs 3 entries (one per stage), got {self.stage_steps}")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"train.ema is a decay in [0, 1), got {self.ema}")
+        if self.ema_bn_images < 0:
+            raise ValueError(f"train.ema_bn_images must be >= 0, got {self.ema_bn_images}")
 
 
 @dataclass(kw_only=True)

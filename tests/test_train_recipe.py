@@ -67,20 +67,35 @@ def test_lr_factor_is_a_function_of_the_step():
         config_mod.load_config("smoke", ["optim.lr_decay=step"])
 
 
-def test_ema_averages_weights_and_copies_buffers():
+def test_ema_averages_weights_and_recalibrates_batchnorm():
+    torch.manual_seed(0)
+    batches = [torch.randn(5, 2) * 3 + 1, torch.randn(7, 2)]
     mod = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
-    ema = EMA(mod, decay=0.5)
+    ema, copying = EMA(mod, decay=0.5, calibration=batches), EMA(mod, decay=0.5)
     start = [p.detach().clone() for p in ema.module.parameters()]
     with torch.no_grad():
         for p in mod.parameters():
             p.add_(1.0)
         mod[1].running_mean.fill_(3.0)
     ema.update(mod, step=100)  # past the ramp: decay 0.5
+    copying.update(mod, step=100)
     for p_avg, p0, p in zip(ema.module.parameters(), start, mod.parameters(), strict=True):
         assert torch.allclose(p_avg, 0.5 * p0 + 0.5 * p)
-    assert torch.equal(ema.module[1].running_mean, mod[1].running_mean)
     assert ema.decay_at(0) == pytest.approx(0.1) and ema.decay_at(10**6) == 0.5
     assert not any(p.requires_grad for p in ema.module.parameters())
+
+    # read after an update: statistics re-estimated on the calibration inputs, the plain mean and
+    # variance of the average's own pre-BN activations (not the raw module's running_mean of 3)
+    with torch.no_grad():
+        acts = [ema.module[0](b) for b in batches]
+    want_mean = torch.stack([a.mean(0) for a in acts]).mean(0)
+    want_var = torch.stack([a.var(0, unbiased=True) for a in acts]).mean(0)
+    assert torch.allclose(ema.module[1].running_mean, want_mean, atol=1e-6)
+    assert torch.allclose(ema.module[1].running_var, want_var, atol=1e-6)
+    assert ema.module[1].momentum == 0.1 and not ema.module.training  # put back
+    # without calibration inputs the raw module's statistics are copied (train.ema_bn_images = 0)
+    assert torch.equal(copying.module[1].running_mean, mod[1].running_mean)
+    assert ema.recalibrate([]) == 0
 
 
 def test_r1_penalty_is_the_squared_input_gradient():

@@ -33,7 +33,7 @@ from facecomp.models import Generator, build_discriminators
 from facecomp.train import checkpoint as ck
 from facecomp.train import validation as val
 from facecomp.train.checkpoint import RunState
-from facecomp.train.ema import EMA
+from facecomp.train.ema import EMA, calibration_inputs
 from facecomp.train.runs import RESULT_FILE, read_result
 from facecomp.train.schedule import lr_factor, set_lr
 from facecomp.train.stages import STAGES, check_stage
@@ -332,7 +332,11 @@ def train(cfg: Config, stage: int, data_root: str | Path | list[str], run_dir: s
         log.info("resumed stage %d at step %d from %s", stage, state.step, ckpt)
     elif init is not None:
         log.info("stage %d initialised from %s", stage, init_from(models, init))
-    ema = EMA(models.generator, cfg.train.ema) if cfg.train.ema > 0 else None
+    roots = data_root if isinstance(data_root, list | tuple) else [data_root]
+    files = partition_files(roots, cfg.data.partition, cfg.data.limit)
+    # the average's BatchNorm statistics are re-estimated on these whenever it is scored or saved
+    ema = (EMA(models.generator, cfg.train.ema, calibration=calibration_inputs(cfg, files, device))
+           if cfg.train.ema > 0 else None)
     if ema is not None and ckpt is not None:
         if (ckpt / "generator_ema.safetensors").is_file():
             ck.load_module(ckpt / "generator_ema.safetensors", ema.module, "generator")
@@ -344,8 +348,6 @@ def train(cfg: Config, stage: int, data_root: str | Path | list[str], run_dir: s
     (run_dir / "config.toml").write_text(config_mod.to_toml(cfg))
     (run_dir / "config.json").write_text(json.dumps({"stage": stage, "config": config_mod.to_dict(cfg)}, indent=2))
 
-    roots = data_root if isinstance(data_root, list | tuple) else [data_root]
-    files = partition_files(roots, cfg.data.partition, cfg.data.limit)
     vset = val.load_validation_set(cfg)
     total = cfg.train.stage_steps[stage - 1]
     loader = make_loader(cfg, files, start_step=state.step, device=device, loader_state=state.loader_state)
