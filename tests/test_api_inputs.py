@@ -13,15 +13,8 @@ import facecomp
 from facecomp import faces, masks
 from facecomp.images import write_png
 
-from .test_complete import aligned_face, generator_weights  # noqa: F401  (module-scoped fixtures)
-
 needs_faces = pytest.mark.skipif(not faces.available(), reason="needs the 'faces' extra (dlib-bin, "
                                  "face-recognition-models)")
-
-
-@pytest.fixture(scope="module")
-def completer(generator_weights):  # noqa: F811
-    return facecomp.Completer(generator_weights)
 
 
 @pytest.fixture(scope="module")

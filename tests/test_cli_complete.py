@@ -10,8 +10,6 @@ from PIL import Image
 
 from facecomp import images, masks
 
-from .test_complete import generator_weights  # noqa: F401  (module-scoped fixture)
-
 
 def _run(*args):
     return subprocess.run([sys.executable, "-m", "facecomp", "complete", *map(str, args)],

@@ -2,45 +2,9 @@
 
 import numpy as np
 import pytest
-import torch
 
-from facecomp import images, layout, masks
-from facecomp.complete import Completer, poisson_blend
-from facecomp.config import load_config
-from facecomp.models import Generator
-from facecomp.train import checkpoint as ck
-
-
-@pytest.fixture(scope="module")
-def generator_weights(tmp_path_factory):
-    """An untrained smoke generator whose BatchNorm statistics were measured on random inputs,
-    so its output depends on its input as a trained model's does (fresh BN stats would squash it)."""
-    cfg = load_config("smoke")
-    torch.manual_seed(0)
-    g = Generator(cfg.generator)
-    for bn in g.modules():
-        if isinstance(bn, torch.nn.BatchNorm2d):
-            bn.momentum = None  # cumulative average
-    with torch.no_grad():
-        for _ in range(4):
-            g(torch.rand(8, 4, 128, 128) * 2 - 1)
-    path = tmp_path_factory.mktemp("gen") / "generator.safetensors"
-    from facecomp.config import to_dict
-
-    ck.save_module(path, g, "generator", {"config": to_dict(cfg.generator), "stage": 1})
-    return path
-
-
-@pytest.fixture(scope="module")
-def completer(generator_weights):
-    return Completer(generator_weights)
-
-
-@pytest.fixture(scope="module")
-def aligned_face(celeba):
-    from facecomp.data.celeba import CelebAIndex
-
-    return images.read_rgb(CelebAIndex.open(celeba).files("val", limit=1)[0])
+from facecomp import layout, masks
+from facecomp.complete import poisson_blend
 
 
 @pytest.mark.parametrize("name", list(masks.OCCLUSIONS))

@@ -16,7 +16,7 @@ import torch
 
 from facecomp import contract, kernels, layout, masks, weights
 from facecomp.complete import Completer
-from facecomp.export import ArtifactMeta, BatchRange, ExportConfig, export_artifact
+from facecomp.export import ArtifactMeta
 from facecomp.export.metadata import sha256_file
 from facecomp.images import read_rgb, to_tensor
 from facecomp.kernels import reference
@@ -25,15 +25,6 @@ REPO = Path(__file__).resolve().parent.parent
 # uint8 grey levels. An fp32 ONNX generator differs from eager by < 1e-4 on the [-1, 1] scale
 # (test_export.py), which can move a value across a rounding boundary: at most one level.
 MAX_LEVELS = 1
-
-
-@pytest.fixture(scope="module")
-def onnx_artifact(tmp_path_factory):
-    pytest.importorskip("onnxruntime", reason="ONNX needs the 'export' extra")
-    pytest.importorskip("onnxscript", reason="ONNX needs the 'export' extra")
-    out = tmp_path_factory.mktemp("contract") / "gen-onnx"
-    export_artifact(out, ExportConfig(format="onnx", batch=BatchRange(1, 1, 4)), check_batches=(1,))
-    return out
 
 
 @pytest.mark.parametrize(("seed", "offset", "shape"), [

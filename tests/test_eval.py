@@ -11,8 +11,6 @@ import pytest
 from facecomp import masks, metrics
 from facecomp.eval.methods import BASELINES, model_name
 
-from .test_complete import generator_weights  # noqa: F401  (module-scoped fixture)
-
 
 def test_metrics_on_constructed_images():
     rng = np.random.default_rng(0)

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from facecomp import faces, images, layout, masks
 
 from .fuzz_inputs import ALIGNED, Photo, bomb, examples, mask_arrays, photo_files, pixels, seeds, small_sizes
-from .test_complete import generator_weights  # noqa: F401  (module-scoped fixture)
 
 ORIENTED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
@@ -20,13 +19,6 @@ def one_line(e: BaseException) -> str:
     text = str(e)
     assert text and "\n" not in text and "Traceback" not in text, repr(text)
     return text
-
-
-@pytest.fixture(scope="module")
-def completer(generator_weights):  # noqa: F811
-    from facecomp.complete import Completer
-
-    return Completer(generator_weights)
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,6 @@ from .fuzz_inputs import (
     seeds,
     small_sizes,
 )
-from .test_complete import generator_weights  # noqa: F401  (module-scoped fixture)
 
 
 def run_main(args: list[str]) -> tuple[int, str, str]:

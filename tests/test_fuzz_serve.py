@@ -36,7 +36,6 @@ from .fuzz_inputs import (
     sizes,
     small_sizes,
 )
-from .test_complete import generator_weights  # noqa: F401  (module-scoped fixture)
 
 pytest.importorskip("fastapi", reason="needs the 'serve' extra")
 httpx = pytest.importorskip("httpx", reason="needs httpx (the 'test' extra)")

@@ -12,8 +12,6 @@ from facecomp import masks
 from facecomp.eval.landmarks import hole_landmark_error, inter_ocular
 from facecomp.eval.methods import BASELINES
 
-from .test_complete import generator_weights  # noqa: F401  (module-scoped fixture)
-
 needs_faces = pytest.mark.skipif(not __import__("facecomp.faces").faces.available(),
                                  reason="needs the 'faces' extra (dlib-bin, face-recognition-models)")
 

@@ -18,8 +18,6 @@ import pytest
 from facecomp import faces, masks
 from facecomp.images import read_rgb
 
-from .test_complete import generator_weights  # noqa: F401  (module-scoped fixture)
-
 pytest.importorskip("fastapi", reason="needs the 'serve' extra")
 httpx = pytest.importorskip("httpx", reason="needs httpx (the 'test' extra)")
 ARTIFACTS = Path(os.environ.get("FACECOMP_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "runs" /

@@ -20,22 +20,13 @@ import pytest
 
 from facecomp import masks
 from facecomp.complete import Completer
-from facecomp.export import ArtifactMeta, BatchRange, ExportConfig, export_artifact, triton
+from facecomp.export import ArtifactMeta, triton
 from facecomp.images import read_rgb
 
 REPO = Path(__file__).resolve().parent.parent
 TRITON_ENV = Path(os.environ.get("FACECOMP_TRITON_ENV", REPO / ".venv" / "triton"))
 STAND_IN = Path(__file__).resolve().parent / "triton_onnx_generator.py"
 MAX_LEVELS = 1  # fp32 ONNX vs eager can flip one rounding (tests/test_contract.py)
-
-
-@pytest.fixture(scope="module")
-def onnx_artifact(tmp_path_factory):
-    pytest.importorskip("onnxruntime", reason="ONNX needs the 'export' extra")
-    pytest.importorskip("onnxscript", reason="ONNX needs the 'export' extra")
-    out = tmp_path_factory.mktemp("triton") / "gen-onnx"
-    export_artifact(out, ExportConfig(format="onnx", batch=BatchRange(1, 1, 4)), check_batches=(1,))
-    return out
 
 
 def test_complete_model_config_against_triton_schema(onnx_artifact):

@@ -11,8 +11,6 @@ import pytest
 from facecomp import faces
 from facecomp.images import list_images, read_rgb, write_png
 
-from .test_complete import generator_weights  # noqa: F401  (module-scoped fixture)
-
 pytestmark = pytest.mark.skipif(not faces.available(),
                                 reason="needs the 'faces' extra (dlib-bin, face-recognition-models)")
 
@@ -23,13 +21,6 @@ def wild_photos(celeba):
     if not folder.is_dir():
         pytest.skip(f"no wild photos at {folder}")
     return list_images(folder)[:6]
-
-
-@pytest.fixture(scope="module")
-def completer(generator_weights):  # noqa: F811
-    from facecomp.complete import Completer
-
-    return Completer(generator_weights)
 
 
 def test_alignment_of_aligned_faces_is_near_identity(face_files):
