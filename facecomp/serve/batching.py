@@ -10,7 +10,7 @@ request pays nothing and a burst is served in fewer, larger passes (measured in 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -30,7 +30,6 @@ class BatchStats:
     images: int = 0
     largest: int = 0  # calls in the largest pass
     largest_images: int = 0  # images in the largest pass
-    sizes: dict[int, int] = field(default_factory=dict)  # calls per pass -> passes
 
 
 class BatchingGenerator:
@@ -89,6 +88,5 @@ class BatchingGenerator:
                 s.images += sum(c.x.shape[0] for c in batch)
                 s.largest = max(s.largest, len(batch))
                 s.largest_images = max(s.largest_images, sum(c.x.shape[0] for c in batch))
-                s.sizes[len(batch)] = s.sizes.get(len(batch), 0) + 1
                 self._running = False
                 self._cv.notify_all()
