@@ -313,13 +313,13 @@ def _weights(ctx: Context) -> Path | None:
         return None
     from facecomp import config as config_mod
     from facecomp.models import Generator
-    from facecomp.train import checkpoint as ck
+    from facecomp.weights import save_module
 
     cfg = load_config("smoke").generator
     path = ctx.out / "work" / "smoke_generator.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    ck.save_module(path, Generator(cfg), "generator", {"config": config_mod.to_dict(cfg)})
+    save_module(path, Generator(cfg), "generator", {"config": config_mod.to_dict(cfg)})
     return path
 
 

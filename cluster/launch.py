@@ -18,10 +18,10 @@ from pathlib import Path
 
 from facecomp import config as config_mod
 from facecomp.config import Config
-from facecomp.train import checkpoint as ck
 from facecomp.train import runs
 from facecomp.train.checkpoint import RunState
 from facecomp.train.stages import check_stage
+from facecomp.weights import copy_file, find_checkpoint, write_json
 
 from .engines import load_ds_json
 from .stop import clear_stop, stop_on_signal
@@ -66,7 +66,7 @@ def train_stage(cfg: Config, stage: int, launch: LaunchConfig, init: str | Path 
     run_dir = storage / name
     if init is not None:
         runs.check_init_source(init, init_unfinished)
-        init = str((ck.find_checkpoint(init) if Path(init).is_dir() else Path(init)).resolve())
+        init = str((find_checkpoint(init) if Path(init).is_dir() else Path(init)).resolve())
     elif stage > 1 and not from_scratch and not any(run_dir.glob("step_*/state.json")):
         raise ValueError(f"stage {stage} starts from the previous stage: pass --init RUN (or --from-scratch to "
                          "train it from random weights)")
@@ -92,8 +92,8 @@ def train_stage(cfg: Config, stage: int, launch: LaunchConfig, init: str | Path 
         log.info("stage %d stopped by %s at step %d/%d", stage, stop.name or "request", state.step, total)
         return StageResult(run_dir=run_dir, checkpoint=final, state=state, finished=False, stopped_by=stop.name)
     clear_stop(run_dir)  # a signal after the last step: the stage finished all the same
-    ck.copy_file(final / "generator.safetensors", run_dir / "generator.safetensors")
-    ck.write_json(run_dir / runs.RESULT_FILE, {
+    copy_file(final / "generator.safetensors", run_dir / "generator.safetensors")
+    write_json(run_dir / runs.RESULT_FILE, {
         "finished": True, "stage": stage, "steps": state.step, "images": state.images,
         "seconds": state.seconds, "world_size": state.world_size, "restarts": state.restarts,
         "checkpoint": final.name, "chosen": None, "generator": "generator.safetensors"})

@@ -39,12 +39,12 @@ def parsing_weights(tmp_path_factory) -> Path:
     """A parsing network of the smoke shapes (untrained: the tests check plumbing, not parsing quality)."""
     from facecomp import config as config_mod
     from facecomp.models import ParsingNet
-    from facecomp.train import checkpoint as ck
+    from facecomp.weights import save_module
 
     cfg = load_config("smoke")
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("parsing") / "parsing.safetensors"
-    ck.save_module(path, ParsingNet(cfg.parsing), "parsing", {"config": config_mod.to_dict(cfg.parsing)})
+    save_module(path, ParsingNet(cfg.parsing), "parsing", {"config": config_mod.to_dict(cfg.parsing)})
     return path
 
 

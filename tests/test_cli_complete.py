@@ -109,12 +109,12 @@ def test_bad_weights_one_line_each(faces, generator_weights, tmp_path):  # noqa:
     # a generator file whose config says one shape and whose tensors have another
     from facecomp.config import load_config, to_dict
     from facecomp.models import Generator
-    from facecomp.train import checkpoint as ck
+    from facecomp.weights import save_tensors
 
     cfg = load_config("smoke")
     other = tmp_path / "other.safetensors"
     tensors = Generator(load_config("smoke", ["generator.bottleneck=32"]).generator).state_dict()
-    ck.save_tensors(other, tensors, "generator", {"config": to_dict(cfg.generator)})
+    save_tensors(other, tensors, "generator", {"config": to_dict(cfg.generator)})
     _one_line_error(_run(face, "--mask", "O1", "--model", other, "-o", out), "has shape")
     _one_line_error(_run(face, "--mask", "O1", "--model", tmp_path / "none.safetensors", "-o", out),
                     "no such weights file")

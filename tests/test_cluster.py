@@ -25,6 +25,7 @@ import torch
 from facecomp.config import load_config
 from facecomp.models import Generator
 from facecomp.train import checkpoint as ck
+from facecomp.weights import find_checkpoint, load_module, load_tensors
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None and importlib.util.find_spec("ray.train") is not None
 HAVE_DS = importlib.util.find_spec("deepspeed") is not None
@@ -47,7 +48,7 @@ def _cluster(*args, timeout=420):
 
 
 def _state(run: Path) -> dict:
-    return json.loads((ck.find_checkpoint(run) / "state.json").read_text())
+    return json.loads((find_checkpoint(run) / "state.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,7 @@ def test_three_stages_two_workers(stage_runs):
         assert state["images"] == 4 * 2 * cfg.train.batch_size  # 4 steps x 2 ranks x micro-batch
         assert state["restarts"] == []
         # the files the rest of facecomp reads: safetensors that load into a fresh generator
-        ck.load_module(run / "generator.safetensors", Generator(cfg.generator), "generator")
+        load_module(run / "generator.safetensors", Generator(cfg.generator), "generator")
         assert (run / "config.toml").is_file()
         assert {p.name for p in (run / "step_0000004").glob("ds_*")} == {"ds_generator", "ds_d_local", "ds_d_global"}
     assert _state(storage / "stage2")["deepspeed"] == "zero2_fp32"
@@ -81,8 +82,8 @@ def test_three_stages_two_workers(stage_runs):
     assert f"stage 2 initialised from {storage / 'stage1' / 'step_0000004'}" in logs[2]
     assert f"stage 3 initialised from {storage / 'stage2' / 'step_0000004'}" in logs[3]
     # and the generator moved on from there
-    g1 = ck.load_tensors(storage / "stage1" / "generator.safetensors", "generator")[0]
-    g2 = ck.load_tensors(storage / "stage2" / "generator.safetensors", "generator")[0]
+    g1 = load_tensors(storage / "stage1" / "generator.safetensors", "generator")[0]
+    g2 = load_tensors(storage / "stage2" / "generator.safetensors", "generator")[0]
     assert not torch.equal(g1["fc_in.weight"], g2["fc_in.weight"])
 
 
@@ -238,8 +239,8 @@ def test_engine_losses_equal_plain_loop(celeba, parsing_weights, dist_world_1, t
         assert len(a) == len(b) == 3, key
         for step, (x, y) in enumerate(zip(a, b, strict=True)):
             assert y == pytest.approx(x, rel=1e-5), f"step {step} {key}: plain {x}, engine {y}"
-    g_plain = ck.load_tensors(ck.find_checkpoint(tmp_path / "plain") / "generator.safetensors", "generator")[0]
-    g_cluster = ck.load_tensors(reported[3] / "generator.safetensors", "generator")[0]
+    g_plain = load_tensors(find_checkpoint(tmp_path / "plain") / "generator.safetensors", "generator")[0]
+    g_cluster = load_tensors(reported[3] / "generator.safetensors", "generator")[0]
     for k in g_plain:
         torch.testing.assert_close(g_cluster[k], g_plain[k], rtol=1e-5, atol=1e-6)
 
@@ -265,8 +266,8 @@ def test_a_cluster_checkpoint_of_the_earlier_layout_resumes(celeba, smoke_cfg, d
     state = ck.read_state(resumed[4])
     assert (state["step"], state["restarts"], state["images"]) == (4, [2], 4 * smoke_cfg.train.batch_size)
     for name in ("generator", "d_local"):
-        a = ck.load_tensors(straight[4] / f"{name}.safetensors")[0]
-        b = ck.load_tensors(resumed[4] / f"{name}.safetensors")[0]
+        a = load_tensors(straight[4] / f"{name}.safetensors")[0]
+        b = load_tensors(resumed[4] / f"{name}.safetensors")[0]
         assert all(torch.equal(a[k], b[k]) for k in a), f"{name} differs after resuming the earlier layout"
 
 

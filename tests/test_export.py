@@ -47,12 +47,12 @@ def other_weights(tmp_path_factory):
     """Generator weights that are not the shipped ones: a randomly initialised smoke-preset generator."""
     from facecomp import config as config_mod
     from facecomp.models import Generator
-    from facecomp.train import checkpoint as ck
+    from facecomp.weights import save_module
 
     torch.manual_seed(1)
     cfg = config_mod.load_config("smoke").generator
     path = tmp_path_factory.mktemp("other") / "other_generator.safetensors"
-    ck.save_module(path, Generator(cfg), "generator", {"config": config_mod.to_dict(cfg)})
+    save_module(path, Generator(cfg), "generator", {"config": config_mod.to_dict(cfg)})
     return str(path)
 
 
@@ -195,13 +195,13 @@ def test_fixed_batch_onnx_gets_a_fixed_batch_triton_config(tmp_path):
     pytest.importorskip("onnxscript", reason="ONNX needs the 'export' extra")
     from facecomp import config as config_mod
     from facecomp.models import Generator
-    from facecomp.train import checkpoint as ck
+    from facecomp.weights import save_module
 
     torch.manual_seed(0)
     cfg = config_mod.load_config("smoke").generator
     weights = tmp_path / "g.safetensors"
     gen = Generator(cfg)
-    ck.save_module(weights, gen, "generator", {"config": config_mod.to_dict(cfg)})
+    save_module(weights, gen, "generator", {"config": config_mod.to_dict(cfg)})
     c = gen.in_channels
     out = tmp_path / "fixed"
     export_artifact(out, ExportConfig(format="onnx", batch=BatchRange.parse("4")), weights)

@@ -19,6 +19,7 @@ from facecomp import config as config_mod
 from facecomp.train import checkpoint as ck
 from facecomp.train.checkpoint import RunState
 from facecomp.train.loop import Hooks, build_models, build_optimizers, drive, resume_state, train
+from facecomp.weights import find_checkpoint, load_tensors, save_tensors, write_json
 
 
 class _Recorder(Hooks):
@@ -119,8 +120,8 @@ def _synthetic_celeba(root: Path, train: int = 12, val: int = 2) -> Path:
 def _to_legacy(ckpt: Path) -> None:
     """Rewrite a checkpoint folder as the plain loop wrote it before this layout: the generator's
     optimizer in optim_g.safetensors (kind 'optim_g'), and state.json without a format or the keys added since."""
-    tensors, meta = ck.load_tensors(ckpt / "optim_generator.safetensors", "optim_generator")
-    ck.save_tensors(ckpt / "optim_g.safetensors", tensors, "optim_g", {"param_groups": meta["param_groups"]})
+    tensors, meta = load_tensors(ckpt / "optim_generator.safetensors", "optim_generator")
+    save_tensors(ckpt / "optim_g.safetensors", tensors, "optim_g", {"param_groups": meta["param_groups"]})
     (ckpt / "optim_generator.safetensors").unlink()
     state = json.loads((ckpt / "state.json").read_text())
     legacy = {k: state[k] for k in ("stage", "step", "skipped", "images", "seconds", "wall_seconds", "config",
@@ -140,17 +141,17 @@ def test_a_checkpoint_of_the_earlier_layout_resumes_as_the_new_one(tmp_path):
                                            "data.limit=12", "train.log_every=1000", "train.image_every=1000"])
     new = tmp_path / "new"
     assert not train(cfg, 1, data, new, progress=False, stop_at=2).finished
-    ckpt = ck.find_checkpoint(new)
+    ckpt = find_checkpoint(new)
     state = json.loads((ckpt / "state.json").read_text())
     # a validation record the run will never beat: the best checkpoint, protected from pruning
     state["validation"][0]["raw"]["hole_psnr"] = 99.0
     state["best"] = {"step": 2, "variant": "raw", "score": 99.0}
     (ckpt / "state.json").write_text(json.dumps(state))
-    ck.write_json(new / "validation.json", state["validation"])
+    write_json(new / "validation.json", state["validation"])
     legacy = tmp_path / "legacy"
     shutil.copytree(new, legacy)
-    _to_legacy(ck.find_checkpoint(legacy))
-    assert (ck.find_checkpoint(legacy) / "optim_g.safetensors").is_file()
+    _to_legacy(find_checkpoint(legacy))
+    assert (find_checkpoint(legacy) / "optim_g.safetensors").is_file()
 
     train(cfg, 1, data, new, resume=True, progress=False)
     r = subprocess.run([sys.executable, "-m", "facecomp", "train", "--stage", "1", "--run-dir", str(legacy),
@@ -158,11 +159,11 @@ def test_a_checkpoint_of_the_earlier_layout_resumes_as_the_new_one(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     for run in (new, legacy):
         assert ck.checkpoint_steps(run) == {2, 6}  # keep 1, plus the best
-    a, b = RunState.read(ck.find_checkpoint(new)), RunState.read(ck.find_checkpoint(legacy))
+    a, b = RunState.read(find_checkpoint(new)), RunState.read(find_checkpoint(legacy))
     assert (b.step, b.images, b.restarts, b.best) == (6, 6 * cfg.train.batch_size, [2], a.best)
     for name in ("generator", "generator_ema", "d_local", "optim_generator", "optim_d_local"):
-        x = load_file(ck.find_checkpoint(new) / f"{name}.safetensors")
-        y = load_file(ck.find_checkpoint(legacy) / f"{name}.safetensors")
+        x = load_file(find_checkpoint(new) / f"{name}.safetensors")
+        y = load_file(find_checkpoint(legacy) / f"{name}.safetensors")
         assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), f"{name} differs"
     assert b.best["step"] == 2 and [r["step"] for r in b.validation] == [2, 4, 6]
     assert b.validation == a.validation

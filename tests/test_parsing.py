@@ -153,10 +153,10 @@ def test_parser_labels_at_input_size(parsing_weights, face_files):
 
 def test_parsing_weights_of_another_kind_are_refused(tmp_path, smoke_cfg):
     from facecomp.models import Generator, load
-    from facecomp.train import checkpoint as ck
+    from facecomp.weights import save_module
 
     path = tmp_path / "g.safetensors"
-    ck.save_module(path, Generator(smoke_cfg.generator), "generator", {})
+    save_module(path, Generator(smoke_cfg.generator), "generator", {})
     with pytest.raises(ValueError, match="not parsing weights"):
         load("parsing", path)
     with pytest.raises(ValueError, match="do not exist"):
@@ -202,9 +202,9 @@ def test_stage3_loads_the_shipped_parsing_network_frozen(smoke_cfg):
     models = build_models(smoke_cfg, 3, torch.device("cpu"))
     net = models.parsing
     assert net is not None and not net.training and not any(p.requires_grad for p in net.parameters())
-    from facecomp.train import checkpoint as ck
+    from facecomp.weights import read_metadata
 
-    meta = ck.read_metadata(DEFAULT_PARSING)
+    meta = read_metadata(DEFAULT_PARSING)
     assert meta["kind"] == "parsing" and meta.get("trained") is True
     owned = {id(p) for m in (models.generator, models.d_local, models.d_global) for p in m.parameters()}
     assert not owned & {id(p) for p in net.parameters()}

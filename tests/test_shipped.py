@@ -14,11 +14,11 @@ def test_shipped_generator_is_the_default_and_small():
     from facecomp.weights import SHIPPED
 
     DEFAULT_WEIGHTS = SHIPPED["generator"]
-    from facecomp.train import checkpoint as ck
+    from facecomp.weights import read_metadata
 
     assert DEFAULT_WEIGHTS.is_file(), "facecomp/weights/generator.safetensors is missing"
     assert DEFAULT_WEIGHTS.stat().st_size <= 42 * 1024 * 1024
-    meta = ck.read_metadata(DEFAULT_WEIGHTS)
+    meta = read_metadata(DEFAULT_WEIGHTS)
     assert meta["kind"] == "generator" and meta["stage"] == 3
     assert models.load("generator").cfg.image_size == 128
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from facecomp.train import checkpoint as ck
 from facecomp.train.loop import train
+from facecomp.weights import convert_weights, find_checkpoint, load_module, load_tensors, read_metadata, save_module
 
 
 def _cli(*args):
@@ -27,7 +27,7 @@ def test_three_stages_on_real_faces(celeba, parsing_weights, tmp_path):
              "--no-progress", f"parsing.weights={parsing_weights}")
     assert r.returncode == 0, r.stderr
     for i, run in enumerate(runs, start=1):
-        state = json.loads((ck.find_checkpoint(run) / "state.json").read_text())
+        state = json.loads((find_checkpoint(run) / "state.json").read_text())
         assert state["stage"] == i and state["step"] == 4
         assert (run / "generator.safetensors").is_file() and (run / "config.toml").is_file()
         assert list((run / "tb").glob("events.*"))
@@ -62,8 +62,8 @@ def test_resume_equals_uninterrupted(celeba, smoke_cfg, parsing_weights, tmp_pat
     result = train(smoke_cfg, 3, celeba, tmp_path / "split", resume=True, progress=False)
     assert result.steps == 6
     for name in ("generator", "d_local", "d_global", "optim_generator", "optim_d_local"):
-        a = load_file(ck.find_checkpoint(tmp_path / "straight") / f"{name}.safetensors")
-        b = load_file(ck.find_checkpoint(tmp_path / "split") / f"{name}.safetensors")
+        a = load_file(find_checkpoint(tmp_path / "straight") / f"{name}.safetensors")
+        b = load_file(find_checkpoint(tmp_path / "split") / f"{name}.safetensors")
         assert a.keys() == b.keys()
         for k in a:
             assert torch.equal(a[k], b[k]), f"{name}:{k} differs after resume"
@@ -85,7 +85,7 @@ def test_checkpoints_are_complete_and_pruned(celeba, smoke_cfg, tmp_path):
     root = tmp_path / "r" / "checkpoints"
     assert sorted(p.name for p in root.iterdir()) == ["latest", "step_0000007", "step_0000008"]
     assert (root / "latest").read_text().strip() == "step_0000008"
-    meta = ck.read_metadata(root / "step_0000008" / "generator.safetensors")
+    meta = read_metadata(root / "step_0000008" / "generator.safetensors")
     assert meta["kind"] == "generator" and meta["stage"] == 1 and meta["config"]["width"] == 0.125
 
 
@@ -94,28 +94,28 @@ def test_weights_files_refuse_tampering_and_other_shapes(tmp_path, smoke_cfg):
 
     g = Generator(smoke_cfg.generator)
     path = tmp_path / "g.safetensors"
-    ck.save_module(path, g, "generator", {"config": {"width": 0.125}})
-    ck.load_module(path, Generator(smoke_cfg.generator), "generator")  # round trip works
+    save_module(path, g, "generator", {"config": {"width": 0.125}})
+    load_module(path, Generator(smoke_cfg.generator), "generator")  # round trip works
     data = bytearray(path.read_bytes())
     data[-100] ^= 0xFF  # flip bits inside a tensor
     (tmp_path / "bad.safetensors").write_bytes(bytes(data))
     with pytest.raises(ValueError, match="checksum mismatch"):
-        ck.load_module(tmp_path / "bad.safetensors", g, "generator")
+        load_module(tmp_path / "bad.safetensors", g, "generator")
     (tmp_path / "cut.safetensors").write_bytes(bytes(data[: len(data) // 2]))
     with pytest.raises(ValueError, match="safetensors|corrupt"):
-        ck.load_module(tmp_path / "cut.safetensors", g, "generator")
+        load_module(tmp_path / "cut.safetensors", g, "generator")
     smoke_cfg.generator.bottleneck = 32
     with pytest.raises(ValueError, match="has shape"):
-        ck.load_module(path, Generator(smoke_cfg.generator), "generator")
+        load_module(path, Generator(smoke_cfg.generator), "generator")
     with pytest.raises(ValueError, match="holds 'generator' weights, expected 'parsing'"):
-        ck.load_tensors(path, "parsing")
+        load_tensors(path, "parsing")
 
 
 def test_fp16_weights_round_trip_and_init_from_bare_file(celeba, smoke_cfg, tmp_path):
     smoke_cfg.train.stage_steps = [2, 2, 2]
     train(smoke_cfg, 1, celeba, tmp_path / "s1", progress=False)
-    ck.convert_weights(tmp_path / "s1" / "generator.safetensors", tmp_path / "g16.safetensors", torch.float16)
-    meta = ck.read_metadata(tmp_path / "g16.safetensors")
+    convert_weights(tmp_path / "s1" / "generator.safetensors", tmp_path / "g16.safetensors", torch.float16)
+    meta = read_metadata(tmp_path / "g16.safetensors")
     assert meta["dtype"] == "float16" and meta["kind"] == "generator" and meta["stage"] == 1
     t16 = load_file(tmp_path / "g16.safetensors")
     assert t16["fc_in.weight"].dtype == torch.float16

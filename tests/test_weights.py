@@ -5,8 +5,8 @@ import torch
 
 from facecomp import models, weights
 from facecomp.config import load_config
-from facecomp.train import checkpoint as ck
 from facecomp.train.loop import train
+from facecomp.weights import copy_file
 
 
 def test_shipped_by_name_or_by_default():
@@ -31,7 +31,7 @@ def test_every_path_a_user_gives_leads_to_one_file(celeba, tmp_path):
     cluster_run = tmp_path / "cluster"  # Ray Train's layout: step_* directly under the run
     for step in ("step_0000002", "step_0000004"):
         (cluster_run / step).mkdir(parents=True)
-        ck.copy_file(ckpt / "generator.safetensors", cluster_run / step / "generator.safetensors")
+        copy_file(ckpt / "generator.safetensors", cluster_run / step / "generator.safetensors")
         (cluster_run / step / "state.json").write_text("{}")
     assert weights.resolve(cluster_run) == cluster_run / "step_0000004" / "generator.safetensors"
     with pytest.raises(ValueError, match="do not exist"):

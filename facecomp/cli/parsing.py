@@ -77,13 +77,13 @@ def add_parser(sub) -> None:
 
 def run_init(args: argparse.Namespace) -> int:
     from facecomp.models import ParsingNet
-    from facecomp.train import checkpoint as ck
+    from facecomp.weights import save_module
 
     cfg = config_mod.load_config(args.config, args.overrides)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)
         net = ParsingNet(cfg.parsing)
-    ck.save_module(args.output, net, "parsing", {"config": config_mod.to_dict(cfg.parsing), "trained": False})
+    save_module(args.output, net, "parsing", {"config": config_mod.to_dict(cfg.parsing), "trained": False})
     print(f"wrote untrained parsing weights to {args.output}")
     return 0
 

@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and args.overwrite:
         raise ValueError("--resume continues a run; --overwrite starts it again: pick one")
     if args.resume:
-        from facecomp.train.checkpoint import RunState, find_checkpoint
+        from facecomp.train.checkpoint import RunState
+        from facecomp.weights import find_checkpoint
 
         started = RunState.read(find_checkpoint(args.run_dir)).config
         cfg = config_mod.from_dict(started)

@@ -27,19 +27,7 @@ import torch
 from torch import nn
 
 # The weights-file format lives in the leaf facecomp.weights; a checkpoint is a folder of such files.
-from facecomp.weights import (  # noqa: F401  (re-exported: checkpoints are written and read through here)
-    _atomic_write,
-    convert_weights,
-    copy_file,
-    find_checkpoint,
-    load_into,
-    load_module,
-    load_tensors,
-    read_metadata,
-    save_module,
-    save_tensors,
-    write_json,
-)
+from facecomp.weights import _atomic_write, load_tensors, save_tensors
 
 # --- state.json -------------------------------------------------------------------------------
 

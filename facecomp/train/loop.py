@@ -38,6 +38,7 @@ from facecomp.train.runs import RESULT_FILE, read_result
 from facecomp.train.schedule import lr_factor, set_lr
 from facecomp.train.stages import STAGES, check_stage
 from facecomp.train.step import Models, OptimizerUpdater, StepResult, Updater, train_step
+from facecomp.weights import copy_file, find_checkpoint, load_module, write_json
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def init_from(models: Models, source: str | Path) -> Path:
     bare generator weights file."""
     source = Path(source)
     if source.is_file() and source.suffix == ".safetensors" and not (source.parent / "state.json").is_file():
-        ck.load_module(source, models.generator, "generator")
+        load_module(source, models.generator, "generator")
         return source
     result = read_result(source) if source.is_dir() else None
     if result is not None and result.get("chosen"):
@@ -111,12 +112,12 @@ def init_from(models: Models, source: str | Path) -> Path:
         ckpt = source / "checkpoints" / f"step_{chosen['step']:07d}"
         weights = "generator_ema.safetensors" if chosen["variant"] == "ema" else "generator.safetensors"
     else:
-        ckpt, weights = ck.find_checkpoint(source), "generator.safetensors"
-    ck.load_module(ckpt / weights, models.generator, "generator")
+        ckpt, weights = find_checkpoint(source), "generator.safetensors"
+    load_module(ckpt / weights, models.generator, "generator")
     for name in ("d_local", "d_global"):
         path = ckpt / f"{name}.safetensors"
         if path.is_file():
-            ck.load_module(path, getattr(models, name), name)
+            load_module(path, getattr(models, name), name)
     return ckpt
 
 
@@ -290,7 +291,7 @@ class _PlainStage(StageHooks):
         for variant in ("raw", "ema"):
             for key, value in record.get(variant, {}).items():
                 self.writer.add_scalar(f"stage{self.stage}/val_{variant}/{key}", value, step)
-        ck.write_json(self.run_dir / "validation.json", state.validation)
+        write_json(self.run_dir / "validation.json", state.validation)
         log.info("validation at step %d: %s", step, {k: round(record["raw"][k], 3) for k in ("hole_psnr", "ssim")})
 
     def save(self, state: RunState) -> None:
@@ -320,14 +321,14 @@ def train(cfg: Config, stage: int, data_root: str | Path | list[str], run_dir: s
     run_dir = Path(run_dir)
     device = runtime.start(cfg.runtime)
 
-    ckpt = ck.find_checkpoint(run_dir) if resume else None
+    ckpt = find_checkpoint(run_dir) if resume else None
     state = resume_state(ckpt, stage) if ckpt is not None else RunState(stage=stage)
     state.config = config_mod.to_dict(cfg)
     models = build_models(cfg, stage, device)
     optimizers = build_optimizers(models, cfg)
     if ckpt is not None:
         for name in TRAINED:
-            ck.load_module(ckpt / f"{name}.safetensors", getattr(models, name), name)
+            load_module(ckpt / f"{name}.safetensors", getattr(models, name), name)
         ck.load_optimizers(ckpt, optimizers)
         log.info("resumed stage %d at step %d from %s", stage, state.step, ckpt)
     elif init is not None:
@@ -339,7 +340,7 @@ def train(cfg: Config, stage: int, data_root: str | Path | list[str], run_dir: s
            if cfg.train.ema > 0 else None)
     if ema is not None and ckpt is not None:
         if (ckpt / "generator_ema.safetensors").is_file():
-            ck.load_module(ckpt / "generator_ema.safetensors", ema.module, "generator")
+            load_module(ckpt / "generator_ema.safetensors", ema.module, "generator")
         else:  # a checkpoint from before train.ema was set: the average starts here
             log.warning("%s has no generator_ema.safetensors; the EMA starts from the current weights", ckpt)
 
@@ -377,12 +378,12 @@ def _write_result(run_dir: Path, state: RunState, chosen: dict | None, cfg: Conf
         final = run_dir / "checkpoints" / f"step_{chosen['step']:07d}"
         weights = final / ("generator_ema.safetensors" if chosen["variant"] == "ema" else "generator.safetensors")
     else:
-        weights = ck.find_checkpoint(run_dir) / "generator.safetensors"
-    ck.copy_file(weights, run_dir / "generator.safetensors")
+        weights = find_checkpoint(run_dir) / "generator.safetensors"
+    copy_file(weights, run_dir / "generator.safetensors")
     scores = next((r[chosen["variant"]] for r in state.validation if chosen and r["step"] == chosen["step"]), None)
     v = cfg.validation
     result = {"finished": True, "stage": state.stage, "steps": state.step, "images": state.images,
               "seconds": state.seconds, "wall_seconds": state.wall_seconds, "chosen": chosen, "scores": scores,
               "rule": f"max {v.select} over O1-O6 (raw or EMA) among checkpoints at step >= {v.select_after}"
               if chosen else "latest checkpoint (no validation)", "generator": "generator.safetensors"}
-    ck.write_json(run_dir / RESULT_FILE, result)
+    write_json(run_dir / RESULT_FILE, result)

@@ -29,6 +29,7 @@ from facecomp.train import checkpoint as ck
 from facecomp.train.checkpoint import RunState
 from facecomp.train.loop import Hooks, drive, resume_state
 from facecomp.train.step import autocast
+from facecomp.weights import copy_file, find_checkpoint, load_module
 
 log = logging.getLogger(__name__)
 SIZE = 128
@@ -114,11 +115,11 @@ def train_parsing(cfg: Config, data_root: str | Path, run_dir: str | Path, resum
     opt = torch.optim.AdamW(net.parameters(), lr=pt.lr, weight_decay=pt.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=pt.lr, total_steps=pt.steps, pct_start=0.1)
 
-    ckpt = ck.find_checkpoint(run_dir) if resume else None
+    ckpt = find_checkpoint(run_dir) if resume else None
     state = resume_state(ckpt, None) if ckpt is not None else RunState(stage=None)
     state.config = config_mod.to_dict(cfg)
     if ckpt is not None:
-        ck.load_module(ckpt / "parsing.safetensors", net, "parsing")
+        load_module(ckpt / "parsing.safetensors", net, "parsing")
         ck.load_optimizers(ckpt, {"parsing": opt})
         sched.load_state_dict(state.scheduler)
         log.info("resumed %s at step %d", ckpt, state.step)
@@ -136,5 +137,5 @@ def train_parsing(cfg: Config, data_root: str | Path, run_dir: str | Path, resum
     drive(state, iter(loader), hooks, total=pt.steps, ckpt_every=pt.ckpt_every, saved=state.step)
     bar.close()
     writer.close()
-    ck.copy_file(ck.find_checkpoint(run_dir) / "parsing.safetensors", run_dir / "parsing.safetensors")
+    copy_file(find_checkpoint(run_dir) / "parsing.safetensors", run_dir / "parsing.safetensors")
     return ParsingRun(run_dir, state.step, state.images, state.seconds, hooks.loss)
