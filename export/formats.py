@@ -20,7 +20,7 @@ from facecomp.export.program import OUTPUT_NAME
 from facecomp.export.spec import FORMAT_NAMES, BatchRange, ExportConfig
 from facecomp.runtime import MissingCapability, MissingExtra
 
-Runner = Callable[[torch.Tensor], torch.Tensor]
+ArtifactFn = Callable[[torch.Tensor], torch.Tensor]  # what load returns: float32 [N, C, S, S] -> [N, 3, S, S]
 # ONNX Runtime providers per artifact device, the wanted one first. CUDA keeps the CPU provider after
 # it: ONNX Runtime places the few ops CUDA lacks (shape arithmetic) there, as its docs recommend.
 ONNX_PROVIDERS = {"cpu": ("CPUExecutionProvider",), "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider")}
@@ -67,7 +67,7 @@ class AotiFormat:
                                                      inductor_configs=self.INDUCTOR_CONFIGS)
         return [self.file]
 
-    def load(self, folder: Path, meta: ArtifactMeta) -> Runner:
+    def load(self, folder: Path, meta: ArtifactMeta) -> ArtifactFn:
         self.check_available(ExportConfig(format=self.name, device=meta.device))
         model = torch._inductor.aoti_load_package(str(folder / self.file))
         device = torch.device(meta.device)
@@ -158,7 +158,7 @@ class OnnxFormat:
         onnx.save(model, str(path))
         onnx.checker.check_model(str(path), full_check=True)
 
-    def load(self, folder: Path, meta: ArtifactMeta) -> Runner:
+    def load(self, folder: Path, meta: ArtifactMeta) -> ArtifactFn:
         self.check_available(ExportConfig(format=self.name, precision=meta.precision, device=meta.device))
         session = self.open_session(folder / self.file, meta.device)
         in_name = session.get_inputs()[0].name
@@ -225,7 +225,7 @@ class TensorRTFormat:
         (folder / self.plan).write_bytes(bytes(engine))
         return [self.file, self.plan]
 
-    def load(self, folder: Path, meta: ArtifactMeta) -> Runner:
+    def load(self, folder: Path, meta: ArtifactMeta) -> ArtifactFn:
         self.check_available(ExportConfig(format=self.name, precision=meta.precision, device=meta.device))
         import torch_tensorrt
 

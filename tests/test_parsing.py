@@ -11,8 +11,8 @@ from facecomp.data.parsing import ParsingDataset, labelled_pairs, warp_pair
 from facecomp.data.parsing_labels import LABEL_ID, colorize, draw_labels, label_folder
 from facecomp.eval.parsing_scores import confusion, f_scores, mean_iou
 from facecomp.images import read_gray, read_rgb, write_png
+from facecomp.labels import LABELS
 from facecomp.layout import Augment
-from facecomp.models.parsing import LABELS
 
 
 def centroid(labels: np.ndarray, name: str) -> np.ndarray:
@@ -140,7 +140,7 @@ def test_scores():
 
 
 def test_parser_labels_at_input_size(parsing_weights, face_files):
-    from facecomp.parse import Parser
+    from facecomp.parsing import Parser
 
     parser = Parser(parsing_weights)
     assert not any(p.requires_grad for p in parser.net.parameters()) and not parser.net.training

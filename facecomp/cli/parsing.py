@@ -147,7 +147,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     from facecomp.data.parsing_labels import colorize
     from facecomp.images import read_rgb, write_png
-    from facecomp.parse import Parser
+    from facecomp.parsing import Parser
 
     image = read_rgb(args.image)
     labels = Parser(args.weights).labels(image)

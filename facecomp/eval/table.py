@@ -54,7 +54,7 @@ class ParsingAgreement:
     key, title = "parsing_miou", "Parsing agreement inside the hole, mIoU"
 
     def __init__(self, weights: str | Path | None = None):
-        from facecomp.parse import Parser
+        from facecomp.parsing import Parser
 
         self.parser = Parser(weights)
 

@@ -15,9 +15,9 @@ from facecomp import weights
 from facecomp.config import GeneratorConfig, ParsingConfig
 from facecomp.models.discriminators import DCGANDiscriminator, build_discriminators, crop_holes, hole_boxes
 from facecomp.models.generator import Generator
-from facecomp.models.parsing import LABELS, ParsingNet, freeze
+from facecomp.models.parsing import ParsingNet, freeze
 
-__all__ = ["DCGANDiscriminator", "Generator", "LABELS", "ParsingNet", "build_discriminators", "crop_holes",
+__all__ = ["DCGANDiscriminator", "Generator", "ParsingNet", "build_discriminators", "crop_holes",
            "freeze", "hole_boxes", "load"]
 
 

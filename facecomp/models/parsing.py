@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from facecomp.config import ParsingConfig
-from facecomp.labels import LABELS  # noqa: F401  (the network's classes; facecomp.models re-exports it)
 from facecomp.models.layers import conv_stack, scaled
 
 LEVELS = [64, 128, 256]

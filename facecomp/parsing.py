@@ -33,7 +33,7 @@ class Parser:
 
     @torch.no_grad()
     def labels(self, image: np.ndarray) -> np.ndarray:
-        """[H, W, 3] uint8 -> [H, W] uint8 label ids (``facecomp.models.LABELS`` order)."""
+        """[H, W, 3] uint8 -> [H, W] uint8 label ids (``facecomp.labels.LABELS`` order)."""
         h, w = image.shape[:2]
         m = crop_matrix(w, h, PARSING_SIZE, aug=None, rng=None)
         crop = cv2.warpAffine(image, m, (PARSING_SIZE, PARSING_SIZE), flags=cv2.INTER_AREA
