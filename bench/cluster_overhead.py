@@ -4,7 +4,7 @@ All in one run, side by side, on the same real batch (loader excluded, as in tra
   plain-1t    train_step with plain modules + torch Adam, 1 thread, batch B (one worker's work)
   plain-2t    the same, 2 threads, batch 2B (the whole machine doing both workers' work)
   ray-1w      Ray Train, 1 worker (1 thread), DeepSpeed engines, batch B
-  ray-2w      Ray Train, 2 workers (1 thread each), engines, B per worker = 2B per step, gloo all-reduce
+  ray-2w      Ray Train, 2 workers (1 thread each), DeepSpeed engines, B per worker = 2B per step, gloo all-reduce
   plain-1t-contig  plain-1t with contiguous weights, the layout DeepSpeed needs (channels_last presets)
 Per-step overhead = ray-2w step / plain-1t step - 1 (each rank does plain-1t's work, plus the
 collectives and DeepSpeed's bookkeeping). Scaling = ray-2w images/s over plain-1t's (2.0 is ideal)
@@ -70,7 +70,7 @@ def plain(cfg, stage: int, batch: dict, threads: int, warmup: int, steps: int, c
 
     torch.set_num_threads(threads)
     models = _models(cfg, stage)
-    if contiguous:  # the weight layout DeepSpeed engines get (cluster.engines.build_engines)
+    if contiguous:  # the weight layout DeepSpeed engines get (cluster.deepspeed_models.wrap_models)
         for name in ("generator", "d_local", "d_global"):
             setattr(models, name, getattr(models, name).to(memory_format=torch.contiguous_format))
     updaters = build_updaters(models, build_optimizers(models, cfg), cfg)
@@ -81,7 +81,7 @@ def _worker(config: dict) -> None:
     import ray.train
 
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    from facecomp.cluster.engines import build_engines, make_agree
+    from facecomp.cluster.deepspeed_models import make_agree, wrap_models
     from facecomp.train.step import train_step
 
     cfg = config_mod.from_dict(config["config"])
@@ -91,8 +91,8 @@ def _worker(config: dict) -> None:
         tune_allocator()
     world = ray.train.get_context().get_world_size()
     models = _models(cfg, stage)
-    engines = build_engines(models, cfg, torch.device("cpu"))
-    step_models, updaters, agree = engines.models(models.parsing), engines.updaters(), make_agree(world)
+    wrapped = wrap_models(models, cfg, torch.device("cpu"))
+    step_models, updaters, agree = wrapped.models(models.parsing), wrapped.updaters(), make_agree(world)
     times = _time_steps(lambda s: train_step(step_models, updaters, batch, cfg, stage, s, agree=agree),
                         config["warmup"], config["steps"])
     if ray.train.get_context().get_world_rank() == 0:  # Ray Train V2 keeps metrics only with checkpoints

@@ -9,7 +9,7 @@ The safetensors files and state.json make the folder a facecomp checkpoint: ``fa
 --model``, ``export`` and ``--init`` of the next stage read those and nothing else. DeepSpeed's
 files are pickles: only :func:`restore` loads them, and only from the checkpoint Ray Train hands
 back for this run (its own storage), never from a path a user names. Checkpoints from before the
-engines were named like the modules keep the generator's engine in ``ds_g/``; they still restore.
+DeepSpeed engines were named like the modules keep the generator's engine in ``ds_g/``; they still restore.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from facecomp.train import checkpoint as ck
 from facecomp.train.checkpoint import RunState
 from facecomp.train.loop import weights_meta
 
-from .engines import Engines
+from .deepspeed_models import DeepSpeedModels
 
 DS_TAG = "ds"  # one DeepSpeed tag per folder: each Ray checkpoint is its own folder
 LEGACY_DS = {"generator": "ds_g"}
@@ -31,19 +31,19 @@ def dir_name(step: int) -> str:
     return f"step_{step:07d}"
 
 
-def save(engines: Engines, out: Path, rank: int, cfg: Config, state: RunState) -> None:
+def save(wrapped: DeepSpeedModels, out: Path, rank: int, cfg: Config, state: RunState) -> None:
     """Every rank calls this (DeepSpeed's save is collective: each rank writes its own ZeRO shard)."""
-    for name, engine in engines.updaters().items():
+    for name, engine in wrapped.updaters().items():
         engine.save_checkpoint(str(out / f"ds_{name}"), tag=DS_TAG)
     if rank == 0:
         mods = {name: (module, weights_meta(cfg, name, state.stage, state.step))
-                for name, module in engines.modules().items()}
+                for name, module in wrapped.modules().items()}
         ck.write_checkpoint(out, mods, {}, state)
 
 
-def restore(engines: Engines, ckpt: Path) -> None:
+def restore(wrapped: DeepSpeedModels, ckpt: Path) -> None:
     """Load every engine (weights, optimizer, ZeRO shard of this rank) from this run's own checkpoint."""
-    for name, engine in engines.updaters().items():
+    for name, engine in wrapped.updaters().items():
         folder = ckpt / f"ds_{name}"
         if not folder.is_dir() and name in LEGACY_DS:
             folder = ckpt / LEGACY_DS[name]

@@ -23,7 +23,7 @@ from facecomp.train.checkpoint import RunState
 from facecomp.train.stages import check_stage
 from facecomp.weights import copy_file, find_checkpoint, write_json
 
-from .engines import load_ds_json
+from .deepspeed_models import load_ds_json
 from .stop import clear_stop, stop_on_signal
 from .worker import train_loop_per_worker
 

@@ -71,24 +71,24 @@ def run_stage(cfg: Config, stage: int, run_dir: Path, rank: int, world: int, dev
     """One rank of a stage, inside an initialised process group: DeepSpeed engines (restored from
     ``restore``, this run's own checkpoint as Ray Train hands it back: anything with ``as_directory()``;
     else initialised from ``init``), then the loop driver. Rank 0 logs."""
-    from .engines import build_engines, make_agree
+    from .deepspeed_models import make_agree, wrap_models
     from .stop import STOP_FILE, StopAgreement, max_reduce, stop_group
 
     _accelerator(device)
     cfg.runtime.device = str(device)
     models = build_models(cfg, stage, device)
     if restore is None and init:
-        # weights only (safetensors), before the engines broadcast rank 0's parameters
+        # weights only (safetensors), before DeepSpeed broadcasts rank 0's parameters
         source = init_from(models, init)
         if rank == 0:
             log.info("stage %d initialised from %s", stage, source)
-    engines = build_engines(models, cfg, device)
+    wrapped = wrap_models(models, cfg, device)
 
     state, position = RunState(stage=stage), None
     if restore is not None:
         with restore.as_directory() as d:
             state = resume_state(Path(d), stage)
-            checkpoints.restore(engines, Path(d))
+            checkpoints.restore(wrapped, Path(d))
             position = checkpoints.loader_state(Path(d), rank, world, state)
         if rank == 0:
             log.info("resumed stage %d at step %d from %s", stage, state.step, getattr(restore, "path", restore))
@@ -101,7 +101,7 @@ def run_stage(cfg: Config, stage: int, run_dir: Path, rank: int, world: int, dev
     # one gloo all_reduce(MAX) per check on every rank, so all ranks take the same decision
     reduce = max_reduce(stop_group()) if world > 1 else None
     stop = StopAgreement(run_dir / STOP_FILE, reduce)
-    updaters = engines.updaters()
+    updaters = wrapped.updaters()
     for engine in updaters.values():
         engine.train()
     writer = None
@@ -112,7 +112,7 @@ def run_stage(cfg: Config, stage: int, run_dir: Path, rank: int, world: int, dev
         # scalars were written before checkpoint N, so they stay)
         writer = SummaryWriter(str(run_dir / "tb"), purge_step=state.step + 1 if restore is not None else None)
 
-    hooks = _ClusterStage(cfg, stage, engines, models.parsing, device, rank=rank, loader=loader, report=report,
+    hooks = _ClusterStage(cfg, stage, wrapped, models.parsing, device, rank=rank, loader=loader, report=report,
                           writer=writer, agree=make_agree(world), any_rank=reduce)
     total = cfg.train.stage_steps[stage - 1]
     finished = drive(state, iter(loader), hooks, total=total, ckpt_every=cfg.train.ckpt_every, stop=stop,
@@ -128,12 +128,12 @@ def run_stage(cfg: Config, stage: int, run_dir: Path, rank: int, world: int, dev
 class _ClusterStage(StageHooks):
     """DeepSpeed engines on this rank's shard; checkpoints reported to Ray Train by every rank."""
 
-    def __init__(self, cfg: Config, stage: int, engines, parsing: torch.nn.Module | None, device: torch.device, *,
+    def __init__(self, cfg: Config, stage: int, wrapped, parsing: torch.nn.Module | None, device: torch.device, *,
                  rank: int, loader, report: Report, writer, agree,
                  any_rank: Callable[[torch.Tensor], torch.Tensor] | None):
-        super().__init__(cfg, stage, engines.models(parsing), engines.updaters(), device, writer=writer,
+        super().__init__(cfg, stage, wrapped.models(parsing), wrapped.updaters(), device, writer=writer,
                          log_lines=rank == 0, agree=agree)
-        self.engines, self.rank, self.loader, self.report, self.any_rank = engines, rank, loader, report, any_rank
+        self.wrapped, self.rank, self.loader, self.report, self.any_rank = wrapped, rank, loader, report, any_rank
 
     def empty(self, batch: dict) -> bool:
         # The engines' collectives need every rank in every update: a step passes on all ranks or on none.
@@ -142,7 +142,7 @@ class _ClusterStage(StageHooks):
 
     def save(self, state: RunState) -> None:
         with tempfile.TemporaryDirectory(prefix="facecomp-ckpt-") as tmp:
-            checkpoints.save(self.engines, Path(tmp), self.rank, self.cfg, state)
+            checkpoints.save(self.wrapped, Path(tmp), self.rank, self.cfg, state)
             checkpoints.save_loader_state(Path(tmp), self.rank, self.loader)
             self.report(state.step, self.metrics, Path(tmp))
         if self.writer is not None:

@@ -214,7 +214,7 @@ def _cluster_stage(cfg, stage: int, run: Path, restore=None) -> dict[int, Path]:
 
 
 @pytest.mark.parametrize("ds_name", ["zero1_fp32", "zero2_fp32"])
-def test_engine_losses_equal_plain_loop(celeba, parsing_weights, dist_world_1, tmp_path, ds_name):
+def test_deepspeed_losses_equal_plain_loop(celeba, parsing_weights, dist_world_1, tmp_path, ds_name):
     """Stage 3 (every term, both D updates) for 3 steps on the same real faces: the cluster's loop
     (facecomp.cluster.worker.run_stage: DeepSpeed engines) vs the plain loop (facecomp.train.loop.train:
     plain modules + torch Adam), each as it runs, read back from the TensorBoard scalars and weights
@@ -223,7 +223,7 @@ def test_engine_losses_equal_plain_loop(celeba, parsing_weights, dist_world_1, t
     (Adam updates a flat view instead of per-tensor ones) and a 1-rank all-reduce, which change no
     arithmetic, so they agree to the last bit here. rtol 1e-5 rather than equality because nothing
     promises bit-identical kernels across the two paths; DeepSpeed's default gradient clipping at norm
-    1.0 (switched off in engines.deepspeed_config) already shows up as 5e-5 at step 1."""
+    1.0 (switched off in deepspeed_models.deepspeed_config) already shows up as 5e-5 at step 1."""
     from facecomp.train.loop import train
 
     cfg = load_config("smoke", [f'data.roots=["{celeba}"]', f"parsing.weights={parsing_weights}",
@@ -246,7 +246,7 @@ def test_engine_losses_equal_plain_loop(celeba, parsing_weights, dist_world_1, t
 
 
 def test_a_cluster_checkpoint_of_the_earlier_layout_resumes(celeba, smoke_cfg, dist_world_1, tmp_path):
-    """A checkpoint written before the engines were named like the modules (the generator's DeepSpeed
+    """A checkpoint written before the DeepSpeed engines were named like the modules (the generator's DeepSpeed
     folder ds_g/, state.json of format facecomp-cluster/1) restores, and the run goes on to the very
     weights of an uninterrupted one."""
     import ray.train
@@ -279,7 +279,7 @@ def test_bad_deepspeed_config_is_one_line(celeba, tmp_path):
 
 
 def test_deepspeed_config_takes_the_facecomp_side(smoke_cfg):
-    from facecomp.cluster.engines import config_names, deepspeed_config
+    from facecomp.cluster.deepspeed_models import config_names, deepspeed_config
 
     cpu = torch.device("cpu")
     assert {"zero0_fp32", "zero1_fp32", "zero2_fp32", "zero1_bf16", "zero2_bf16", "zero1_fp16"} <= set(config_names())
@@ -301,7 +301,7 @@ def test_deepspeed_config_takes_the_facecomp_side(smoke_cfg):
 
 
 def test_deepspeed_config_may_not_own_batch_or_optimizer(smoke_cfg, tmp_path):
-    from facecomp.cluster.engines import deepspeed_config
+    from facecomp.cluster.deepspeed_models import deepspeed_config
 
     path = tmp_path / "mine.json"
     path.write_text(json.dumps({"zero_optimization": {"stage": 1}, "optimizer": {"type": "AdamW"}}))
@@ -311,26 +311,26 @@ def test_deepspeed_config_may_not_own_batch_or_optimizer(smoke_cfg, tmp_path):
 
 
 @pytest.mark.parametrize("ds_name", ["zero1_bf16", "zero2_bf16"])
-def test_bf16_engines_train(smoke_cfg, face_files, dist_world_1, ds_name):
-    """bf16 engines (weights in bf16, fp32 master copy in ZeRO) with channels_last activations, as the cpu
+def test_bf16_deepspeed_models_train(smoke_cfg, face_files, dist_world_1, ds_name):
+    """bf16 DeepSpeed engines (weights in bf16, fp32 master copy in ZeRO) with channels_last activations, as the cpu
     preset trains, run stage 2 and move the models that stage trains."""
-    from facecomp.cluster.engines import build_engines, make_agree
+    from facecomp.cluster.deepspeed_models import make_agree, wrap_models
     from facecomp.data.pipeline import build_loader
     from facecomp.train.loop import build_models
     from facecomp.train.step import train_step
 
     cfg = smoke_cfg
     cfg.cluster.deepspeed, cfg.runtime.amp = ds_name, "bf16"
-    cfg.runtime.channels_last = True  # as the cpu preset: engines need contiguous weights, get them
+    cfg.runtime.channels_last = True  # as the cpu preset: DeepSpeed needs contiguous weights, get them
     cfg.adversarial.d_skip_below = 0.0
     b = next(iter(build_loader(face_files, cfg.generator.image_size, cfg.data, cfg.mask, 4, 0)))
     batch = {"image": b["image"], "mask": b["mask"]}
-    engines = build_engines(build_models(cfg, 1, torch.device("cpu")), cfg, torch.device("cpu"))
-    assert next(engines.generator.module.parameters()).dtype == torch.bfloat16
-    before = {n: [p.detach().float().clone() for p in m.parameters()] for n, m in engines.modules().items()}
+    wrapped = wrap_models(build_models(cfg, 1, torch.device("cpu")), cfg, torch.device("cpu"))
+    assert next(wrapped.generator.module.parameters()).dtype == torch.bfloat16
+    before = {n: [p.detach().float().clone() for p in m.parameters()] for n, m in wrapped.modules().items()}
     for step in range(2):
-        metrics = train_step(engines.models(None), engines.updaters(), batch, cfg, 2, step, agree=make_agree(1)).metrics
+        metrics = train_step(wrapped.models(None), wrapped.updaters(), batch, cfg, 2, step, agree=make_agree(1)).metrics
         assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
     for name in ("generator", "d_local"):
-        after = [p.detach().float() for p in engines.modules()[name].parameters()]
+        after = [p.detach().float() for p in wrapped.modules()[name].parameters()]
         assert any(not torch.equal(a, b) for a, b in zip(before[name], after, strict=True)), f"{name} did not move"

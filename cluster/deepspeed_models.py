@@ -1,4 +1,4 @@
-"""DeepSpeed engines for G, D_local and D_global: one engine each, built from a JSON config.
+"""G, D_local and D_global wrapped by DeepSpeed: one DeepSpeed engine each, built from a JSON config.
 
 The JSON files in ``configs/`` say how DeepSpeed runs (ZeRO stage, precision, gradient accumulation,
 clipping); the facecomp config says what is trained (batch, learning rates, betas), so there is one
@@ -72,8 +72,8 @@ def deepspeed_config(cfg: Config, lr: float, device: torch.device) -> dict[str, 
 
 
 @dataclass
-class Engines:
-    """The three engines, and the step's view of the models: D through ``engine.module``.
+class DeepSpeedModels:
+    """The three DeepSpeed engines, and the step's view of the models: D through ``engine.module``.
 
     The G step runs the discriminators with their parameters frozen (facecomp.train.step.frozen);
     called through its engine, a ZeRO-0 D refuses that backward, so the step sees the bare module.
@@ -96,7 +96,7 @@ class Engines:
         return {name: getattr(self, name).module for name in TRAINED}
 
 
-def build_engines(models: Models, cfg: Config, device: torch.device) -> Engines:
+def wrap_models(models: Models, cfg: Config, device: torch.device) -> DeepSpeedModels:
     """Wrap the plain modules of ``models`` (already on ``device``) in DeepSpeed engines."""
     import deepspeed  # after DS_ACCELERATOR is set (facecomp.cluster.worker)
 
@@ -104,7 +104,7 @@ def build_engines(models: Models, cfg: Config, device: torch.device) -> Engines:
     dtype = next((t for key, t in (("bf16", torch.bfloat16), ("fp16", torch.float16))
                   if ds_json.get(key, {}).get("enabled")), None)
     lrs = base_lrs(cfg.optim)
-    engines = {}
+    wrapped = {}
     for name in TRAINED:
         # DeepSpeed broadcasts and flattens parameters as contiguous byte views, which channels_last
         # weights are not. The step still feeds channels_last activations (runtime.channels_last), and
@@ -116,8 +116,8 @@ def build_engines(models: Models, cfg: Config, device: torch.device) -> Engines:
             mod = mod.to(dtype)
         engine, *_ = deepspeed.initialize(model=mod, model_parameters=[p for p in mod.parameters()],
                                           config=deepspeed_config(cfg, lrs[name], device))
-        engines[name] = engine
-    return Engines(**engines)
+        wrapped[name] = engine
+    return DeepSpeedModels(**wrapped)
 
 
 def make_agree(world_size: int):
