@@ -102,22 +102,15 @@ class LandmarkDetector:
         mmod = folder / "mmod_human_face_detector.dat"
         self.cnn = dlib.cnn_face_detection_model_v1(str(mmod)) if cnn_fallback else None
         self.predictor = dlib.shape_predictor(str(folder / "shape_predictor_68_face_landmarks.dat"))
-        # One detector serves every thread of a process (serve's workers): dlib does not promise that a
-        # model is safe to run concurrently, so each model has its own lock. Not one lock for all: dlib
-        # releases the GIL while it searches, and a CNN search takes seconds (4-7 s on 2 cores), during
-        # which other requests' HOG searches (tens of ms) ran 1,583 times in a row, measured here, where
-        # one lock made them queue behind it.
-        self._hog_lock, self._cnn_lock, self._shape_lock = threading.Lock(), threading.Lock(), threading.Lock()
+        # One detector serves every thread of a process (serve's workers): dlib does not promise that
+        # its detectors are safe to run concurrently, and a search is tens of milliseconds. (Per-model
+        # locks would not let HOG searches run beside a CNN one: dlib's CNN holds the GIL throughout.)
+        self._lock = threading.Lock()
 
     def boxes(self, rgb: np.ndarray) -> tuple[list, str]:
-        with self._hog_lock:
-            found = list(self.hog(rgb, self.upsample))
+        found = list(self.hog(rgb, self.upsample))
         if found or self.cnn is None:
             return found, "hog"
-        with self._cnn_lock:
-            return self._cnn_boxes(rgb)
-
-    def _cnn_boxes(self, rgb: np.ndarray) -> tuple[list, str]:
         import cv2
 
         up = max(self.upsample, 1)
@@ -140,13 +133,14 @@ class LandmarkDetector:
         h, w = rgb.shape[:2]
         check_searchable(w, h)
         try:
-            found, kind = self.boxes(rgb)
+            with self._lock:
+                found, kind = self.boxes(rgb)
         except RuntimeError as e:  # dlib's own checks; the size guard above avoids the ones we know of
             reason = str(e).strip().splitlines()[-1]
             raise ValueError(f"face detection failed on this {w}x{h} photo: {reason}") from None
         out = []
         for rect in sorted(found, key=lambda r: -r.width() * r.height()):
-            with self._shape_lock:
+            with self._lock:
                 shape = self.predictor(rgb, rect)
             pts = np.array([[shape.part(i).x, shape.part(i).y] for i in range(68)], dtype=np.float32)
             if plausible(pts, w, h):

@@ -106,23 +106,3 @@ def test_the_detector_is_built_once_per_process():
     info = faces.shared_detector.cache_info()
     assert info.misses == 1 and info.hits == 2
 
-
-def test_a_slow_cnn_search_does_not_hold_up_other_photos():
-    """A photo HOG finds no face in goes to dlib's CNN, seconds on 2 cores; meanwhile another request's
-    photo with a face (HOG, tens of ms) is served by the same shared detector without waiting for it."""
-    import threading
-
-    from skimage import data
-
-    det = faces.LandmarkDetector()
-    blank = np.full((1000, 1000, 3), 128, np.uint8)  # HOG finds nothing: the CNN searches ~1M pixels
-    slow = threading.Thread(target=det.all, args=(blank,))
-    slow.start()
-    while slow.is_alive() and not det._cnn_lock.locked():
-        slow.join(0.001)
-    assert det._cnn_lock.locked(), "the blank photo never reached the CNN search"
-    found = det(data.astronaut())
-    cnn_still_searching = det._cnn_lock.locked()
-    slow.join()
-    assert found is not None and found.detector == "hog"
-    assert cnn_still_searching  # with one lock for every model, the face waited for the CNN to finish
