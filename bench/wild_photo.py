@@ -30,6 +30,7 @@ import statistics
 from datetime import date
 from pathlib import Path
 
+import torch
 from PIL import Image
 
 from facecomp import faces, images
@@ -93,9 +94,13 @@ def main() -> int:
     ap.add_argument("--photos", type=int, default=6, help="photos per size bucket")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--detector-per-photo", action="store_true", help="also time a detector built for every photo")
+    ap.add_argument("--threads", type=int, help="torch's intra-op threads (default: torch's own); 1 keeps the "
+                    "generator steady on a machine busy with other work, where 2 OpenMP threads wait on each other")
     ap.add_argument("--out")
     args = ap.parse_args()
     tune_allocator()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.engine:
         from facecomp.export import open_generator
 
@@ -106,7 +111,7 @@ def main() -> int:
     modes = {"shared detector": False} | ({"detector per photo": True} if args.detector_per_photo else {})
     report: dict = {"date": date.today().isoformat(), "machine": platform.processor() or platform.machine(),
                     "cpus": os.cpu_count(), "generator": args.engine or "eager fp32 (shipped)",
-                    "repeats": args.repeats, "stages": list(STAGES), "buckets": {}}
+                    "threads": torch.get_num_threads(), "repeats": args.repeats, "stages": list(STAGES), "buckets": {}}
     for name, photos in by_bucket.items():
         row = {}
         for mode, per_photo in modes.items():
