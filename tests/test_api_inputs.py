@@ -22,7 +22,7 @@ def astronaut() -> np.ndarray:
     return skdata.astronaut()  # 512x512, public domain, one face: unaligned
 
 
-def test_pil_and_paths_in_equal_the_array_path(completer, aligned_face, tmp_path):  # noqa: F811
+def test_pil_and_paths_in_equal_the_array_path(completer, aligned_face, tmp_path):
     """An aligned 178x218 face: PIL in -> PIL out, paths in -> PIL out, the pixels of the array path."""
     m = masks.occlusion("O3", 178, 218)
     (expected,) = completer.complete(aligned_face, m, seed=2)
