@@ -381,7 +381,7 @@ def deepspeed_engines(ctx: Context) -> dict:
         raise Skip("deepspeed is not importable here: carry its wheel (README, 'Device check')") from None
     import torch.distributed as dist
 
-    from facecomp.cluster.engines import build_engines, make_agree
+    from facecomp.cluster.deepspeed_models import make_agree, wrap_models
     from facecomp.train.step import train_step
 
     backend = "nccl" if ctx.cuda else "gloo"
@@ -398,12 +398,12 @@ def deepspeed_engines(ctx: Context) -> dict:
         plain, updaters = _models(cfg, ctx.device, dtype=torch.bfloat16 if amp == "bf16" else None)
         ds_base, _ = _models(cfg, ctx.device)
         parsing = copy.deepcopy(ds_base.parsing)
-        engines = build_engines(ds_base, cfg, ctx.device)
-        ds_models, agree = engines.models(parsing), make_agree(1)
+        wrapped = wrap_models(ds_base, cfg, ctx.device)
+        ds_models, agree = wrapped.models(parsing), make_agree(1)
         per_step = []
         for step in range(steps):
             a = train_step(plain, updaters, batch, cfg, 3, step).metrics
-            b = train_step(ds_models, engines.updaters(), batch, cfg, 3, step, agree=agree).metrics
+            b = train_step(ds_models, wrapped.updaters(), batch, cfg, 3, step, agree=agree).metrics
             per_step.append(max(abs(b[k_] - a[k_]) / max(abs(a[k_]), 1e-12)
                                 for k_ in ("recon", "adv_local", "adv_global", "parsing", "total") if k_ in a))
         # fp32: every step is gated. bf16: the first step only, from the same bf16 weights; after it the

@@ -82,7 +82,7 @@ def base_lrs(optim: OptimConfig) -> dict[str, float]:
 
 def build_optimizers(models: Models, cfg: Config) -> dict[str, torch.optim.Optimizer]:
     """torch Adam for each trained module (optim.*), keyed by the module's name. The cluster's DeepSpeed
-    engines are told the same hyper-parameters (facecomp.cluster.engines.deepspeed_config)."""
+    engines are told the same hyper-parameters (facecomp.cluster.deepspeed_models.deepspeed_config)."""
     lrs, betas = base_lrs(cfg.optim), (cfg.optim.beta1, cfg.optim.beta2)
     return {name: torch.optim.Adam(getattr(models, name).parameters(), lr=lrs[name], betas=betas) for name in TRAINED}
 
