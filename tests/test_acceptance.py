@@ -1,0 +1,58 @@
+"""training/acceptance.py: issue 16's criteria read from eval table / recognition results."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("acceptance", REPO / "training" / "acceptance.py")
+acceptance = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(acceptance)
+
+MASKS = ["O1", "O2", "O3", "O4", "O5", "O6"]
+METHODS = ["telea", "ns", "new", "new+poisson", "shipped", "shipped+poisson"]
+
+
+def _table(tmp: Path, value) -> Path:
+    """value(metric, mask, method) -> mean."""
+    summary = {metric: {m: {meth: {"mean": value(metric, m, meth), "ci95": 0.0, "n": 4, "non_finite": 0}
+                            for meth in METHODS} for m in MASKS}
+               for metric in ("ssim", "psnr", "psnr_hole", "landmark_error", "face_found", "parsing_miou", "identity")}
+    (tmp / "table").mkdir()
+    (tmp / "table" / "results.json").write_text(json.dumps(
+        {"faces": 4, "resolution": "input", "methods": METHODS, "masks": MASKS, "summary": summary}))
+    return tmp / "table"
+
+
+def _recognition(tmp: Path, new_top1: float) -> Path:
+    (tmp / "rec").mkdir()
+    summary = {m: {"new": {"top1": new_top1}, "noise": {"top1": 0.5}, "telea": {"top1": 0.6}} for m in MASKS}
+    (tmp / "rec" / "results.json").write_text(json.dumps({"masks": MASKS, "summary": summary}))
+    return tmp / "rec"
+
+
+def test_a_model_better_everywhere_passes_and_one_worse_somewhere_misses(tmp_path, capsys):
+    def good(metric, mask, method):
+        rank = {"telea": 0, "ns": 0, "shipped": 1, "shipped+poisson": 1, "new": 2, "new+poisson": 2}[method]
+        return -rank if metric in ("landmark_error", "identity") else rank  # lower error and distance is better
+
+    assert acceptance.main([str(_table(tmp_path, good)), str(_recognition(tmp_path, 0.7))]) == 0
+    assert "blends passing every criterion: none, poisson" in capsys.readouterr().out
+
+    def worse_landmarks_on_o6(metric, mask, method):
+        v = good(metric, mask, method)
+        return 5.0 if (metric, mask, method) == ("landmark_error", "O6", "new") else v
+
+    other = tmp_path / "b"
+    other.mkdir()
+    assert acceptance.main([str(_table(other, worse_landmarks_on_o6)), str(_recognition(other, 0.7))]) == 0
+    out = capsys.readouterr().out
+    assert "MISS  2. new beats shipped" in out and "landmark_error O6: 5.0000 vs -1.0000" in out
+    assert "blends passing every criterion: poisson" in out
+
+    third = tmp_path / "c"
+    third.mkdir()
+    assert acceptance.main([str(_table(third, good)), str(_recognition(third, 0.4))]) == 1  # below noise fill
+    assert capsys.readouterr().out.rstrip().endswith("no blend passes every criterion")

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Issue 16's acceptance check of a new generator on all 780 validation faces (masks at 178x218):
+#   bash training/acceptance.sh NEW_WEIGHTS_OR_RUN OUT [LIMIT]
+# The table (new and shipped, each with and without Poisson blending; Telea, Navier-Stokes; SSIM, PSNR,
+# hole PSNR, identity, parsing mIoU, landmarks; a 16-face grid to look at), recognition on the
+# validation identities, then training/acceptance.py's verdict per blend. Hours on 2 CPU cores: run it
+# with nohup. OUT holds CelebA-derived pictures: keep it out of git.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+new=${1:?usage: training/acceptance.sh NEW_WEIGHTS_OR_RUN OUT [LIMIT]}
+out=${2:?usage: training/acceptance.sh NEW_WEIGHTS_OR_RUN OUT [LIMIT]}
+limit=${3:-0}
+bin=${FACECOMP_VENV:-.venv}/bin
+"$bin/facecomp" eval table --model "new=$new" --model shipped=shipped --baselines telea,ns \
+    --partition val --limit "$limit" --resolution input --blend poisson \
+    --metrics identity,parsing,landmarks --grid-faces 16 --out "$out/table" --no-progress
+"$bin/facecomp" eval recognition --model "new=$new" --baselines noise,telea --partition val \
+    --limit "$limit" --out "$out/recognition" --no-progress
+"$bin/python" training/acceptance.py "$out/table" "$out/recognition" | tee "$out/acceptance.txt"
