@@ -18,6 +18,10 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
+import pickle
+import subprocess
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +92,65 @@ def plausible(points: np.ndarray, width: int, height: int) -> bool:
     return bool(left_eye[0] < right_eye[0] and max(left_eye[1], right_eye[1]) < nose_tip[1] < mouth[1])
 
 
+@functools.cache
+def _cnn_model():
+    return import_dlib().cnn_face_detection_model_v1(str(model_dir() / "mmod_human_face_detector.dat"))
+
+
+def cnn_search(rgb: np.ndarray, upsample: int) -> list[tuple[int, int, int, int]]:
+    """dlib's CNN (MMOD) face boxes as (left, top, right, bottom), in this process."""
+    return [(d.rect.left(), d.rect.top(), d.rect.right(), d.rect.bottom()) for d in _cnn_model()(rgb, upsample)]
+
+
+class CNNProcess:
+    """dlib's CNN face detector in a child process (``python -m facecomp.faces``), started on first use.
+
+    dlib's CNN holds the GIL for its whole search: a 500x500 photo took 20 s on the loaded 2 cores with
+    the main thread given no turn, which in-process stalls every thread of a serve worker for seconds.
+    A plain child over pipes, not multiprocessing: its spawn start re-runs the user's script in the
+    child, which fails in any script without an ``if __name__ == "__main__"`` guard. One search at a
+    time; a child that dies is replaced on the next search, and ends when this process closes its pipe.
+    """
+
+    def __init__(self):
+        self._proc: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+
+    def search(self, rgb: np.ndarray, upsample: int) -> list[tuple[int, int, int, int]]:
+        with self._lock:
+            if self._proc is None or self._proc.poll() is not None:
+                self._proc = subprocess.Popen([sys.executable, "-m", "facecomp.faces"], stdin=subprocess.PIPE,
+                                              stdout=subprocess.PIPE)
+            try:
+                pickle.dump((np.ascontiguousarray(rgb), upsample), self._proc.stdin)
+                self._proc.stdin.flush()
+                ok, value = pickle.load(self._proc.stdout)
+            except (EOFError, OSError, pickle.UnpicklingError) as e:
+                self._proc.kill()
+                self._proc = None
+                raise RuntimeError(f"the CNN face detector's process ended ({type(e).__name__})") from None
+        if not ok:
+            raise RuntimeError(value)
+        return value
+
+
+def _serve_cnn_searches() -> None:
+    """The child's loop: (photo, upsample) in on stdin, (ok, boxes or error text) out, until stdin closes."""
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # anything printed goes to stderr, not into the answers
+    while True:
+        try:
+            rgb, upsample = pickle.load(sys.stdin.buffer)
+        except EOFError:
+            return
+        try:
+            answer = (True, cnn_search(rgb, upsample))
+        except Exception as e:  # dlib's own checks: raised again in the parent
+            answer = (False, str(e).strip() or type(e).__name__)
+        pickle.dump(answer, out)
+        out.flush()
+
+
 class LandmarkDetector:
     """Largest face's 68 landmarks. dlib's HOG detector first (about 10 ms on an aligned CelebA
     face); where it finds nothing, dlib's CNN (MMOD) detector, slower but better on turned and
@@ -99,16 +162,16 @@ class LandmarkDetector:
         self._dlib = dlib
         self.upsample = upsample
         self.hog = dlib.get_frontal_face_detector()
-        mmod = folder / "mmod_human_face_detector.dat"
-        self.cnn = dlib.cnn_face_detection_model_v1(str(mmod)) if cnn_fallback else None
+        self.cnn = CNNProcess() if cnn_fallback else None
         self.predictor = dlib.shape_predictor(str(folder / "shape_predictor_68_face_landmarks.dat"))
         # One detector serves every thread of a process (serve's workers): dlib does not promise that
-        # its detectors are safe to run concurrently, and a search is tens of milliseconds. (Per-model
-        # locks would not let HOG searches run beside a CNN one: dlib's CNN holds the GIL throughout.)
+        # its models are safe to run concurrently, and a HOG search or a landmark fit is tens of ms. The
+        # CNN (seconds) has its own lock and process, so it holds up no other photo's HOG search.
         self._lock = threading.Lock()
 
     def boxes(self, rgb: np.ndarray) -> tuple[list, str]:
-        found = list(self.hog(rgb, self.upsample))
+        with self._lock:
+            found = list(self.hog(rgb, self.upsample))
         if found or self.cnn is None:
             return found, "hog"
         import cv2
@@ -116,15 +179,13 @@ class LandmarkDetector:
         up = max(self.upsample, 1)
         h, w = rgb.shape[:2]
         scale = min(1.0, (CNN_MAX_PIXELS / (w * h * 4**up)) ** 0.5)
-        if scale == 1.0:
-            return [d.rect for d in self.cnn(rgb, up)], "cnn"
         sw, sh = round(w * scale), round(h * scale)
         if min(sw, sh) < MIN_PHOTO_SIDE:  # a sliver of a panorama: at this scale there is no face to find
             return [], "cnn"
-        small = cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_AREA)
+        small = rgb if scale == 1.0 else cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_AREA)
         rect = self._dlib.rectangle
-        return [rect(round(r.left() / scale), round(r.top() / scale), round(r.right() / scale),
-                     round(r.bottom() / scale)) for r in (d.rect for d in self.cnn(small, up))], "cnn"
+        return [rect(round(x0 / scale), round(y0 / scale), round(x1 / scale), round(y1 / scale))
+                for x0, y0, x1, y1 in self.cnn.search(small, up)], "cnn"
 
     def all(self, rgb: np.ndarray) -> list[Landmarks]:
         """Every face with a plausible fit, largest first. Raises ``ValueError`` for a photo too small to search
@@ -133,8 +194,7 @@ class LandmarkDetector:
         h, w = rgb.shape[:2]
         check_searchable(w, h)
         try:
-            with self._lock:
-                found, kind = self.boxes(rgb)
+            found, kind = self.boxes(rgb)
         except RuntimeError as e:  # dlib's own checks; the size guard above avoids the ones we know of
             reason = str(e).strip().splitlines()[-1]
             raise ValueError(f"face detection failed on this {w}x{h} photo: {reason}") from None
@@ -205,3 +265,7 @@ def align_faces(photo: np.ndarray, detector: LandmarkDetector | None = None) -> 
     if detector is None:
         detector = detector_for(photo)
     return [(alignment_matrix(f.points), f) for f in detector.all(photo)]
+
+
+if __name__ == "__main__":  # the CNN process of CNNProcess
+    _serve_cnn_searches()

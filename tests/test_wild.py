@@ -106,3 +106,40 @@ def test_the_detector_is_built_once_per_process():
     info = faces.shared_detector.cache_info()
     assert info.misses == 1 and info.hits == 2
 
+
+
+def test_a_cnn_search_leaves_the_process_free(tmp_path):
+    """dlib's CNN holds the GIL for its whole search (seconds). In its own process it leaves the caller's
+    threads free: another request's photo with a face (HOG) goes through the shared detector meanwhile,
+    and a thread sleeping 10 ms at a time gets its turns (in-process: 0.4% of them, measured). Run as a
+    user's script with no `if __name__ == "__main__"` guard, which a multiprocessing child would re-run."""
+    script = tmp_path / "user_script.py"
+    script.write_text('''
+import threading, time
+import numpy as np
+from skimage import data
+from facecomp import faces
+
+det = faces.LandmarkDetector()
+blank = np.full((1000, 1000, 3), 128, np.uint8)  # HOG finds nothing: the CNN searches ~1M pixels
+slow = threading.Thread(target=det.all, args=(blank,))
+slow.start()
+while slow.is_alive() and not det.cnn._lock.locked():
+    slow.join(0.001)
+found = det(data.astronaut())
+still = det.cnn._lock.locked()  # the face was found while the CNN was still searching
+t0, turns = time.perf_counter(), 0
+while det.cnn._lock.locked():
+    time.sleep(0.01)
+    turns += 1
+wall = time.perf_counter() - t0
+slow.join()
+print("RESULT", found.detector, still, det.cnn._proc.pid != __import__("os").getpid(), wall, turns * 0.01 / max(wall, 1e-9))
+''')
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    kind, still, other_process, wall, share = r.stdout.split("RESULT")[1].split()
+    assert kind == "hog" and other_process == "True"
+    assert still == "True", "the photo with a face waited for the CNN search to finish"
+    assert float(wall) > 0.5, "the CNN search was too short to tell"
+    assert float(share) > 0.5, r.stdout
