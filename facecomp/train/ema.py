@@ -25,8 +25,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from facecomp import kernels
 from facecomp.config import Config
+from facecomp.train.step import generator_input
 
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -81,7 +81,9 @@ class EMA:
         self.decay = decay
         self.calibration = list(calibration)
         self._average = copy.deepcopy(module).float().eval().requires_grad_(False)
-        self._copied = set() if self.calibration else batchnorm_buffer_names(self._average)
+        # buffers taken from the raw module at each update: all of them without calibration inputs
+        bn = batchnorm_buffer_names(self._average) if self.calibration else set()
+        self._copied = [name for name, _ in self._average.named_buffers() if name not in bn]
         self._stale = False  # the copy's statistics are those of its (equal) weights
 
     @property
@@ -100,11 +102,10 @@ class EMA:
         avg = [p for p in self._average.parameters()]
         cur = [p.detach().float() for p in module.parameters()]
         torch._foreach_lerp_(avg, cur, 1.0 - self.decay_at(step))
-        current = dict(module.named_buffers())
-        bn = batchnorm_buffer_names(self._average)
-        for name, b_avg in self._average.named_buffers():
-            if name not in bn or name in self._copied:
-                b_avg.copy_(current[name])
+        if self._copied:
+            current, average = dict(module.named_buffers()), dict(self._average.named_buffers())
+            for name in self._copied:
+                average[name].copy_(current[name])
         self._stale = bool(self.calibration)
 
     def recalibrate(self, inputs: Iterable[torch.Tensor]) -> int:
@@ -126,7 +127,6 @@ def calibration_inputs(cfg: Config, files: list[Path], device: torch.device) -> 
 
     data = dataclasses.replace(cfg.data, workers=0)  # a few hundred faces, once: no worker processes
     loader = build_loader(files, cfg.generator.image_size, data, cfg.mask, cfg.train.batch_size, cfg.train.seed)
-    fmt = torch.channels_last if cfg.runtime.channels_last else torch.contiguous_format
     inputs, seen = [], 0
     for i, batch in enumerate(loader):
         if seen >= n:
@@ -134,8 +134,6 @@ def calibration_inputs(cfg: Config, files: list[Path], device: torch.device) -> 
         if batch["image"] is None:  # every file of the batch unreadable
             continue
         x, m = batch["image"][: n - seen].to(device), batch["mask"][: n - seen].to(device)
-        x_in = kernels.fill(x, m, seed=cfg.train.seed, offset=i, mask_channel=cfg.generator.mask_channel,
-                            impl=cfg.runtime.kernels)
-        inputs.append(x_in.contiguous(memory_format=fmt))
+        inputs.append(generator_input(cfg, x, m, seed=cfg.train.seed, offset=i))
         seen += len(x)
     return inputs

@@ -81,6 +81,14 @@ def frozen(*modules: nn.Module | None):
             p.requires_grad_(True)
 
 
+def generator_input(cfg: Config, x: torch.Tensor, m: torch.Tensor, seed: int, offset: int) -> torch.Tensor:
+    """G's input: faces ``x`` with the holes ``m`` filled with noise keyed by (seed, offset), the mask as
+    the extra channel, in the memory format the run uses (training, validation and the EMA's statistics)."""
+    x_in = kernels.fill(x, m, seed=seed, offset=offset, mask_channel=cfg.generator.mask_channel,
+                        impl=cfg.runtime.kernels)
+    return x_in.contiguous(memory_format=torch.channels_last if cfg.runtime.channels_last else torch.contiguous_format)
+
+
 def adversarial_ramp(cfg: Config, step: int) -> float:
     """0 -> 1 over the warm-up, so a fresh D cannot swamp G's gradients at the start of a stage."""
     warm = cfg.adversarial.warmup_steps
@@ -99,13 +107,10 @@ def train_step(models: Models, updaters: dict[str, Updater], batch: dict, cfg: C
     w = loss_weights(cfg.loss, stage)
     ramp = adversarial_ramp(cfg, step)
     metrics: dict[str, float] = {}
-    g_cfg = cfg.generator
 
     # The noise of step s is keyed by (seed, s): a resumed run fills the same holes with the same noise.
     impl = cfg.runtime.kernels
-    x_in = kernels.fill(x, m, seed=cfg.train.seed, offset=step, mask_channel=g_cfg.mask_channel, impl=impl)
-    if cfg.runtime.channels_last:
-        x_in = x_in.contiguous(memory_format=torch.channels_last)
+    x_in = generator_input(cfg, x, m, seed=cfg.train.seed, offset=step)
     with autocast(cfg, device):
         out = models.generator(x_in)  # [N,3,S,S]
     y = kernels.composite(x, out.to(x.dtype), m, impl=impl)

@@ -20,6 +20,7 @@ from facecomp.config import Config
 from facecomp.data.celeba import CelebAIndex
 from facecomp.images import to_tensor, to_uint8
 from facecomp.layout import load_face
+from facecomp.train.step import generator_input
 
 
 @dataclass
@@ -50,15 +51,13 @@ def score(generator: nn.Module, vset: ValidationSet, cfg: Config, device: torch.
     generator.eval()
     v, out = cfg.validation, {}
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.runtime.amp)
-    fmt = torch.channels_last if cfg.runtime.channels_last else torch.contiguous_format
     try:
         for name, mask in vset.masks.items():
             psnrs, ssims = [], []
             for i in range(0, len(vset.faces), v.batch_size):
                 x = vset.faces[i:i + v.batch_size].to(device)
                 m = torch.from_numpy(mask)[None, None].expand(len(x), 1, *mask.shape).to(device)
-                x_in = kernels.fill(x, m, seed=v.seed, offset=i, mask_channel=cfg.generator.mask_channel,
-                                    impl=cfg.runtime.kernels).contiguous(memory_format=fmt)
+                x_in = generator_input(cfg, x, m, seed=v.seed, offset=i)
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                     g = generator(x_in)
                 y = kernels.composite(x, g.to(x.dtype), m, impl=cfg.runtime.kernels)
