@@ -168,3 +168,20 @@ def test_a_checkpoint_of_the_earlier_layout_resumes_as_the_new_one(tmp_path):
     assert b.best["step"] == 2 and [r["step"] for r in b.validation] == [2, 4, 6]
     assert b.validation == a.validation
     assert json.loads((legacy / "result.json").read_text())["chosen"]["step"] == 2
+
+
+def test_log_line_shows_the_rate_since_the_last_line_beside_the_run_average(caplog):
+    """A resumed run that was slow for hours (a shared machine) logs what it gets now, not its history."""
+    from facecomp.train.loop import StageHooks
+
+    cfg = config_mod.load_config("smoke")
+    hooks = StageHooks(cfg, 1, models=None, updaters={}, device=torch.device("cpu"))
+    hooks.metrics = {"recon": 1.0, "total": 1.0}
+    state = RunState(stage=1, step=100, images=1000, seconds=1000.0)  # 1 image/s so far
+    with caplog.at_level("INFO", logger="facecomp.train.loop"):
+        hooks.log(state)
+        state.step, state.images, state.seconds = 120, 1640, 1020.0  # then 640 images in 20 s
+        hooks.log(state)
+    first, second = [r.getMessage() for r in caplog.records]
+    assert first.endswith("1.0 images/s (run average 1.0)")
+    assert second.endswith("32.0 images/s (run average 1.6)")

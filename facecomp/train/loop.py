@@ -200,6 +200,7 @@ class StageHooks(Hooks):
         self.base_lr = base_lrs(cfg.optim)
         self.factor = 1.0
         self.metrics: dict[str, float] = {}
+        self._logged: tuple[int, float] | None = None  # (images, seconds) of the state at the last log line
 
     def step(self, batch: dict, step: int) -> StepResult:
         batch = {**batch, "image": batch["image"].to(self.device), "mask": batch["mask"].to(self.device)}
@@ -222,17 +223,23 @@ class StageHooks(Hooks):
             self.writer.add_image(f"stage{self.stage}/original_masked_completed", grid, step)
 
     def log(self, state: RunState) -> None:
+        # The run's average hides what the machine gives now (a run shared with other work for hours
+        # reads slow long after it has the machine to itself), so the line shows the rate since the
+        # last line beside it.
         m, s, rate = self.metrics, self.stage, state.images / max(state.seconds, 1e-9)
+        images0, seconds0 = self._logged or (state.images, state.seconds)
+        recent = (state.images - images0) / max(state.seconds - seconds0, 1e-9) if self._logged else rate
+        self._logged = (state.images, state.seconds)
         if self.writer is not None:
             for k, v in m.items():
                 self.writer.add_scalar(f"stage{s}/{k}", v, state.step)
-            self.writer.add_scalar(f"stage{s}/images_per_s", rate, state.step)
+            self.writer.add_scalar(f"stage{s}/images_per_s", recent, state.step)
             self.writer.add_scalar(f"stage{s}/lr_factor", self.factor, state.step)
         if self.bar is not None:
             self.bar.set_postfix(recon=f"{m['recon']:.1f}", total=f"{m['total']:.1f}")
         if self.log_lines:  # a run in the background (nohup, a batch job, a cluster worker): a line in its log
-            log.info("stage %d step %d/%d recon %.2f total %.2f lr x%.3f %.1f images/s", s, state.step, self.total,
-                     m["recon"], m["total"], self.factor, rate)
+            log.info("stage %d step %d/%d recon %.2f total %.2f lr x%.3f %.1f images/s (run average %.1f)",
+                     s, state.step, self.total, m["recon"], m["total"], self.factor, recent, rate)
 
 
 def _grid(x: torch.Tensor, m: torch.Tensor, y: torch.Tensor, n: int = 8) -> torch.Tensor:
