@@ -18,6 +18,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from facecomp.contract import DEFAULT_BLEND
 from facecomp.export.metadata import ArtifactMeta
 
 MODEL_NAME = "facecomp_generator"
@@ -162,7 +163,7 @@ def _parameters(params: dict[str, str]) -> str:
 
 def complete_config_text(signature: Signature, meta: ArtifactMeta, name: str = COMPLETE_NAME,
                          generator: str = MODEL_NAME) -> str:
-    """config.pbtxt of the Python backend model: uint8 face + uint8 mask (+ uint64 seed) -> uint8 face.
+    """config.pbtxt of the Python backend model: uint8 face + uint8 mask (+ uint64 seed, + blend) -> uint8 face.
 
     Images of any size come in one at a time (max_batch_size 0; Triton cannot batch ragged images); the
     generator model behind it keeps its own dynamic batching."""
@@ -170,7 +171,7 @@ def complete_config_text(signature: Signature, meta: ArtifactMeta, name: str = C
     contract = meta.contract
     params = {"generator_model": generator, "generator_input": gin.name, "generator_output": gout.name,
               "generator_fixed_batch": str(gin.batch or 0), "mask_channel": str(gin.dims[0] == 4).lower(),
-              "image_size": str(gin.dims[-1]), "default_seed": "0",
+              "image_size": str(gin.dims[-1]), "default_seed": "0", "default_blend": DEFAULT_BLEND,
               "facecomp_weights_sha256": meta.weights_sha256,
               "facecomp_version": contract.get("facecomp_version", ""), "crop_box": contract.get("crop_box", "")}
     return (
@@ -180,7 +181,8 @@ def complete_config_text(signature: Signature, meta: ArtifactMeta, name: str = C
         "input [\n"
         '  {\n    name: "IMAGE"\n    data_type: TYPE_UINT8\n    dims: [ -1, -1, 3 ]\n  },\n'
         '  {\n    name: "MASK"\n    data_type: TYPE_UINT8\n    dims: [ -1, -1 ]\n  },\n'
-        '  {\n    name: "SEED"\n    data_type: TYPE_UINT64\n    dims: [ 1 ]\n    optional: true\n  }\n'
+        '  {\n    name: "SEED"\n    data_type: TYPE_UINT64\n    dims: [ 1 ]\n    optional: true\n  },\n'
+        '  {\n    name: "BLEND"\n    data_type: TYPE_STRING\n    dims: [ 1 ]\n    optional: true\n  }\n'
         "]\n"
         "output [\n"
         '  {\n    name: "COMPLETED"\n    data_type: TYPE_UINT8\n    dims: [ -1, -1, 3 ]\n  }\n'

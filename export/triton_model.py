@@ -3,12 +3,13 @@
 ``facecomp export`` copies this file to ``REPO/facecomp_complete/1/model.py``. Each request is
 prepared with :mod:`facecomp.contract` (crop, noise fill, mask channel), sent to the generator model
 (``facecomp_generator``, ONNX Runtime or TensorRT, beside it in the repository) by a BLS call, and
-finished with the contract (paste back under the mask at the input's size), so the response equals
-``facecomp.Completer``'s for the same seed.
+finished with the contract (paste back under the mask at the input's size, then the blend), so the
+response equals ``facecomp.Completer``'s for the same seed and blend.
 
     IMAGE      uint8  [H, W, 3]  RGB, an aligned 178x218 face (any other size is taken as the face itself)
     MASK       uint8  [H, W]     nonzero = hole to complete
     SEED       uint64 [1]        optional, default 0: same seed, same completion
+    BLEND      string [1]        optional, "poisson" or "none" (default: the contract's DEFAULT_BLEND)
     COMPLETED  uint8  [H, W, 3]
 
 Its environment needs numpy, OpenCV and facecomp (``pip install --no-deps facecomp`` next to numpy and
@@ -51,6 +52,7 @@ class TritonPythonModel:
         self.mask_channel = params["mask_channel"] == "true"
         self.size = int(params["image_size"])
         self.default_seed = int(params.get("default_seed", "0"))
+        self.default_blend = params.get("default_blend", contract.DEFAULT_BLEND)
         self.fixed_batch = int(params.get("generator_fixed_batch", "0"))  # 0: the generator batches dynamically
 
     def execute(self, requests: list) -> list:
@@ -63,13 +65,20 @@ class TritonPythonModel:
             mask = pb.get_input_tensor_by_name(request, "MASK").as_numpy()
             seed_tensor = pb.get_input_tensor_by_name(request, "SEED")
             seed = int(seed_tensor.as_numpy().reshape(-1)[0]) if seed_tensor is not None else self.default_seed
+            blend_tensor = pb.get_input_tensor_by_name(request, "BLEND")
+            blend = self.default_blend
+            if blend_tensor is not None:
+                value = blend_tensor.as_numpy().reshape(-1)[0]
+                blend = value.decode() if isinstance(value, bytes) else str(value)
+            if blend not in self.contract.BLENDS:
+                raise ValueError(f"BLEND must be one of {', '.join(self.contract.BLENDS)}, got {blend!r}")
             job = self.contract.prepare(image, mask != 0, seed=seed, mask_channel=self.mask_channel, size=self.size)
         except ValueError as e:  # the contract's refusals: shapes, an empty or off-box mask
             return pb.InferenceResponse(output_tensors=[], error=pb.TritonError(str(e)))
         generated = self._generate(job.filled)
         if isinstance(generated, str):
             return pb.InferenceResponse(output_tensors=[], error=pb.TritonError(generated))
-        completed = self.contract.finish(job, generated)
+        completed = self.contract.finish(job, generated, blend=blend)
         return pb.InferenceResponse(output_tensors=[pb.Tensor("COMPLETED", completed)])
 
     def _generate(self, filled):

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from facecomp import contract
 
-BLENDS = ("none", "poisson")
-MAX_SEED = 2**64  # the fill noise is keyed by a 64-bit seed (kernels.reference.keys)
+# The blends, the default every front door uses, and Poisson blending itself live in the engine contract,
+# so that an exported engine's client (which imports facecomp.contract alone) finishes a completion
+# exactly as the Completer does.
+from facecomp.contract import BLENDS, DEFAULT_BLEND, poisson_blend  # noqa: F401  (re-exported)
+
+MAX_SEED = contract.MAX_SEED  # the fill noise is keyed by a 64-bit seed (kernels.reference.keys)
 
 
 @dataclass
@@ -61,25 +64,3 @@ def inpaint(images: list[np.ndarray], region: np.ndarray) -> list[np.ndarray]:
     filled pixel here, so a region over INPAINT_MAX_PIXELS is filled on a scaled-down copy.
     """
     return [contract.inpaint(img, region) for img in images]
-
-
-def poisson_blend(completed: np.ndarray, original: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The paper's M5: OpenCV's seamless cloning of the completed hole into the original. [H,W,3] uint8
-
-    seamlessClone needs the region off the image border, so both images are padded by reflection
-    first and cropped back after.
-    """
-    pad = 8
-    m = (mask > 0.5).astype(np.uint8) * 255
-    if not m.any():
-        return original.copy()
-    src = cv2.copyMakeBorder(completed, pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
-    dst = cv2.copyMakeBorder(original, pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
-    mp = cv2.copyMakeBorder(m, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
-    # Dilate by one pixel: seamlessClone treats the region's edge as boundary condition.
-    mp = cv2.dilate(mp, np.ones((3, 3), np.uint8))
-    x, y, w, h = cv2.boundingRect(mp)
-    center = (x + w // 2, y + h // 2)
-    out = cv2.seamlessClone(src, dst, mp, center, cv2.NORMAL_CLONE)[pad:-pad, pad:-pad]
-    keep = mask[..., None] <= 0.5
-    return np.where(keep, original, out)

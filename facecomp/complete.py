@@ -37,6 +37,7 @@ from PIL import Image
 from facecomp import kernels, layout, masks, models, wild
 from facecomp.blend import (  # noqa: F401  (re-exported: facecomp.complete.poisson_blend and the rest, as before)
     BLENDS,
+    DEFAULT_BLEND,
     MAX_SEED,
     Completion,
     check_blends,
@@ -101,8 +102,8 @@ class Completer:
                             f"{type(generator).__name__}")
         self.size = self.generator.cfg.image_size
 
-    def complete(self, image: ImageInput, mask: MaskInput, seed: int = 0, samples: int = 1, blend: str = "none",
-                 *, align: str | bool | None = None) -> list:
+    def complete(self, image: ImageInput, mask: MaskInput, seed: int = 0, samples: int = 1,
+                 blend: str = DEFAULT_BLEND, *, align: str | bool | None = None) -> list:
         """``samples`` completions of ``image`` under ``mask``, of the image's size and kind (module docstring):
         [H, W, 3] uint8 arrays for an array, PIL RGB images for a PIL image or a path.
 
@@ -115,14 +116,15 @@ class Completer:
         return self.complete_blends(image, mask, seed, samples, (blend,), align=align)[blend]
 
     def complete_blends(self, image: ImageInput, mask: MaskInput, seed: int = 0, samples: int = 1,
-                        blends: tuple[str, ...] = ("none",), *, align: str | bool | None = None) -> dict[str, list]:
+                        blends: tuple[str, ...] = (DEFAULT_BLEND,), *,
+                        align: str | bool | None = None) -> dict[str, list]:
         """Like ``complete``, once per blend in ``blends`` from one generator pass (the plain completion is
         what Poisson blending starts from, so asking for both costs one forward, not two)."""
         done = self.complete_full(image, mask, seed, samples, blends, align=align)
         return {b: like(image, outs) for b, outs in done.by_blend.items()}
 
     def complete_full(self, image: ImageInput, mask: MaskInput, seed: int = 0, samples: int = 1,
-                      blends: tuple[str, ...] = ("none",), *, align: str | bool | None = None) -> Completion:
+                      blends: tuple[str, ...] = (DEFAULT_BLEND,), *, align: str | bool | None = None) -> Completion:
         """``complete_blends`` with the whole result, as arrays whatever the input: the images per blend, the
         faces completed, and the count of masked pixels the model never sees (off its face box), which
         OpenCV's inpainting filled."""

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from facecomp import layout, masks
-from facecomp.blend import Completion, check_blends, check_request, inpaint, poisson_blend
+from facecomp.blend import DEFAULT_BLEND, Completion, check_blends, check_request, inpaint, poisson_blend
 from facecomp.faces import NoFaceFound, align_faces
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class FaceCompleter(Protocol):
     """What completes one face: ``facecomp.Completer`` (its ``complete_face``)."""
 
     def complete_face(self, image: np.ndarray, mask: np.ndarray, seed: int = 0, samples: int = 1,
-                      blends: tuple[str, ...] = ("none",)) -> Completion: ...
+                      blends: tuple[str, ...] = (DEFAULT_BLEND,)) -> Completion: ...
 
 
 @dataclass
@@ -67,7 +67,7 @@ def _box_mask() -> np.ndarray:
 
 
 def complete_photo(completer: FaceCompleter, photo: np.ndarray, mask_spec: str | np.ndarray, seed: int = 0,
-                   samples: int = 1, blend: str = "none", detector=None,
+                   samples: int = 1, blend: str = DEFAULT_BLEND, detector=None,
                    blends: tuple[str, ...] | None = None) -> PhotoResult:
     """``mask_spec``: O1..O6 (for every face), 'box:...' or a mask image path, or a [H, W] array (1 = missing).
     ``blends``: several blends from one generator pass per face (default: just ``blend``)."""
@@ -137,7 +137,8 @@ def complete_photo(completer: FaceCompleter, photo: np.ndarray, mask_spec: str |
 
 
 def complete_any(completer: FaceCompleter, image: np.ndarray, mask_spec: str | np.ndarray, align: str | bool = "auto",
-                 seed: int = 0, samples: int = 1, blends: tuple[str, ...] = ("none",), detector=None) -> Completion:
+                 seed: int = 0, samples: int = 1, blends: tuple[str, ...] = (DEFAULT_BLEND,),
+                 detector=None) -> Completion:
     """Any [H, W, 3] uint8 image: images per blend, faces completed, and how many masked pixels the model could
     not see and OpenCV's inpainting filled (``inpainted``). ``align``: "auto" (a 178x218 CelebA-aligned face
     goes straight to the model, anything else through detection and alignment), "none" or False (the whole

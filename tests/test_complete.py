@@ -69,3 +69,27 @@ def test_poisson_blend_only_touches_the_hole(aligned_face):
 def test_face_box_layout():
     assert layout.face_box(178, 218) == layout.CROP_BOX
     assert layout.face_box(300, 200) == (0, 0, 300, 200)
+
+
+def test_every_front_door_defaults_to_the_validated_blend(completer, aligned_face):
+    """facecomp complete, demo, Completer.complete and serve all default to blend.DEFAULT_BLEND (issue 16:
+    the blend that wins on validation is the default everywhere, the other one flag away)."""
+    import inspect
+
+    from facecomp.blend import DEFAULT_BLEND
+    from facecomp.cli import build_parser
+    from facecomp.complete import Completer
+    from facecomp.serve.schema import CompleteForm, CompleteJSON
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for command in ("complete", "demo"):
+        assert sub.choices[command].get_default("blend") == DEFAULT_BLEND, command
+    assert inspect.signature(Completer.complete).parameters["blend"].default == DEFAULT_BLEND
+    for body in (CompleteForm, CompleteJSON):  # multipart and JSON requests
+        assert body.model_fields["blend"].default.value == DEFAULT_BLEND
+    # and the default is what a call without blend gets
+    m = masks.occlusion("O3", 178, 218)
+    (plain,) = completer.complete(aligned_face, m, seed=2)
+    (chosen,) = completer.complete(aligned_face, m, seed=2, blend=DEFAULT_BLEND)
+    assert np.array_equal(plain, chosen)

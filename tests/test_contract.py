@@ -93,12 +93,12 @@ def test_contract_layout_is_facecomp_layout():
 
 def test_onnx_runtime_with_the_contract_equals_completer(onnx_artifact, face_files):
     """Same seed -> same pixels within one grey level, on real validation faces under O1-O6 and a mask
-    that strays off the face box (inpainted there, as Completer does), two samples each."""
+    that strays off the face box (inpainted there, as Completer does), two samples each, each blend."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_artifact / "generator.onnx"), providers=["CPUExecutionProvider"])
     completer = Completer()
-    worst = 0
+    worst = dict.fromkeys(contract.BLENDS, 0)
     for i, path in enumerate(face_files[:7]):
         img = read_rgb(path)
         if i < 6:
@@ -106,15 +106,19 @@ def test_onnx_runtime_with_the_contract_equals_completer(onnx_artifact, face_fil
         else:  # across the box's lower edge: part of the hole is off the box
             m = np.zeros(img.shape[:2], np.float32)
             m[180:215, 40:140] = 1
-        expected = completer.complete(img, m, seed=100 + i, samples=2)
+        expected = completer.complete_blends(img, m, seed=100 + i, samples=2, blends=contract.BLENDS)
         for k in range(2):
             job = contract.prepare(img, m, seed=100 + i, sample=k)
-            got = contract.finish(job, session.run(None, {"filled": job.filled})[0])
-            assert got.shape == img.shape and got.dtype == np.uint8
-            hole = m > 0.5
-            assert np.array_equal(got[~hole], img[~hole])
-            worst = max(worst, int(np.abs(got.astype(int) - expected[k].astype(int)).max()))
-    assert worst <= MAX_LEVELS, worst
+            generated = session.run(None, {"filled": job.filled})[0]
+            for blend in contract.BLENDS:
+                got = contract.finish(job, generated, blend=blend)
+                assert got.shape == img.shape and got.dtype == np.uint8
+                hole = m > 0.5
+                assert np.array_equal(got[~hole], img[~hole])
+                worst[blend] = max(worst[blend], int(np.abs(got.astype(int) - expected[blend][k].astype(int)).max()))
+            default = contract.finish(job, generated, contract.DEFAULT_BLEND)
+            assert np.array_equal(contract.finish(job, generated), default)
+    assert max(worst.values()) <= MAX_LEVELS, worst
 
 
 def test_onnx_file_and_record_state_the_contract(onnx_artifact):

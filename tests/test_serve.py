@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from facecomp import faces, masks
+from facecomp.blend import DEFAULT_BLEND
 from facecomp.images import read_rgb
 
 pytest.importorskip("fastapi", reason="needs the 'serve' extra")
@@ -371,7 +372,8 @@ def test_json_body_with_base64_images(server, face):
     body = r.json()
     assert [(i["sample"], i["blend"]) for i in body["images"]] == [(0, "none"), (1, "none"), (0, "poisson"),
                                                                    (1, "poisson")]
-    assert np.array_equal(unpng(base64.b64decode(body["images"][0]["png_base64"])), unpng(form.content))
+    default = next(i for i in body["images"] if i["sample"] == 0 and i["blend"] == DEFAULT_BLEND)
+    assert np.array_equal(unpng(base64.b64decode(default["png_base64"])), unpng(form.content))  # form: default blend
     r = httpx.post(f"{url}/v1/complete", json={"image": b64(png(img)), "preset": "o3", "format": "webp"}, timeout=120)
     assert r.status_code == 200 and unimage(r.content)[0] == "WEBP"
 

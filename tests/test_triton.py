@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facecomp import masks
+from facecomp import contract, masks
 from facecomp.complete import Completer
 from facecomp.export import ArtifactMeta, triton
 from facecomp.images import read_rgb
@@ -34,7 +34,7 @@ def test_complete_model_config_against_triton_schema(onnx_artifact):
     config = triton.parse_config((repo / triton.COMPLETE_NAME / "config.pbtxt").read_text())
     assert config.backend == "python" and config.max_batch_size == 0
     assert [(i.name, list(i.dims), i.optional) for i in config.input] == \
-        [("IMAGE", [-1, -1, 3], False), ("MASK", [-1, -1], False), ("SEED", [1], True)]
+        [("IMAGE", [-1, -1, 3], False), ("MASK", [-1, -1], False), ("SEED", [1], True), ("BLEND", [1], True)]
     assert [(o.name, list(o.dims)) for o in config.output] == [("COMPLETED", [-1, -1, 3])]
     assert config.instance_group[0].kind == 2  # KIND_CPU: the artifact's device
     params = {k: v.string_value for k, v in config.parameters.items()}
@@ -126,7 +126,8 @@ def triton_server(onnx_artifact, tmp_path_factory):
         log.close()
 
 
-def _request(client, image: np.ndarray, mask: np.ndarray, seed: int | None = None) -> np.ndarray:
+def _request(client, image: np.ndarray, mask: np.ndarray, seed: int | None = None,
+             blend: str | None = None) -> np.ndarray:
     import tritonclient.http as http
 
     inputs = [http.InferInput("IMAGE", list(image.shape), "UINT8"), http.InferInput("MASK", list(mask.shape), "UINT8")]
@@ -134,13 +135,17 @@ def _request(client, image: np.ndarray, mask: np.ndarray, seed: int | None = Non
     inputs[1].set_data_from_numpy(mask)
     if seed is not None:
         inputs.append(http.InferInput("SEED", [1], "UINT64"))
-        inputs[2].set_data_from_numpy(np.array([seed], np.uint64))
+        inputs[-1].set_data_from_numpy(np.array([seed], np.uint64))
+    if blend is not None:
+        inputs.append(http.InferInput("BLEND", [1], "BYTES"))
+        inputs[-1].set_data_from_numpy(np.array([blend.encode()], dtype=np.object_))
     return client.infer(triton.COMPLETE_NAME, inputs).as_numpy("COMPLETED")
 
 
 def test_triton_server_completes_faces_like_completer(triton_server, face_files):
     """Real validation faces under O1-O6, each with its own seed (and one without: seed 0), through a real
-    Triton server over HTTP: the completed image equals Completer's within one grey level."""
+    Triton server over HTTP: the completed image equals Completer's within one grey level, for the
+    default blend and with BLEND "none" and "poisson" asked for."""
     assert triton_server.is_model_ready(triton.COMPLETE_NAME) and triton_server.is_model_ready(triton.MODEL_NAME)
     completer = Completer()
     worst = 0
@@ -148,11 +153,13 @@ def test_triton_server_completes_faces_like_completer(triton_server, face_files)
         img = read_rgb(path)
         hole = masks.occlusion(f"O{i + 1}", img.shape[1], img.shape[0]) > 0.5
         seed = None if i == 0 else 1000 + i
-        got = _request(triton_server, img, hole.astype(np.uint8) * 255, seed)
-        assert got.shape == img.shape and got.dtype == np.uint8
-        assert np.array_equal(got[~hole], img[~hole]) and (got[hole] != img[hole]).any()
-        expected = completer.complete(img, hole, seed=seed or 0)[0]
-        worst = max(worst, int(np.abs(got.astype(int) - expected.astype(int)).max()))
+        expected = completer.complete_blends(img, hole, seed=seed or 0, blends=contract.BLENDS)
+        for blend in (None, *contract.BLENDS):
+            got = _request(triton_server, img, hole.astype(np.uint8) * 255, seed, blend)
+            assert got.shape == img.shape and got.dtype == np.uint8
+            assert np.array_equal(got[~hole], img[~hole]) and (got[hole] != img[hole]).any()
+            want = expected[blend or contract.DEFAULT_BLEND][0]
+            worst = max(worst, int(np.abs(got.astype(int) - want.astype(int)).max()))
     assert worst <= MAX_LEVELS, worst
 
 
@@ -162,3 +169,6 @@ def test_triton_server_refuses_an_empty_mask_in_one_line(triton_server, face_fil
     img = read_rgb(face_files[0])
     with pytest.raises(InferenceServerException, match="the mask is empty"):
         _request(triton_server, img, np.zeros(img.shape[:2], np.uint8))
+    hole = masks.occlusion("O3", img.shape[1], img.shape[0]) > 0.5
+    with pytest.raises(InferenceServerException, match="BLEND must be one of none, poisson"):
+        _request(triton_server, img, hole.astype(np.uint8) * 255, blend="sharpen")

@@ -134,7 +134,8 @@ while det.cnn._lock.locked():
     turns += 1
 wall = time.perf_counter() - t0
 slow.join()
-print("RESULT", found.detector, still, det.cnn._proc.pid != __import__("os").getpid(), wall, turns * 0.01 / max(wall, 1e-9))
+print("RESULT", found.detector, still, det.cnn._proc.pid != __import__("os").getpid(), wall,
+      turns * 0.01 / max(wall, 1e-9))
 ''')
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]

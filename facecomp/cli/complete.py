@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from facecomp import images, masks
-from facecomp.blend import BLENDS
+from facecomp.blend import BLENDS, DEFAULT_BLEND
 
 
 def add_parser(sub) -> None:
@@ -23,7 +23,8 @@ def add_parser(sub) -> None:
                    "instead of the eager model; with --model, it must have been built from those weights")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--samples", type=int, default=1, help="K completions from different noise")
-    p.add_argument("--blend", choices=BLENDS, default="none", help="poisson: the paper's M5")
+    p.add_argument("--blend", choices=BLENDS, default=DEFAULT_BLEND,
+                   help=f"poisson: the paper's M5 (default {DEFAULT_BLEND}: the one that wins on validation)")
     p.add_argument("--align", choices=("auto", "none"), default="auto",
                    help="auto: a 178x218 CelebA-aligned face goes straight in; any other photo has its faces "
                    "detected, aligned, completed and pasted back (needs the 'faces' extra). none: the whole "

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facecomp.blend import BLENDS
+from facecomp.blend import BLENDS, DEFAULT_BLEND
 
 
 def add_parser(sub) -> None:
@@ -18,7 +18,7 @@ def add_parser(sub) -> None:
                        "extra for face detection.")
     p.add_argument("-o", "--out-dir", default="facecomp-demo", help="folder for demo.png (default ./facecomp-demo)")
     p.add_argument("--model", help="generator weights (default: the shipped model)")
-    p.add_argument("--blend", choices=BLENDS, default="poisson")
+    p.add_argument("--blend", choices=BLENDS, default=DEFAULT_BLEND)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.json_schema import models_json_schema
 
 from facecomp import images, masks, wild
-from facecomp.blend import BLENDS, MAX_SEED
+from facecomp.blend import BLENDS, DEFAULT_BLEND, MAX_SEED
 
 
 def _choices(name: str, values, doc: str) -> type[Enum]:
@@ -45,7 +45,7 @@ class Options(BaseModel):
     seed: int = Field(0, ge=0, lt=MAX_SEED, description="the fill noise's key: same seed, same pixels")
     samples: int = Field(1, ge=1, description="completions from different noise, at most the server's "
                          "limits.max_samples (GET /v1/model); more than one needs format=json")
-    blend: Blend = Field(Blend("none"), description="both needs format=json")
+    blend: Blend = Field(Blend(DEFAULT_BLEND), description="both needs format=json")
     align: Align = Align("auto")
     format: Format = Format("png")
 
