@@ -26,10 +26,13 @@ def _table(tmp: Path, value) -> Path:
     return tmp / "table"
 
 
-def _recognition(tmp: Path, new_top1: float) -> Path:
+def _recognition(tmp: Path, new_top1: float, poisson_top1: float | None = None) -> Path:
     (tmp / "rec").mkdir()
-    summary = {m: {"new": {"top1": new_top1}, "noise": {"top1": 0.5}, "telea": {"top1": 0.6}} for m in MASKS}
-    (tmp / "rec" / "results.json").write_text(json.dumps({"masks": MASKS, "summary": summary}))
+    poisson_top1 = new_top1 if poisson_top1 is None else poisson_top1
+    summary = {m: {"new": {"top1": new_top1}, "new+poisson": {"top1": poisson_top1}, "noise": {"top1": 0.5},
+                   "telea": {"top1": 0.6}} for m in MASKS}
+    methods = ["original", "noise", "telea", "new", "new+poisson"]
+    (tmp / "rec" / "results.json").write_text(json.dumps({"masks": MASKS, "methods": methods, "summary": summary}))
     return tmp / "rec"
 
 
@@ -56,3 +59,14 @@ def test_a_model_better_everywhere_passes_and_one_worse_somewhere_misses(tmp_pat
     third.mkdir()
     assert acceptance.main([str(_table(third, good)), str(_recognition(third, 0.4))]) == 1  # below noise fill
     assert capsys.readouterr().out.rstrip().endswith("no blend passes every criterion")
+
+
+def test_recognition_is_checked_for_each_blend_on_its_own_output(tmp_path, capsys):
+    def good(metric, mask, method):
+        rank = {"telea": 0, "ns": 0, "shipped": 1, "shipped+poisson": 1, "new": 2, "new+poisson": 2}[method]
+        return -rank if metric in ("landmark_error", "identity") else rank
+
+    assert acceptance.main([str(_table(tmp_path, good)), str(_recognition(tmp_path, 0.7, poisson_top1=0.4))]) == 0
+    out = capsys.readouterr().out
+    assert "MISS  4. new+poisson recognition top-1" in out and "O3: 0.400 vs 0.500" in out
+    assert out.rstrip().endswith("blends passing every criterion: none")

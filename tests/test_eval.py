@@ -173,10 +173,10 @@ def test_recognition_command(celeba, generator_weights, tmp_path):  # noqa: F811
     r = subprocess.run([sys.executable, "-m", "facecomp", "eval", "recognition", "--baselines", "noise,telea",
                         "--model", f"smoke={generator_weights}",
                         "--data", str(celeba), "--limit", "120", "--masks", "O4", "--probes-per-identity", "1",
-                        "--out", str(out), "--no-progress"], capture_output=True, text=True)
+                        "--blend", "poisson", "--out", str(out), "--no-progress"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     res = json.loads((out / "results.json").read_text())
-    assert res["methods"] == ["original", "noise", "telea", "smoke"] and res["identities"] >= 2
+    assert res["methods"] == ["original", "noise", "telea", "smoke", "smoke+poisson"] and res["identities"] >= 2
     assert (out / "recognition.png").stat().st_size > 1000
     s = res["summary"]["O4"]
     assert s["original"]["top5"] >= 0.8 and all(0 <= s[m]["top1"] <= s[m]["top5"] <= 1 for m in res["methods"])

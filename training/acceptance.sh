@@ -14,6 +14,6 @@ bin=${FACECOMP_VENV:-.venv}/bin
 "$bin/facecomp" eval table --model "new=$new" --model shipped=shipped --baselines telea,ns \
     --partition val --limit "$limit" --resolution input --blend poisson \
     --metrics identity,parsing,landmarks --grid-faces 16 --out "$out/table" --no-progress
-"$bin/facecomp" eval recognition --model "new=$new" --baselines noise,telea --partition val \
+"$bin/facecomp" eval recognition --model "new=$new" --baselines noise,telea --partition val --blend poisson \
     --limit "$limit" --out "$out/recognition" --no-progress
 "$bin/python" training/acceptance.py "$out/table" "$out/recognition" | tee "$out/acceptance.txt"

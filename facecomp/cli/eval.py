@@ -59,6 +59,8 @@ def add_parser(sub) -> None:
                         "'faces' extra and identity labels (identity_CelebA.txt).")
     _common(r)
     r.add_argument("--masks", default="O1,O2,O3,O4,O5,O6")
+    r.add_argument("--blend", choices=BLENDS, default="none",
+                   help="poisson: add a Poisson-blended method per model, as in eval table")
     r.add_argument("--probes-per-identity", type=int, default=0, help="at most N probes per identity (0 = all)")
     r.add_argument("--seed", type=int, default=0, help="seed of the gallery/probe split")
     r.set_defaults(func=run_recognition)
@@ -196,7 +198,7 @@ def run_recognition(args: argparse.Namespace) -> int:
     index = CelebAIndex.open(args.data)
     if not index.identity_of:
         raise ValueError(f"{args.data}: no identity_CelebA.txt, so no identities to recognise")
-    result = recognition.run(_methods(args), _files(args), index.identity, _masks(args.masks),
+    result = recognition.run(_methods(args, args.blend), _files(args), index.identity, _masks(args.masks),
                              args.probes_per_identity, progress=not args.no_progress, seed=args.seed)
     recognition.write(result, Path(args.out))
     print(recognition.markdown(result))
