@@ -75,6 +75,9 @@ def test_contract_refuses_what_completer_refuses():
         contract.prepare(img, np.ones((10, 10)))
     with pytest.raises(ValueError, match=r"\[H, W, 3\] uint8"):
         contract.prepare(img.astype(np.float32), off_box)
+    job = contract.prepare(img, masks.occlusion("O3", 178, 218))
+    with pytest.raises(ValueError, match="blend must be one of none, poisson, got 'sharpen'"):
+        contract.finish(job, np.zeros((1, 3, 128, 128), np.float32), blend="sharpen")
 
 
 def test_contract_imports_only_numpy_and_opencv():
