@@ -19,7 +19,7 @@ from pathlib import Path
 COLUMNS = [("ssim", "SSIM", True), ("psnr_hole", "hole PSNR", True), ("parsing_miou", "parsing mIoU", True),
            ("landmark_error", "landmark error", False), ("face_found", "face found", True),
            ("identity", "identity dist.", False)]
-VARIANTS = ("base", "no_decay", "r1", "adv_half", "adv_double")
+VARIANTS = ("base", "adv_quarter", "adv_half", "adv_double", "r1", "no_decay")  # table order
 
 
 def rows(out: Path) -> list[dict]:

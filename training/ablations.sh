@@ -8,6 +8,7 @@
 #   r1         adversarial.r1=1                    (R1 penalty on real faces, Mescheder et al. 2018)
 #   adv_half   loss.adv_local=150                  (the adversarial weight, halved)
 #   adv_double loss.adv_local=600                  (and doubled)
+#   adv_quarter loss.adv_local=75                  (not in the default list: a quarter)
 # A run that exists is resumed, so the script can be stopped and started again. STEPS (default 1000)
 # includes the 500-step adversarial warm-up. Then `python training/ablations.py OUT` prints the table.
 # Several hours on 2 CPU cores: run it with nohup. OUT holds CelebA-derived pictures: keep it out of git.
@@ -19,7 +20,8 @@ steps=${3:-1000}
 faces=${4:-100}
 shift $(( $# < 4 ? $# : 4 ))
 variants=("$@")
-[ ${#variants[@]} -gt 0 ] || variants=(base no_decay r1 adv_half adv_double)
+# The adversarial weight first: at 300, stage 2's training grids show stripes and colour blotches.
+[ ${#variants[@]} -gt 0 ] || variants=(base adv_half r1 no_decay adv_double)
 bin=${FACECOMP_VENV:-.venv}/bin
 data=${FACECOMP_DATA:-../shared/data}
 
@@ -30,6 +32,7 @@ overrides() {
     r1) echo adversarial.r1=1 ;;
     adv_half) echo loss.adv_local=150 ;;
     adv_double) echo loss.adv_local=600 ;;
+    adv_quarter) echo loss.adv_local=75 ;;
     *) echo "unknown variant $1" >&2; return 1 ;;
   esac
 }
