@@ -1,6 +1,6 @@
 """What face completion and photo completion share: the request checks, the result, and what is done
 with the model's pixels once they are pasted under the mask (Poisson blending, the paper's M5; OpenCV's
-Telea inpainting for masked pixels the model never sees).
+Telea inpainting for masked pixels the model never sees), both implemented in ``facecomp.contract``.
 
 Its own module so that ``facecomp.complete`` (the Completer, which hands unaligned photos to
 ``facecomp.wild``) and ``facecomp.wild`` (which hands each aligned face back to the Completer) both

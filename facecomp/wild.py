@@ -40,7 +40,7 @@ class FaceCompleter(Protocol):
     """What completes one face: ``facecomp.Completer`` (its ``complete_face``)."""
 
     def complete_face(self, image: np.ndarray, mask: np.ndarray, seed: int = 0, samples: int = 1,
-                      blends: tuple[str, ...] = (DEFAULT_BLEND,)) -> Completion: ...
+                      blends: tuple[str, ...] = ("none",)) -> Completion: ...
 
 
 @dataclass
