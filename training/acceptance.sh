@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
 # Issue 16's acceptance check of a new generator on all 780 validation faces (masks at 178x218):
-#   bash training/acceptance.sh NEW_WEIGHTS_OR_RUN OUT [LIMIT]
+#   bash training/acceptance.sh NEW_WEIGHTS_OR_RUN OUT [LIMIT] [OLD_WEIGHTS]
+# OLD_WEIGHTS is the model to beat, by default the shipped one; name a copy of it when the new weights
+# are to replace facecomp/weights/ while this runs (or to check again after they have).
 # The table (new and shipped, each with and without Poisson blending; Telea, Navier-Stokes; SSIM, PSNR,
 # hole PSNR, identity, parsing mIoU, landmarks; a 16-face grid to look at), recognition on the
 # validation identities, then training/acceptance.py's verdict per blend. Hours on 2 CPU cores: run it
 # with nohup. OUT holds CelebA-derived pictures: keep it out of git.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-new=${1:?usage: training/acceptance.sh NEW_WEIGHTS_OR_RUN OUT [LIMIT]}
-out=${2:?usage: training/acceptance.sh NEW_WEIGHTS_OR_RUN OUT [LIMIT]}
+new=${1:?usage: training/acceptance.sh NEW_WEIGHTS_OR_RUN OUT [LIMIT] [OLD_WEIGHTS]}
+out=${2:?usage: training/acceptance.sh NEW_WEIGHTS_OR_RUN OUT [LIMIT] [OLD_WEIGHTS]}
 limit=${3:-0}
+old=${4:-shipped}
 bin=${FACECOMP_VENV:-.venv}/bin
 # The table and the recognition run side by side, each with half the cores: much of each is
 # single-threaded (dlib, OpenCV), so on 2 cores this took 82 s against 128 s one after the other with
 # 2 threads (12 faces and 26 probes per mask, 2026-11-27), with bit-identical results.
 threads=$(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 ))
 mkdir -p "$out"
-OMP_NUM_THREADS=$threads "$bin/facecomp" eval table --model "new=$new" --model shipped=shipped --baselines telea,ns \
+OMP_NUM_THREADS=$threads "$bin/facecomp" eval table --model "new=$new" --model "shipped=$old" --baselines telea,ns \
     --partition val --limit "$limit" --resolution input --blend poisson \
     --metrics identity,parsing,landmarks --grid-faces 16 --out "$out/table" --no-progress &
 table=$!
