@@ -2,4 +2,6 @@ import sys
 
 from facecomp.cli import main
 
-sys.exit(main())
+# Guarded: worker processes started by spawn (eval table --workers) import this module again.
+if __name__ == "__main__":
+    sys.exit(main())

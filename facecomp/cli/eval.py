@@ -41,6 +41,9 @@ def add_parser(sub) -> None:
     t.add_argument("--parsing-weights", help="parsing network for --metrics parsing (default: shipped)")
     t.add_argument("--grid-faces", type=int, default=2,
                    help="faces in grid.png: one row per face and mask (16 to judge a model by eye)")
+    t.add_argument("--workers", type=int, default=1,
+                   help="worker processes, each scoring a contiguous share of the faces (0 = one per core); "
+                   "much of the work is single-threaded (dlib, OpenCV), so one process leaves cores idle")
     t.set_defaults(func=run_table)
     s = esub.add_parser("sweep", help="SSIM / PSNR against square mask size 16..80 (the paper's Fig. 9)")
     _common(s)
@@ -136,13 +139,30 @@ def _files(args: argparse.Namespace) -> list[Path]:
     return CelebAIndex.open(args.data).files(args.partition, args.limit)
 
 
+def _table_parts(model: list[str], baselines: str, blend: str, metrics: str, parsing_weights: str | None) -> tuple:
+    """The table's methods and per-face metrics; module-level so that --workers processes can build their own."""
+    spec = argparse.Namespace(model=model, baselines=baselines)
+    return _methods(spec, blend), _face_metrics(metrics, parsing_weights)
+
+
 def run_table(args: argparse.Namespace) -> int:
+    import functools
+    import os
+
     from facecomp.eval import table
 
     mask_names = _masks(args.masks)
-    chosen = _methods(args, args.blend)
-    res = table.run(chosen, _files(args), mask_names, args.resolution, grid_faces=args.grid_faces, out=Path(args.out),
-                    progress=not args.no_progress, face_metrics=_face_metrics(args.metrics, args.parsing_weights))
+    build = functools.partial(_table_parts, args.model, args.baselines, args.blend, args.metrics, args.parsing_weights)
+    if args.workers < 0:
+        raise ValueError(f"--workers {args.workers}: must be 0 (one per core) or more")
+    workers = args.workers or os.cpu_count() or 1
+    if workers == 1:
+        chosen, face_metrics = build()
+        res = table.run(chosen, _files(args), mask_names, args.resolution, grid_faces=args.grid_faces,
+                        out=Path(args.out), progress=not args.no_progress, face_metrics=face_metrics)
+    else:
+        res = table.run_parallel(build, _files(args), mask_names, args.resolution, grid_faces=args.grid_faces,
+                                 out=Path(args.out), progress=not args.no_progress, workers=workers)
     print(table.markdown(res))
     print(f"wrote {Path(args.out) / 'results.md'}, results.json, grid.png")
     return 0

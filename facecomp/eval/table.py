@@ -10,6 +10,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -91,6 +92,16 @@ def load(path: Path, resolution: str) -> np.ndarray:
 def run(methods: dict[str, Method], files: list[Path], mask_names: list[str], resolution: str = "input",
         grid_faces: int = 2, out: Path | None = None, progress: bool = True,
         face_metrics: tuple[FaceMetric, ...] = ()) -> TableResult:
+    res, grid_rows = score(methods, files, mask_names, resolution, grid_faces, progress, face_metrics)
+    if out is not None:
+        write(res, out, grid_rows)
+    return res
+
+
+def score(methods: dict[str, Method], files: list[Path], mask_names: list[str], resolution: str = "input",
+          grid_faces: int = 2, progress: bool = True,
+          face_metrics: tuple[FaceMetric, ...] = ()) -> tuple[TableResult, list[np.ndarray]]:
+    """Every method on every face and mask: the table's values and the first ``grid_faces`` grid rows."""
     if resolution not in RESOLUTIONS:
         raise ValueError(f"unknown resolution '{resolution}' (valid: {', '.join(RESOLUTIONS)})")
     res = TableResult(list(methods), list(mask_names), resolution, len(files))
@@ -115,6 +126,58 @@ def run(methods: dict[str, Method], files: list[Path], mask_names: list[str], re
                 row.append(done)
             if i < grid_faces:
                 grid_rows.append(np.concatenate(row, axis=1))
+    return res, grid_rows
+
+
+# What a worker process builds for itself: the methods (generators loaded) and the per-face metrics
+# (dlib, the parsing network). Called in the worker, so it must be picklable: a module-level function
+# or a functools.partial of one.
+Build = Callable[[], tuple[dict[str, Method], tuple[FaceMetric, ...]]]
+
+
+def _score_shard(build: Build, files: list[Path], mask_names: list[str], resolution: str, grid_faces: int,
+                 progress: bool, threads: int) -> tuple[TableResult, list[np.ndarray]]:
+    import torch
+
+    torch.set_num_threads(threads)
+    methods, face_metrics = build()
+    return score(methods, files, mask_names, resolution, grid_faces, progress, face_metrics)
+
+
+def run_parallel(build: Build, files: list[Path], mask_names: list[str], resolution: str = "input",
+                 grid_faces: int = 2, out: Path | None = None, progress: bool = True, workers: int = 2,
+                 threads: int | None = None) -> TableResult:
+    """``run`` with the faces split into ``workers`` contiguous shards, one worker process each.
+
+    Much of a face's work is single-threaded (dlib's landmarks and embedding, OpenCV's inpainting and
+    Poisson blend, SSIM), so one process leaves the other cores idle whatever its thread count. Each
+    worker builds its own methods and metrics; the shards' values are joined in face order, so the
+    table equals ``run``'s. Workers start by spawn (a fresh interpreter, no forked thread pools): call
+    this under ``if __name__ == "__main__":``. ``threads``: torch threads per worker (default: this
+    process's share).
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import torch
+
+    workers = max(1, min(workers, len(files)))
+    threads = threads or max(1, torch.get_num_threads() // workers)
+    bounds = np.linspace(0, len(files), workers + 1).round().astype(int)
+    shards = [files[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_score_shard, build, shard, mask_names, resolution, max(0, grid_faces - int(a)),
+                               progress and k == 0, threads)
+                   for k, (shard, a) in enumerate(zip(shards, bounds[:-1], strict=True))]
+        parts = [f.result() for f in futures]
+    res, grid_rows = parts[0]
+    res.faces = len(files)
+    for part, rows in parts[1:]:
+        for key, by_mask in part.values.items():
+            for o, per in by_mask.items():
+                for m, values in per.items():
+                    res.values[key][o][m].extend(values)
+        grid_rows.extend(rows)
     if out is not None:
         write(res, out, grid_rows)
     return res
