@@ -14,16 +14,18 @@ out=${2:?usage: training/acceptance.sh NEW_WEIGHTS_OR_RUN OUT [LIMIT] [OLD_WEIGH
 limit=${3:-0}
 old=${4:-shipped}
 bin=${FACECOMP_VENV:-.venv}/bin
-# The table and the recognition run side by side, each with half the cores: much of each is
-# single-threaded (dlib, OpenCV), so on 2 cores this took 82 s against 128 s one after the other with
-# 2 threads (12 faces and 26 probes per mask, 2026-11-27), with bit-identical results.
-threads=$(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 ))
+# The table runs one worker process per core, each scoring a share of the faces, and recognition runs
+# beside it; every process has one thread, since much of the work is single-threaded (dlib, OpenCV).
+# On 24 faces (2 cores, 2026-11-27, bench/acceptance_split.py) that took 75.8 s against 117.9 s for the
+# table and recognition side by side with half the cores each (the table then ran on alone in one
+# process), with identical results; the full check's table is about 4x longer than its recognition.
+cores=$(nproc)
 mkdir -p "$out"
-OMP_NUM_THREADS=$threads "$bin/facecomp" eval table --model "new=$new" --model "shipped=$old" --baselines telea,ns \
+OMP_NUM_THREADS=1 "$bin/facecomp" eval table --model "new=$new" --model "shipped=$old" --baselines telea,ns \
     --partition val --limit "$limit" --resolution input --blend poisson \
-    --metrics identity,parsing,landmarks --grid-faces 16 --out "$out/table" --no-progress &
+    --metrics identity,parsing,landmarks --grid-faces 16 --workers "$cores" --out "$out/table" --no-progress &
 table=$!
-OMP_NUM_THREADS=$threads "$bin/facecomp" eval recognition --model "new=$new" --baselines noise,telea --partition val \
+OMP_NUM_THREADS=1 "$bin/facecomp" eval recognition --model "new=$new" --baselines noise,telea --partition val \
     --blend poisson --limit "$limit" --out "$out/recognition" --no-progress &
 recognition=$!
 wait $table
