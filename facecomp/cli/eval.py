@@ -155,14 +155,9 @@ def run_table(args: argparse.Namespace) -> int:
     build = functools.partial(_table_parts, args.model, args.baselines, args.blend, args.metrics, args.parsing_weights)
     if args.workers < 0:
         raise ValueError(f"--workers {args.workers}: must be 0 (one per core) or more")
-    workers = args.workers or os.cpu_count() or 1
-    if workers == 1:
-        chosen, face_metrics = build()
-        res = table.run(chosen, _files(args), mask_names, args.resolution, grid_faces=args.grid_faces,
-                        out=Path(args.out), progress=not args.no_progress, face_metrics=face_metrics)
-    else:
-        res = table.run_parallel(build, _files(args), mask_names, args.resolution, grid_faces=args.grid_faces,
-                                 out=Path(args.out), progress=not args.no_progress, workers=workers)
+    res = table.run_parallel(build, _files(args), mask_names, args.resolution, grid_faces=args.grid_faces,
+                             out=Path(args.out), progress=not args.no_progress,
+                             workers=args.workers or os.cpu_count() or 1)
     print(table.markdown(res))
     print(f"wrote {Path(args.out) / 'results.md'}, results.json, grid.png")
     return 0

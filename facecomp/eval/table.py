@@ -147,7 +147,8 @@ def _score_shard(build: Build, files: list[Path], mask_names: list[str], resolut
 def run_parallel(build: Build, files: list[Path], mask_names: list[str], resolution: str = "input",
                  grid_faces: int = 2, out: Path | None = None, progress: bool = True, workers: int = 2,
                  threads: int | None = None) -> TableResult:
-    """``run`` with the faces split into ``workers`` contiguous shards, one worker process each.
+    """``run`` with the faces split into ``workers`` contiguous shards, one worker process each (one:
+    in this process).
 
     Much of a face's work is single-threaded (dlib's landmarks and embedding, OpenCV's inpainting and
     Poisson blend, SSIM), so one process leaves the other cores idle whatever its thread count. Each
@@ -162,6 +163,9 @@ def run_parallel(build: Build, files: list[Path], mask_names: list[str], resolut
     import torch
 
     workers = max(1, min(workers, len(files)))
+    if workers == 1:  # no process to start: score here, with this process's threads
+        methods, face_metrics = build()
+        return run(methods, files, mask_names, resolution, grid_faces, out, progress, face_metrics)
     threads = threads or max(1, torch.get_num_threads() // workers)
     bounds = np.linspace(0, len(files), workers + 1).round().astype(int)
     shards = [files[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
