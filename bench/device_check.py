@@ -18,6 +18,8 @@ import json
 import math
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import time
 import traceback
@@ -75,24 +77,51 @@ def _finite(obj) -> bool:
     return True
 
 
-def run_steps(ctx, steps) -> list[dict]:
+def run_steps(ctx, steps, isolate=None, saved=None) -> list[dict]:
+    """Each step in turn. ``isolate(name)`` returns a finished record for a step run in a child process
+    (or None to run it here); ``saved(records)`` is called after every step, so a later crash keeps
+    what came before."""
     records = []
     for name, fn in steps:
         started = time.perf_counter()
-        record = {"name": name}
-        try:
-            result = fn(ctx)
-            record["status"] = result.pop("status", "ok")
-            record["result"] = result
-        except ctx.Skip as e:
-            record["status"], record["reason"] = "skipped", str(e)
-        except Exception as e:  # a step's failure is a result: record it and go on to the next step
-            record["status"], record["error"] = "error", f"{type(e).__name__}: {e}"
-            record["traceback"] = traceback.format_exc(limit=6)[-3000:]
+        record = isolate(name) if isolate else None
+        if record is None:
+            record = {"name": name}
+            try:
+                result = fn(ctx)
+                record["status"] = result.pop("status", "ok")
+                record["result"] = result
+            except ctx.Skip as e:
+                record["status"], record["reason"] = "skipped", str(e)
+            except Exception as e:  # a step's failure is a result: record it and go on to the next step
+                record["status"], record["error"] = "error", f"{type(e).__name__}: {e}"
+                record["traceback"] = traceback.format_exc(limit=6)[-3000:]
         record["seconds"] = round(time.perf_counter() - started, 2)
         records.append(record)
         print(f"[device_check] {name}: {record['status']} in {record['seconds']} s", flush=True)
+        if saved:
+            saved(records)
     return records
+
+
+def run_in_child(name: str, args: argparse.Namespace, out: Path, budget_s: float) -> dict:
+    """Run one step in its own process: a native crash there (a segfault while loading a compiled
+    artifact, say) becomes that step's record instead of ending the whole check."""
+    child_out = out / f"child_{name}"
+    cmd = [sys.executable, "-X", "faulthandler", str(Path(__file__).resolve()), "--child", "--only", name,
+           "--device", args.device, "--out", str(child_out), "--budget-s", str(max(1.0, budget_s))]
+    cmd += ["--quick"] if args.quick else []
+    cmd += ["--faces", args.faces] if args.faces else []
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=max(60.0, budget_s + 120))
+    report = child_out / "device_check.json"
+    if report.is_file():
+        steps = json.loads(report.read_text())["steps"]
+        if steps:
+            return steps[0] | {"process": "child"}
+    how = (f"killed by {signal.Signals(-r.returncode).name}" if r.returncode < 0
+           else f"exited with status {r.returncode}")
+    return {"name": name, "status": "crashed", "process": "child", "error": f"the step's process {how}",
+            "stderr_tail": (r.stderr or r.stdout)[-3000:]}
 
 
 def summary_text(report: dict) -> str:
@@ -100,9 +129,11 @@ def summary_text(report: dict) -> str:
              f"({'quick' if report['quick'] else 'full'}), {report['total_s']} s"]
     for r in report["steps"]:
         lines.append(f"\n## {r['name']}: {r['status']} ({r['seconds']} s)")
-        for key in ("reason", "error"):
+        for key in ("reason", "error", "process"):
             if key in r:
                 lines.append(f"  {key}: {r[key]}")
+        if "stderr_tail" in r:  # a crashed child: the end of what it printed (faulthandler's stack)
+            lines += ["  stderr (end):", *(f"    {line}" for line in r["stderr_tail"].splitlines()[-20:])]
         for key, value in r.get("result", {}).items():
             lines.append(f"  {key}: {json.dumps(value, default=str)}")
     return "\n".join(lines) + "\n"
@@ -118,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--faces", help="folder of real faces (default: device_faces/, else ../shared/data)")
     ap.add_argument("--budget-s", type=float, default=None, help="time for the whole run (default 450; quick 60)")
     ap.add_argument("--only", help="comma-separated step names to run (default: all)")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # a step run by run_in_child
     ap.add_argument("--out", default=os.environ.get("OUT") or str(source_tree.REPO / "runs" / "device_check"))
     args = ap.parse_args(argv)
     how = source_tree.install()
@@ -139,13 +171,27 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             raise SystemExit(f"device_check: unknown step(s) {sorted(unknown)} (valid: {', '.join(names)})")
         steps = [(n, f) for n, f in steps if n in args.only.split(",")]
-    records = run_steps(ctx, steps)
-    report = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "quick": args.quick, "facecomp_from": how,
-              "device": ctx.describe(), "faces": len(ctx.faces), "budget_s": budget,
-              "total_s": round(time.perf_counter() - started, 1), "steps": records}
-    report["all_finite"] = _finite([r.get("result", {}) for r in records])
-    (out / "device_check.json").write_text(json.dumps(report, indent=1, default=str))
-    (out / "device_check.txt").write_text(summary_text(report))
+
+    def report_of(records: list[dict], partial: bool) -> dict:
+        report = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "quick": args.quick,
+                  "facecomp_from": how, "device": ctx.describe(), "faces": len(ctx.faces), "budget_s": budget,
+                  "total_s": round(time.perf_counter() - started, 1), "partial": partial, "steps": records}
+        report["all_finite"] = _finite([r.get("result", {}) for r in records])
+        return report
+
+    def save(records: list[dict], partial: bool = True) -> dict:
+        report = report_of(records, partial)
+        (out / "device_check.json").write_text(json.dumps(report, indent=1, default=str))
+        (out / "device_check.txt").write_text(summary_text(report))
+        return report
+
+    def isolate(name: str) -> dict | None:
+        if args.child or name not in device_steps.ISOLATED:
+            return None
+        return run_in_child(name, args, out, ctx.left())
+
+    records = run_steps(ctx, steps, isolate=isolate, saved=save)
+    report = save(records, partial=False)
     print(summary_text(report))
     return 0 if all(r["status"] in ("ok", "skipped", "untestable") for r in records) else 1
 

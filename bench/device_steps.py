@@ -73,16 +73,20 @@ class Context:
                     "memory_gib": round(p.total_memory / 2**30, 1)}
         return {"type": "cpu", "name": f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"}
 
-    def median_s(self, fn, repeats: int, warmup: int = 2) -> float:
+    def median_s(self, fn, repeats: int, warmup: int = 2, inner: int = 1) -> float:
+        """Median seconds per call of ``fn``; each timed repeat runs it ``inner`` times back to back
+        and synchronizes once, so a short GPU kernel is timed by its throughput, not by launch and
+        synchronization latency."""
         for _ in range(warmup):
             fn()
         self.sync()
         times = []
         for _ in range(repeats):
             t = time.perf_counter()
-            fn()
+            for _ in range(inner):
+                fn()
             self.sync()
-            times.append(time.perf_counter() - t)
+            times.append((time.perf_counter() - t) / inner)
         return statistics.median(times)
 
     def batch(self, cfg, n: int, device: torch.device | None = None) -> tuple[dict, str]:
@@ -157,7 +161,9 @@ def kernels(ctx: Context) -> dict:
     counts = {k_: int(v) for v, k_ in re.findall(r"(\d+) (passed|failed|skipped|error)", tail)}
     res["cuda_tests"] = {"returncode": r.returncode, "summary": tail, **counts}
 
-    n = 256 if ctx.cuda else (4 if ctx.quick else 32)
+    # On the GPU a batch of 1024 (200 MB of fp32 image): 256 took ~0.2 ms, close to the Python dispatch
+    # time of one call, which would then be measured instead of the memory traffic.
+    n = 1024 if ctx.cuda else (4 if ctx.quick else 32)
     x = torch.rand(n, 3, 128, 128, device=ctx.device) * 2 - 1
     g = torch.rand_like(x) * 2 - 1
     m = torch.zeros(n, 1, 128, 128, device=ctx.device)
@@ -173,11 +179,12 @@ def kernels(ctx: Context) -> dict:
     # and writes 3
     cases = {"fill": (eager_fill, lambda: k.fill(x, m, seed=1, mask_channel=True, impl="native"), 8 * plane),
              "composite": (lambda: m * g + (1 - m) * x, lambda: k.composite(x, g, m, impl="native"), 10 * plane)}
-    repeats = 20 if ctx.cuda else 3
+    repeats, inner = (20, 10) if ctx.cuda else (3, 1)
     for name, (eager, fused, nbytes) in cases.items():
-        te, tf = ctx.median_s(eager, repeats), ctx.median_s(fused, repeats)
+        te, tf = ctx.median_s(eager, repeats, inner=inner), ctx.median_s(fused, repeats, inner=inner)
         gbps = nbytes / tf / 1e9
-        res[name] = {"batch": n, "eager_ms": te * 1e3, "fused_ms": tf * 1e3, "speedup": te / tf,
+        res[name] = {"batch": n, "calls_per_timing": inner, "eager_ms": te * 1e3, "fused_ms": tf * 1e3,
+                     "speedup": te / tf,
                      "fused_gbps": gbps, "pct_of_copy_bandwidth": 100 * gbps / ctx.copy_gbps if ctx.copy_gbps else None}
     failed = r.returncode not in (0, 5) or (ctx.cuda and not res["with_cuda"])  # 5: no tests ran (no GPU)
     return {"status": "fail" if failed else "ok", **res}
@@ -304,6 +311,67 @@ def throughput(ctx: Context) -> dict:
     return res
 
 
+# --- 4b. where a stage-3 step's time goes ------------------------------------------------------------
+
+def train_profile(ctx: Context) -> dict:
+    """Stage 3 of the ``paper`` preset (bf16, channels_last, eager): images/s and MFU as the batch grows,
+    and one step under torch.profiler: GPU busy time against the step's wall time and the ops that take
+    it. A step whose GPU time is far below its wall time is bound by launches and host work (a larger
+    batch or CUDA graphs help); one whose GPU time is close is bound by its kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from facecomp.train.step import train_step
+
+    if not ctx.quick and ctx.left() < 90:
+        raise Skip(f"budget: {ctx.left():.0f} s left, about 60 s needed")
+    preset = "smoke" if ctx.quick else "paper"
+    cfg = load_config(preset, ["runtime.amp=bf16", "runtime.channels_last=true"])
+    cfg.adversarial.d_skip_below = 0.0
+    batches = (2, 4) if ctx.quick else (64, 128, 256)
+    models, updaters = _models(cfg, ctx.device)
+    res: dict = {"preset": preset, "stage": 3, "by_batch": {}}
+    for n in batches:
+        batch, res["batch_source"] = ctx.batch(cfg, n)
+        train_step(models, updaters, batch, cfg, 3, 0)
+        with FlopCounterMode(display=False) as counter:
+            train_step(models, updaters, batch, cfg, 3, 0)
+        sec = ctx.median_s(lambda b=batch: train_step(models, updaters, b, cfg, 3, 1), 10 if ctx.cuda else 1,
+                           warmup=2 if ctx.cuda else 0)
+        tflops = counter.get_total_flops() / sec / 1e12
+        res["by_batch"][str(n)] = {"step_ms": sec * 1e3, "images_per_s": n / sec, "tflops": tflops,
+                                   "mfu_pct_of_measured_bf16_peak": 100 * tflops / ctx.peak_tflops["bf16"]
+                                   if ctx.peak_tflops.get("bf16") else None}
+    batch, _ = ctx.batch(cfg, batches[0])
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if ctx.cuda else [])
+    ctx.sync()
+    t = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for _ in range(3):
+            train_step(models, updaters, batch, cfg, 3, 1)
+        ctx.sync()
+    wall = (time.perf_counter() - t) / 3
+    events = prof.key_averages()
+    if ctx.cuda:  # the GPU's own events (kernels, copies): their self time is when the GPU was busy
+        work = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+        busy = [e.self_device_time_total for e in work]
+    else:  # no device: the CPU ops' own time stands in
+        work = list(events)
+        busy = [e.self_cpu_time_total for e in work]
+    busy_us = sum(busy) / 3
+    top = sorted(zip(busy, work, strict=True), key=lambda t: t[0], reverse=True)[:15]
+    host = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:8]
+    res["profile"] = {
+        "batch": batches[0], "wall_ms_per_step_profiled": wall * 1e3, "device_busy_ms_per_step": busy_us / 1e3,
+        "busy_pct_of_wall": 100 * busy_us / 1e6 / wall,
+        "kernel_launches_per_step": sum(e.count for e in events if e.key.startswith("cudaLaunchKernel")) / 3
+        if ctx.cuda else None,
+        "top_device_work": [{"name": e.key[:90], "ms_per_step": us / 1e3 / 3, "calls_per_step": e.count / 3}
+                            for us, e in top],
+        "top_host_ops": [{"name": e.key[:90], "self_cpu_ms_per_step": e.self_cpu_time_total / 1e3 / 3,
+                          "calls_per_step": e.count / 3} for e in host]}
+    return res
+
+
 # --- 5. export and complete --engine -----------------------------------------------------------------
 
 def _weights(ctx: Context) -> Path | None:
@@ -425,6 +493,10 @@ def untestable(ctx: Context) -> dict:
             "tensorrt": "TensorRT / Torch-TensorRT are not installed there and too big to carry"}
 
 
+# Steps that run in a child process (bench/device_check.py, run_in_child): loading a compiled
+# AOTInductor package on CUDA ended the whole first GPU check with a segfault (2026-11-27).
+ISOLATED = frozenset({"export_aoti_engine"})
+
 STEPS = [("environment", environment), ("kernels", kernels), ("gpu_vs_cpu_fp32", gpu_vs_cpu),
-         ("train_throughput", throughput), ("export_aoti_engine", export_engine),
+         ("train_throughput", throughput), ("train_profile", train_profile), ("export_aoti_engine", export_engine),
          ("deepspeed_zero1", deepspeed_engines), ("not_testable_there", untestable)]

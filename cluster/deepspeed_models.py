@@ -71,6 +71,27 @@ def deepspeed_config(cfg: Config, lr: float, device: torch.device) -> dict[str, 
     return ds
 
 
+class InPrecision:
+    """A DeepSpeed engine called with its floating-point inputs cast to the engine's precision.
+
+    A bf16/fp16 engine holds its weights in that precision and, on CUDA, runs its forward with
+    torch.autocast switched off (DeepSpeed's ``autocast_if_enabled``, unless the JSON has a
+    ``torch_autocast`` section): the step's float32 batch then meets bf16 conv weights and the
+    forward fails ("Input type (torch.cuda.FloatTensor) and weight type (CUDABFloat16Type)", the
+    first GPU device check, 2026-11-27). DeepSpeed's own examples cast the batch to the engine's
+    dtype; this does that. Everything else (``module``, ``backward``, ``step``) is the engine's.
+    """
+
+    def __init__(self, engine: Any, dtype: torch.dtype):
+        self.engine, self.dtype = engine, dtype
+
+    def __call__(self, *args: Any) -> Any:
+        return self.engine(*(a.to(self.dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine, name)
+
+
 @dataclass
 class DeepSpeedModels:
     """The three DeepSpeed engines, and the step's view of the models: D through ``engine.module``.
@@ -82,13 +103,15 @@ class DeepSpeedModels:
     generator: Any
     d_local: Any
     d_global: Any
+    dtype: torch.dtype | None = None  # the engines' precision (bf16/fp16 JSON), None for fp32
 
     def updaters(self) -> dict[str, Any]:
         """The step's updaters, keyed like the modules (facecomp.train.loop.TRAINED)."""
         return {name: getattr(self, name) for name in TRAINED}
 
     def models(self, parsing: torch.nn.Module | None) -> Models:
-        return Models(generator=self.generator, d_local=self.d_local.module, d_global=self.d_global.module,
+        generator = self.generator if self.dtype is None else InPrecision(self.generator, self.dtype)
+        return Models(generator=generator, d_local=self.d_local.module, d_global=self.d_global.module,
                       parsing=parsing)
 
     def modules(self) -> dict[str, torch.nn.Module]:
@@ -117,7 +140,7 @@ def wrap_models(models: Models, cfg: Config, device: torch.device) -> DeepSpeedM
         engine, *_ = deepspeed.initialize(model=mod, model_parameters=[p for p in mod.parameters()],
                                           config=deepspeed_config(cfg, lrs[name], device))
         wrapped[name] = engine
-    return DeepSpeedModels(**wrapped)
+    return DeepSpeedModels(**wrapped, dtype=dtype)
 
 
 def make_agree(world_size: int):

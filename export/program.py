@@ -25,6 +25,7 @@ class ExportableGenerator(nn.Module):
     def __init__(self, generator: nn.Module, dtype: torch.dtype, channels_last: bool):
         super().__init__()
         self.generator = copy.deepcopy(generator).eval().to(dtype)
+        drop_unused_buffers(self.generator)
         if channels_last:
             self.generator = self.generator.to(memory_format=torch.channels_last)
         self.dtype = dtype
@@ -35,6 +36,17 @@ class ExportableGenerator(nn.Module):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.generator(x).float().contiguous()
+
+
+def drop_unused_buffers(module: nn.Module) -> None:
+    """Remove BatchNorm's ``num_batches_tracked``: a 0-dim int64 counter that only training with
+    ``momentum=None`` reads. Exported, each becomes a 0-dim constant of the compiled program, and the
+    first AOTInductor CUDA package we built (20 of them, bf16) crashed the process with a segfault
+    while loading its constants (bench/RESULTS.md, "Device check"; pytorch/pytorch#172739 reports
+    the same crash for a 0-dim buffer constant)."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.num_batches_tracked is not None:
+            m.register_buffer("num_batches_tracked", None)
 
 
 def input_shape(generator: nn.Module) -> tuple[int, int, int]:

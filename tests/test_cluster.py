@@ -310,6 +310,25 @@ def test_deepspeed_config_may_not_own_batch_or_optimizer(smoke_cfg, tmp_path):
         deepspeed_config(smoke_cfg, 1e-3, torch.device("cpu"))
 
 
+def test_bf16_engine_takes_the_float32_batch_without_autocast(smoke_cfg, dist_world_1):
+    """On CUDA a bf16 engine runs its forward with autocast off, so the step's float32 batch must be cast
+    to bf16 before it meets the weights (it was not: the first GPU device check failed there). The CPU
+    shows the same failure when no autocast is active at all, which is what this calls."""
+    from facecomp.cluster.deepspeed_models import wrap_models
+    from facecomp.train.loop import build_models
+
+    cfg = smoke_cfg
+    cfg.cluster.deepspeed, cfg.runtime.amp = "zero1_bf16", "bf16"
+    wrapped = wrap_models(build_models(cfg, 1, torch.device("cpu")), cfg, torch.device("cpu"))
+    g = wrapped.models(None).generator
+    s = cfg.generator.image_size
+    x = torch.rand(2, wrapped.generator.module.in_channels, s, s) * 2 - 1  # float32, as train_step makes it
+    with torch.no_grad():
+        out = g(x)
+    assert out.dtype == torch.bfloat16 and out.shape == (2, 3, s, s)
+    assert g.module is wrapped.generator.module  # the rest is the engine's own
+
+
 @pytest.mark.parametrize("ds_name", ["zero1_bf16", "zero2_bf16"])
 def test_bf16_deepspeed_models_train(smoke_cfg, face_files, dist_world_1, ds_name):
     """bf16 DeepSpeed engines (weights in bf16, fp32 master copy in ZeRO) with channels_last activations, as the cpu

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-STEPS = ["environment", "kernels", "gpu_vs_cpu_fp32", "train_throughput", "export_aoti_engine", "deepspeed_zero1",
-         "not_testable_there"]
+STEPS = ["environment", "kernels", "gpu_vs_cpu_fp32", "train_throughput", "train_profile", "export_aoti_engine",
+         "deepspeed_zero1", "not_testable_there"]
 
 
 def _numbers(obj):
@@ -40,7 +40,8 @@ def test_device_check_runs_on_the_cpu_from_source(tmp_path):
     assert report["facecomp_from"] == "source" and report["quick"] and report["device"]["type"] == "cpu"
     steps = {s["name"]: s for s in report["steps"]}
     assert list(steps) == STEPS
-    for name in STEPS[:5]:
+    assert report["partial"] is False
+    for name in STEPS[:6]:
         assert steps[name]["status"] == "ok", steps[name]
         assert steps[name]["seconds"] > 0
     assert steps["deepspeed_zero1"]["status"] in ("ok", "skipped"), steps["deepspeed_zero1"]
@@ -57,6 +58,27 @@ def test_device_check_runs_on_the_cpu_from_source(tmp_path):
     for row in smoke["eager"].values():
         assert row["tflop_per_step"] > 0 and row["mfu_pct_of_measured_bf16_peak"] > 0
     assert smoke["compile"]["status"] == "skipped"
+    profile = steps["train_profile"]["result"]
+    assert list(profile["by_batch"]) == ["2", "4"] and profile["profile"]["top_device_work"]
+    assert 0 < profile["profile"]["device_busy_ms_per_step"]
+    assert steps["export_aoti_engine"]["process"] == "child"  # a native crash there must not end the check
     export = steps["export_aoti_engine"]["result"]
     assert export["export_rc"] == 0 and export["batch4"]["parity_psnr_db"] > 90
     assert report["faces"] == 0 or export["complete_rc"] == 0
+
+
+def test_a_step_whose_process_dies_is_recorded_not_fatal(tmp_path):
+    """run_in_child turns a child that leaves no report (here: it refuses an unknown step and exits 2)
+    into a 'crashed' record with the reason and the child's stderr, where a segfault ended the check."""
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import device_check
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    import argparse
+
+    args = argparse.Namespace(device="cpu", quick=True, faces=None)
+    record = device_check.run_in_child("no_such_step", args, tmp_path, 30.0)
+    assert record["status"] == "crashed" and record["process"] == "child"
+    assert record["error"].startswith("the step's process exited with status")
+    assert "unknown step" in record["stderr_tail"]

@@ -343,3 +343,15 @@ def test_tensorrt_fp16_matches_eager(tmp_path):
         x = example_input(eager, n, "cuda")
         with torch.no_grad():
             assert parity(eager(x), engine(x))["psnr_db"] > 45
+
+
+def test_exported_program_has_no_0dim_buffers(eager):
+    """BatchNorm's num_batches_tracked (0-dim int64, unused in eval) must not reach the compiled program:
+    as 0-dim constants they crashed the loading of the first AOTInductor CUDA package (device check,
+    2026-11-27). The eager generator still has them; the exported one holds only real tensors."""
+    assert any(v.dim() == 0 for v in eager.state_dict().values())  # what the export has to drop
+    for precision in ("fp32", "bf16"):
+        program = export_program(eager, ExportConfig(format="aoti", precision=precision, batch=BatchRange(1, 2, 4)))
+        assert [k for k, v in program.state_dict.items() if v.dim() == 0] == []
+        assert not any("num_batches_tracked" in k for k in program.state_dict)
+        assert program.constants == {}

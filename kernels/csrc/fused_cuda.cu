@@ -1,11 +1,17 @@
-// CUDA versions of the fused ops in fused.cpp: a grid-stride loop over the logical NCHW index, so
-// any memory layout works and the noise of element i is the CPU's, bit for bit (noise.h; the
-// build passes -fmad=false so products round exactly as on the CPU and in the reference).
+// CUDA versions of the fused ops in fused.cpp. One thread per pixel (n, h, w), looping over the three
+// colour channels: the mask is read once per pixel, and all index arithmetic is 32-bit (fused.cpp
+// refuses tensors of 2^32 elements or more, so pixel and element indices fit). The first version ran
+// a thread per element with four 64-bit divisions each, which the H200 executes as long instruction
+// sequences: it reached 16-21% of the copy bandwidth (bench/RESULTS.md, "Device check"). Memory
+// offsets are still taken through the tensors' strides, in 64-bit, so any layout works, and the noise
+// of logical NCHW element i is the CPU's, bit for bit (noise.h; the build passes -fmad=false so
+// products round exactly as on the CPU and in the reference).
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/extension.h>
 
 #include "noise.h"
@@ -21,66 +27,98 @@ struct Strides4 {
 
 Strides4 strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
 
-__device__ __forceinline__ int64_t at4(const Strides4& s, int64_t n, int64_t c, int64_t h, int64_t w) {
-  return n * s.s0 + c * s.s1 + h * s.s2 + w * s.s3;
+__device__ __forceinline__ int64_t at4(const Strides4& s, uint32_t n, uint32_t c, uint32_t h, uint32_t w) {
+  return int64_t(n) * s.s0 + int64_t(c) * s.s1 + int64_t(h) * s.s2 + int64_t(w) * s.s3;
 }
 
+// The pixel p = (n * H + h) * W + w split into its coordinates: two 32-bit divisions per pixel.
+struct Pixel {
+  uint32_t n, hw, h, w;
+};
+
+__device__ __forceinline__ Pixel pixel_of(uint32_t p, uint32_t H, uint32_t W) {
+  const uint32_t HW = H * W;
+  const uint32_t n = p / HW, hw = p - n * HW, h = hw / W;
+  return {n, hw, h, hw - h * W};
+}
+
+// Grid-stride loop over pixels. pixels < 2^32 / 3 and the stride < 2^28, so p never wraps.
+#define FOR_EACH_PIXEL(p, pixels) \
+  for (uint32_t p = blockIdx.x * blockDim.x + threadIdx.x; p < (pixels); p += blockDim.x * gridDim.x)
+
 template <typename T>
-__global__ void fill_kernel(const T* x, const T* m, T* out, Strides4 xs, Strides4 ms, Strides4 os, int64_t H,
-                            int64_t W, int64_t total, uint32_t k0, uint32_t k1, bool mask_channel) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(blockDim.x) * gridDim.x) {
-    const int64_t w = i % W, h = (i / W) % H, c = (i / (W * H)) % 3, n = i / (W * H * 3);
-    const acc<T> mv = static_cast<acc<T>>(m[at4(ms, n, 0, h, w)]);
-    const acc<T> z = facecomp::noise_at(static_cast<uint32_t>(i), k0, k1);
-    out[at4(os, n, c, h, w)] = static_cast<T>(mv * z + (acc<T>(1) - mv) * static_cast<acc<T>>(x[at4(xs, n, c, h, w)]));
-    if (mask_channel && c == 0) out[at4(os, n, 3, h, w)] = m[at4(ms, n, 0, h, w)];
+__global__ void fill_kernel(const T* x, const T* m, T* out, Strides4 xs, Strides4 ms, Strides4 os, uint32_t H,
+                            uint32_t W, uint32_t pixels, uint32_t k0, uint32_t k1, bool mask_channel) {
+  FOR_EACH_PIXEL(p, pixels) {
+    const Pixel q = pixel_of(p, H, W);
+    const T m_raw = m[at4(ms, q.n, 0, q.h, q.w)];
+    const acc<T> mv = static_cast<acc<T>>(m_raw);
+#pragma unroll
+    for (uint32_t c = 0; c < 3; ++c) {
+      const uint32_t i = (q.n * 3 + c) * (H * W) + q.hw;  // the logical NCHW index: the noise key
+      const acc<T> z = facecomp::noise_at(i, k0, k1);
+      const acc<T> xv = static_cast<acc<T>>(x[at4(xs, q.n, c, q.h, q.w)]);
+      out[at4(os, q.n, c, q.h, q.w)] = static_cast<T>(mv * z + (acc<T>(1) - mv) * xv);
+    }
+    if (mask_channel) out[at4(os, q.n, 3, q.h, q.w)] = m_raw;
   }
 }
 
 template <typename T>
 __global__ void composite_kernel(const T* x, const T* g, const T* m, T* out, Strides4 xs, Strides4 gs, Strides4 ms,
-                                 Strides4 os, int64_t H, int64_t W, int64_t total) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(blockDim.x) * gridDim.x) {
-    const int64_t w = i % W, h = (i / W) % H, c = (i / (W * H)) % 3, n = i / (W * H * 3);
-    const acc<T> mv = static_cast<acc<T>>(m[at4(ms, n, 0, h, w)]);
-    out[at4(os, n, c, h, w)] = static_cast<T>(mv * static_cast<acc<T>>(g[at4(gs, n, c, h, w)]) +
-                                              (acc<T>(1) - mv) * static_cast<acc<T>>(x[at4(xs, n, c, h, w)]));
+                                 Strides4 os, uint32_t H, uint32_t W, uint32_t pixels) {
+  FOR_EACH_PIXEL(p, pixels) {
+    const Pixel q = pixel_of(p, H, W);
+    const acc<T> mv = static_cast<acc<T>>(m[at4(ms, q.n, 0, q.h, q.w)]);
+#pragma unroll
+    for (uint32_t c = 0; c < 3; ++c) {
+      const acc<T> gv = static_cast<acc<T>>(g[at4(gs, q.n, c, q.h, q.w)]);
+      const acc<T> xv = static_cast<acc<T>>(x[at4(xs, q.n, c, q.h, q.w)]);
+      out[at4(os, q.n, c, q.h, q.w)] = static_cast<T>(mv * gv + (acc<T>(1) - mv) * xv);
+    }
   }
 }
 
 template <typename T>
 __global__ void backward_kernel(const T* gy, const T* m, T* gx, T* gg, Strides4 ys, Strides4 ms, Strides4 xs,
-                                Strides4 gs, int64_t H, int64_t W, int64_t total) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(blockDim.x) * gridDim.x) {
-    const int64_t w = i % W, h = (i / W) % H, c = (i / (W * H)) % 3, n = i / (W * H * 3);
-    const acc<T> mv = static_cast<acc<T>>(m[at4(ms, n, 0, h, w)]);
-    const acc<T> gv = static_cast<acc<T>>(gy[at4(ys, n, c, h, w)]);
-    gx[at4(xs, n, c, h, w)] = static_cast<T>((acc<T>(1) - mv) * gv);
-    if (gg) gg[at4(gs, n, c, h, w)] = static_cast<T>(mv * gv);
+                                Strides4 gs, uint32_t H, uint32_t W, uint32_t pixels) {
+  FOR_EACH_PIXEL(p, pixels) {
+    const Pixel q = pixel_of(p, H, W);
+    const acc<T> mv = static_cast<acc<T>>(m[at4(ms, q.n, 0, q.h, q.w)]);
+#pragma unroll
+    for (uint32_t c = 0; c < 3; ++c) {
+      const acc<T> gv = static_cast<acc<T>>(gy[at4(ys, q.n, c, q.h, q.w)]);
+      gx[at4(xs, q.n, c, q.h, q.w)] = static_cast<T>((acc<T>(1) - mv) * gv);
+      if (gg) gg[at4(gs, q.n, c, q.h, q.w)] = static_cast<T>(mv * gv);
+    }
   }
 }
+
+#undef FOR_EACH_PIXEL
 
 at::Tensor empty_like_format(const at::Tensor& x, int64_t channels) {
   return at::empty({x.size(0), channels, x.size(2), x.size(3)}, x.options().memory_format(x.suggest_memory_format()));
 }
 
-dim3 blocks_for(int64_t total) {
+dim3 blocks_for(int64_t pixels) {
   const int64_t threads = 256;
-  return dim3(static_cast<unsigned>(std::min<int64_t>((total + threads - 1) / threads, 65535 * 8)));
+  return dim3(static_cast<unsigned>(std::min<int64_t>((pixels + threads - 1) / threads, 65535 * 8)));
 }
+
+uint32_t pixels_of(const at::Tensor& t) { return static_cast<uint32_t>(t.size(0) * t.size(2) * t.size(3)); }
 
 }  // namespace
 
 at::Tensor fill_cuda(const at::Tensor& x, const at::Tensor& m, uint32_t k0, uint32_t k1, bool mask_channel) {
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor out = empty_like_format(x, mask_channel ? 4 : 3);
-  const int64_t H = x.size(2), W = x.size(3), total = x.numel();
-  if (total == 0) return out;
-  auto stream = at::cuda::getCurrentCUDAStream();
+  const uint32_t H = x.size(2), W = x.size(3), pixels = pixels_of(x);
+  if (pixels == 0) return out;
+  auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fill_cuda", [&] {
-    fill_kernel<scalar_t><<<blocks_for(total), 256, 0, stream>>>(
+    fill_kernel<scalar_t><<<blocks_for(pixels), 256, 0, stream>>>(
         x.data_ptr<scalar_t>(), m.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), strides_of(x), strides_of(m),
-        strides_of(out), H, W, total, k0, k1, mask_channel);
+        strides_of(out), H, W, pixels, k0, k1, mask_channel);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
@@ -89,13 +127,13 @@ at::Tensor fill_cuda(const at::Tensor& x, const at::Tensor& m, uint32_t k0, uint
 at::Tensor composite_cuda(const at::Tensor& x, const at::Tensor& g, const at::Tensor& m) {
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor out = empty_like_format(x, 3);
-  const int64_t H = x.size(2), W = x.size(3), total = x.numel();
-  if (total == 0) return out;
-  auto stream = at::cuda::getCurrentCUDAStream();
+  const uint32_t H = x.size(2), W = x.size(3), pixels = pixels_of(x);
+  if (pixels == 0) return out;
+  auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "composite_cuda", [&] {
-    composite_kernel<scalar_t><<<blocks_for(total), 256, 0, stream>>>(
+    composite_kernel<scalar_t><<<blocks_for(pixels), 256, 0, stream>>>(
         x.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), m.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
-        strides_of(x), strides_of(g), strides_of(m), strides_of(out), H, W, total);
+        strides_of(x), strides_of(g), strides_of(m), strides_of(out), H, W, pixels);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
@@ -105,14 +143,14 @@ std::vector<at::Tensor> blend_backward_cuda(const at::Tensor& gy, const at::Tens
   const c10::cuda::CUDAGuard guard(gy.device());
   at::Tensor gx = empty_like_format(gy, 3);
   at::Tensor gg = both ? empty_like_format(gy, 3) : at::Tensor();
-  const int64_t H = gy.size(2), W = gy.size(3), total = gy.numel();
-  if (total > 0) {
-    auto stream = at::cuda::getCurrentCUDAStream();
+  const uint32_t H = gy.size(2), W = gy.size(3), pixels = pixels_of(gy);
+  if (pixels > 0) {
+    auto stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gy.scalar_type(), "blend_backward_cuda", [&] {
-      backward_kernel<scalar_t><<<blocks_for(total), 256, 0, stream>>>(
+      backward_kernel<scalar_t><<<blocks_for(pixels), 256, 0, stream>>>(
           gy.data_ptr<scalar_t>(), m.data_ptr<scalar_t>(), gx.data_ptr<scalar_t>(),
           both ? gg.data_ptr<scalar_t>() : nullptr, strides_of(gy), strides_of(m), strides_of(gx),
-          both ? strides_of(gg) : strides_of(gx), H, W, total);
+          both ? strides_of(gg) : strides_of(gx), H, W, pixels);
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
