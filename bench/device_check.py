@@ -98,6 +98,7 @@ def run_steps(ctx, steps, isolate=None, saved=None) -> list[dict]:
                 record["traceback"] = traceback.format_exc(limit=6)[-3000:]
         record["seconds"] = round(time.perf_counter() - started, 2)
         records.append(record)
+        ctx.records[name] = record
         print(f"[device_check] {name}: {record['status']} in {record['seconds']} s", flush=True)
         if saved:
             saved(records)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = ["environment", "kernels", "gpu_vs_cpu_fp32", "train_throughput", "train_profile", "export_aoti_engine",
-         "deepspeed_zero1", "not_testable_there"]
+         "aoti_probe", "deepspeed_zero1", "not_testable_there"]
 
 
 def _numbers(obj):
@@ -44,6 +44,8 @@ def test_device_check_runs_on_the_cpu_from_source(tmp_path):
     for name in STEPS[:6]:
         assert steps[name]["status"] == "ok", steps[name]
         assert steps[name]["seconds"] > 0
+    assert steps["aoti_probe"]["status"] == "skipped"  # it only runs after the export step crashed
+    assert "did not crash" in steps["aoti_probe"]["reason"]
     assert steps["deepspeed_zero1"]["status"] in ("ok", "skipped"), steps["deepspeed_zero1"]
     assert steps["not_testable_there"]["status"] == "untestable"
     assert report["all_finite"] and all(math.isfinite(x) for x in _numbers(report))
@@ -82,3 +84,15 @@ def test_a_step_whose_process_dies_is_recorded_not_fatal(tmp_path):
     assert record["status"] == "crashed" and record["process"] == "child"
     assert record["error"].startswith("the step's process exited with status")
     assert "unknown step" in record["stderr_tail"]
+
+
+def test_aoti_probe_builds_and_loads_in_separate_processes(tmp_path):
+    """bench/aoti_probe.py on the CPU with its smallest variant: compiled in one child, loaded and run
+    in another, the parity with eager recorded (on the GPU it names the build that crashes)."""
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'bench'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "aoti_probe.py"), "--device", "cpu", "--variants", "tiny",
+                        "--out", str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    (v,) = json.loads((tmp_path / "aoti_probe.json").read_text())["variants"]
+    assert v["variant"] == "tiny" and v["compile"]["status"] == "ok" and v["compile"]["package_bytes"] > 0
+    assert v["load_and_run"]["status"] == "ok" and v["load_and_run"]["max_abs_vs_eager"] < 1e-4
