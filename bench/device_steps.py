@@ -445,10 +445,10 @@ def export_engine(ctx: Context) -> dict:
 
 
 def aoti_probe(ctx: Context) -> dict:
-    """Only after export_aoti_engine crashed: which AOTInductor builds load here (bench/aoti_probe.py)."""
+    """Only after export_aoti_engine failed or crashed: which AOTInductor builds load here (bench/aoti_probe.py)."""
     export = ctx.records.get("export_aoti_engine", {})
-    if export.get("status") != "crashed":
-        raise Skip(f"export_aoti_engine did not crash ({export.get('status', 'not run')}): nothing to narrow down")
+    if export.get("status") not in ("crashed", "fail", "error"):
+        raise Skip(f"export_aoti_engine did not fail ({export.get('status', 'not run')}): nothing to narrow down")
     if ctx.left() < 120:
         raise Skip(f"budget: {ctx.left():.0f} s left, the probe needs about 200 s")
     variants = "tiny" if ctx.quick else "tiny,no_freezing,fp32_no_freezing,contiguous"

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +68,31 @@ class AotiFormat:
         with torch.no_grad():
             torch._inductor.aoti_compile_and_package(program, package_path=str(folder / self.file),
                                                      inductor_configs=self.INDUCTOR_CONFIGS)
+        if cfg.device == "cuda":
+            self.check_loads(folder / self.file)
         return [self.file]
+
+    @staticmethod
+    def check_loads(package: Path, timeout_s: float = 300.0) -> None:
+        """Load ``package`` in a child process first; ExportUnavailable if that process fails or dies.
+
+        On the first GPU it ran on (H200, torch 2.11 + CUDA 13), loading a freshly built CUDA package
+        killed the process with SIGSEGV inside ``aoti_load_package`` (bench/RESULTS.md, "Device check on
+        a GPU"): in the exporting process that is a bare "Segmentation fault" and no artifact. Probing
+        in a child turns it into one line that says what happened and what to use instead.
+        """
+        code = "import sys, torch; torch._inductor.aoti_load_package(sys.argv[1])"
+        r = subprocess.run([sys.executable, "-c", code, str(package)], capture_output=True, text=True,
+                           timeout=timeout_s)
+        if r.returncode == 0:
+            return
+        how = f"died of {signal.Signals(-r.returncode).name}" if r.returncode < 0 else f"failed ({r.returncode})"
+        last = (r.stderr.strip().splitlines() or [""])[-1][:300]
+        raise ExportUnavailable(
+            f"the AOTInductor package was built, but loading it {how} in a test process"
+            + (f": {last}" if last else "") + f" (torch {torch.__version__}). This is a known problem of "
+            "AOTInductor on CUDA (README, 'Known problem: AOTInductor on CUDA'); use --format onnx, or serve "
+            "the eager model")
 
     def load(self, folder: Path, meta: ArtifactMeta) -> ArtifactFn:
         self.check_available(ExportConfig(format=self.name, device=meta.device))

@@ -355,3 +355,16 @@ def test_exported_program_has_no_0dim_buffers(eager):
         assert [k for k, v in program.state_dict.items() if v.dim() == 0] == []
         assert not any("num_batches_tracked" in k for k in program.state_dict)
         assert program.constants == {}
+
+
+def test_a_cuda_aoti_package_is_load_tested_in_a_child_first(aoti_fp32, tmp_path):
+    """AotiFormat.check_loads (run after every CUDA build) loads the package in another process: a package
+    that loads passes; one whose loading fails is refused with one line naming the known problem, where
+    the exporting process itself would have died (the CUDA loader segfaulted on the first GPU)."""
+    from facecomp.export.formats import AotiFormat
+
+    AotiFormat.check_loads(aoti_fp32 / "generator.pt2")  # a real package (CPU here): no error
+    broken = tmp_path / "generator.pt2"
+    broken.write_bytes((aoti_fp32 / "generator.pt2").read_bytes()[:4096])  # a truncated archive
+    with pytest.raises(ExportUnavailable, match=r"loading it failed \(1\).*Known problem: AOTInductor on CUDA"):
+        AotiFormat.check_loads(broken)
