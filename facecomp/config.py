@@ -135,7 +135,8 @@ class ValidationConfig:
     result is the checkpoint and variant with the best ``select`` score among steps >= ``select_after``.
     """
 
-    SELECT: ClassVar[tuple[str, ...]] = ("hole_psnr", "ssim", "last")  # facecomp.train.validation.choose
+    # facecomp.train.validation.choose; "identity" is the one where lower is better
+    SELECT: ClassVar[tuple[str, ...]] = ("hole_psnr", "ssim", "identity", "last")
 
     faces: int = 64  # 0 = no validation
     root: str = ""  # CelebA folder of the validation faces; "" = the first of data.roots
@@ -144,8 +145,12 @@ class ValidationConfig:
     every: int = 0  # extra validation steps between checkpoints (0 = at checkpoints only)
     batch_size: int = 64
     seed: int = 1234  # noise of the holes, fixed so every validation sees the same input
-    select: str = "hole_psnr"  # "hole_psnr" | "ssim" (means over the masks) | "last"
+    select: str = "hole_psnr"  # "hole_psnr" | "ssim" | "identity" (means over the masks) | "last"
     select_after: int = 0  # checkpoints before this step are not candidates (e.g. the adversarial warm-up)
+    # Also score identity distance: dlib's 128-D embedding of each completed face against its original's
+    # (facecomp.identity; needs the 'faces' extra). Pixels and structure can improve while the completed
+    # halves drift away from the person (issue 16's recognition criterion), which SSIM does not see.
+    identity: bool = False
 
     def __post_init__(self) -> None:
         self.check()
@@ -155,6 +160,8 @@ class ValidationConfig:
         _choice("validation.partition", self.partition, DataConfig.PARTITIONS)
         if self.faces < 0 or self.every < 0 or self.batch_size < 1:
             raise ValueError(f"validation: faces >= 0, every >= 0, batch_size >= 1; got {self}")
+        if self.select == "identity" and not self.identity:
+            raise ValueError("validation.select=identity needs validation.identity=true")
 
 
 @dataclass(kw_only=True)

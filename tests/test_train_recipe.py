@@ -137,6 +137,22 @@ def test_choose_follows_the_stated_rule():
     assert val.choose(hist, "hole_psnr", 7) is None
 
 
+def test_choose_by_identity_takes_the_smallest_distance():
+    hist = [{"step": 2, "raw": {"identity": 0.40}, "ema": {"identity": 0.35}},
+            {"step": 4, "raw": {"identity": 0.33}, "ema": {"identity": 0.33}},
+            {"step": 6, "raw": {"identity": 0.38}}]
+    assert val.choose(hist, "identity", 0) == {"step": 4, "variant": "raw", "score": -0.33}  # tie: raw
+    assert val.choose(hist, "identity", 5)["step"] == 6
+
+
+def test_select_identity_needs_identity_scored():
+    from facecomp.config import ValidationConfig
+
+    with pytest.raises(ValueError, match="validation.identity=true"):
+        ValidationConfig(select="identity")
+    assert ValidationConfig(select="identity", identity=True).identity
+
+
 def test_best_checkpoint_survives_pruning(tmp_path):
     mod = nn.Linear(2, 2)
     for step in (1, 2, 3, 4):
@@ -155,6 +171,27 @@ def test_validation_scores_are_reproducible(celeba, smoke_cfg):
     assert a == b and gen.training  # scoring leaves the module in training mode
     assert all(math.isfinite(v) for v in a.values()) and 0 < a["ssim"] < 1
     assert a["hole_psnr"] == pytest.approx(np.mean([a[f"hole_psnr/O{i}"] for i in range(1, 7)]))
+
+
+@pytest.mark.skipif(not __import__("facecomp.faces").faces.available(),
+                    reason="needs the 'faces' extra (dlib-bin, face-recognition-models)")
+def test_validation_scores_identity_distance(celeba, smoke_cfg):
+    """With validation.identity each mask gets the mean embedding distance of the completions to their
+    originals: zero for a generator that returns the original face, larger for one that does not."""
+    smoke_cfg.data.root = str(celeba)
+    smoke_cfg.validation.identity, smoke_cfg.validation.batch_size = True, 64  # one batch: the oracle below
+    vset = val.load_validation_set(smoke_cfg)
+    assert vset.identity is not None and vset.identity.embeddings.shape == (4, 128)
+
+    class Oracle(nn.Module):  # puts each original face back: a perfect completion
+        def forward(self, x_in):
+            return vset.faces[: len(x_in)].to(x_in.dtype)
+
+    perfect = val.score(Oracle(), vset, smoke_cfg, torch.device("cpu"))
+    random_g = val.score(build_models(smoke_cfg, 1, torch.device("cpu")).generator, vset, smoke_cfg,
+                         torch.device("cpu"))
+    assert perfect["identity"] < 1e-6 and random_g["identity"] > 0.05
+    assert random_g["identity"] == pytest.approx(np.mean([random_g[f"identity/O{i}"] for i in range(1, 7)]))
 
 
 def test_a_run_validates_chooses_and_records_its_result(celeba, smoke_cfg, tmp_path):

@@ -299,7 +299,8 @@ class _PlainStage(StageHooks):
             for key, value in record.get(variant, {}).items():
                 self.writer.add_scalar(f"stage{self.stage}/val_{variant}/{key}", value, step)
         write_json(self.run_dir / "validation.json", state.validation)
-        log.info("validation at step %d: %s", step, {k: round(record["raw"][k], 3) for k in ("hole_psnr", "ssim")})
+        log.info("validation at step %d: %s", step,
+                 {k: round(record["raw"][k], 3) for k in ("hole_psnr", "ssim", "identity") if k in record["raw"]})
 
     def save(self, state: RunState) -> None:
         cfg, stage, step = self.cfg, self.stage, state.step
