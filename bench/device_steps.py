@@ -356,6 +356,7 @@ def train_profile(ctx: Context) -> dict:
                                    "mfu_pct_of_measured_bf16_peak": 100 * tflops / ctx.peak_tflops["bf16"]
                                    if ctx.peak_tflops.get("bf16") else None}
     batch, _ = ctx.batch(cfg, batches[0])
+    res["adam_at_first_batch"] = _adam_variants(ctx, cfg, models, batch)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if ctx.cuda else [])
     ctx.sync()
     t = time.perf_counter()
@@ -384,6 +385,27 @@ def train_profile(ctx: Context) -> dict:
         "top_host_ops": [{"name": e.key[:90], "self_cpu_ms_per_step": e.self_cpu_time_total / 1e3 / 3,
                           "calls_per_step": e.count / 3} for e in host]}
     return res
+
+
+def _adam_variants(ctx: Context, cfg, models, batch) -> dict:
+    """The step with torch's default Adam (foreach on CUDA) and with its fused kernel, timed alternately
+    (median of the per-round times): Adam's step was the second-largest GPU item of the first profile."""
+    from facecomp.train.loop import TRAINED, base_lrs, build_updaters
+    from facecomp.train.step import train_step
+
+    lrs, betas = base_lrs(cfg.optim), (cfg.optim.beta1, cfg.optim.beta2)
+    updaters = {}
+    for kind in ("default", "fused"):
+        extra = {"fused": True} if kind == "fused" else {}
+        opts = {n: torch.optim.Adam(getattr(models, n).parameters(), lr=lrs[n], betas=betas, **extra) for n in TRAINED}
+        updaters[kind] = build_updaters(models, opts, cfg)
+        train_step(models, updaters[kind], batch, cfg, 3, 1)  # Adam's state is made on its first step
+    times: dict[str, list[float]] = {k: [] for k in updaters}
+    for _ in range(5 if ctx.cuda else 1):
+        for kind, up in updaters.items():
+            times[kind].append(ctx.median_s(lambda u=up: train_step(models, u, batch, cfg, 3, 1), 3, warmup=1))
+    ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    return {"step_ms": ms, "fused_speedup": ms["default"] / ms["fused"]}
 
 
 # --- 5. export and complete --engine -----------------------------------------------------------------

@@ -63,6 +63,7 @@ def test_device_check_runs_on_the_cpu_from_source(tmp_path):
     profile = steps["train_profile"]["result"]
     assert list(profile["by_batch"]) == ["2", "4"] and profile["profile"]["top_device_work"]
     assert 0 < profile["profile"]["device_busy_ms_per_step"]
+    assert set(profile["adam_at_first_batch"]["step_ms"]) == {"default", "fused"}
     assert steps["export_aoti_engine"]["process"] == "child"  # a native crash there must not end the check
     export = steps["export_aoti_engine"]["result"]
     assert export["export_rc"] == 0 and export["batch4"]["parity_psnr_db"] > 90
