@@ -89,7 +89,7 @@ def test_config_choices_are_the_components_registries():
     assert set(load_config("smoke").generator.NORMS) == set(layers.NORMS)
     for decay in OptimConfig.LR_DECAYS:
         assert 0 < lr_factor(OptimConfig(lr_decay=decay, lr_final=0.5), 9, 10) <= 1
-    hist = [{"step": 1, "raw": {"hole_psnr": 1.0, "ssim": 0.5}}]
+    hist = [{"step": 1, "raw": {"hole_psnr": 1.0, "ssim": 0.5, "identity": 0.4}}]
     for rule in ValidationConfig.SELECT:
         assert validation.choose(hist, rule, 0)["step"] == 1
     # the CLI offers exactly those choices
