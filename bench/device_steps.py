@@ -390,16 +390,15 @@ def train_profile(ctx: Context) -> dict:
 def _adam_variants(ctx: Context, cfg, models, batch) -> dict:
     """The step with torch's default Adam (foreach on CUDA) and with its fused kernel, timed alternately
     (median of the per-round times): Adam's step was the second-largest GPU item of the first profile."""
-    from facecomp.train.loop import TRAINED, base_lrs, build_updaters
+    from facecomp.train.loop import build_optimizers, build_updaters
     from facecomp.train.step import train_step
 
-    lrs, betas = base_lrs(cfg.optim), (cfg.optim.beta1, cfg.optim.beta2)
-    updaters = {}
-    for kind in ("default", "fused"):
-        extra = {"fused": True} if kind == "fused" else {}
-        opts = {n: torch.optim.Adam(getattr(models, n).parameters(), lr=lrs[n], betas=betas, **extra) for n in TRAINED}
-        updaters[kind] = build_updaters(models, opts, cfg)
-        train_step(models, updaters[kind], batch, cfg, 3, 1)  # Adam's state is made on its first step
+    default = build_optimizers(models, cfg)  # the trainer's own Adams; the fused ones differ in that flag only
+    fused = {n: type(o)(o.param_groups[0]["params"], **{**o.defaults, "foreach": None, "fused": True})
+             for n, o in default.items()}
+    updaters = {"default": build_updaters(models, default, cfg), "fused": build_updaters(models, fused, cfg)}
+    for up in updaters.values():
+        train_step(models, up, batch, cfg, 3, 1)  # Adam's state is made on its first step
     times: dict[str, list[float]] = {k: [] for k in updaters}
     for _ in range(5 if ctx.cuda else 1):
         for kind, up in updaters.items():

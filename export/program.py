@@ -40,10 +40,10 @@ class ExportableGenerator(nn.Module):
 
 def drop_unused_buffers(module: nn.Module) -> None:
     """Remove BatchNorm's ``num_batches_tracked``: a 0-dim int64 counter that only training with
-    ``momentum=None`` reads. Exported, each becomes a 0-dim constant of the compiled program, and the
-    first AOTInductor CUDA package we built (20 of them, bf16) crashed the process with a segfault
-    while loading its constants (bench/RESULTS.md, "Device check"; pytorch/pytorch#172739 reports
-    the same crash for a 0-dim buffer constant)."""
+    ``momentum=None`` reads, so an eval-mode program has no use for it. Exported, each became a 0-dim
+    constant of the compiled program; pytorch/pytorch#172739 reports AOTInductor crashing on such
+    constants, and it was the first suspect of our CUDA load crash. Without them that crash still
+    happened (bench/RESULTS.md, "Device check on a GPU"): they are dropped as dead weight, not as its fix."""
     for m in module.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.num_batches_tracked is not None:
             m.register_buffer("num_batches_tracked", None)
