@@ -199,6 +199,32 @@ def test_recognition_command(celeba, generator_weights, tmp_path):  # noqa: F811
     assert (out / "recognition.png").stat().st_size > 1000
     s = res["summary"]["O4"]
     assert s["original"]["top5"] >= 0.8 and all(0 <= s[m]["top1"] <= s[m]["top5"] <= 1 for m in res["methods"])
+    assert all(s[m]["top1_ci"][0] <= s[m]["top1"] <= s[m]["top1_ci"][1] for m in res["methods"])
+    # the paired split agrees with the per-probe ranks it was computed from
+    ranks, vs = res["ranks"]["O4"], res["vs_noise"]["O4"]
+    assert set(vs) == {"telea", "smoke", "smoke+poisson"}
+    hits = {m: [r == 0 for r in ranks[m]] for m in ranks}
+    top1 = {m: sum(h) / len(h) for m, h in hits.items()}
+    assert top1["smoke"] == s["smoke"]["top1"]
+    assert vs["smoke"]["a_only"] - vs["smoke"]["b_only"] == round((top1["smoke"] - top1["noise"]) * len(ranks["noise"]))
+    assert "against noise fill, probe by probe" in (out / "recognition.md").read_text()
+
+
+def test_recognition_paired_test():
+    from facecomp.eval.recognition import paired, top1_ci
+
+    # 10 probes: a alone recognises 6, b alone 0 -> McNemar's exact p = 2 * 0.5**6
+    a, b = [0] * 8 + [3, 3], [0, 0] + [1] * 6 + [3, 3]
+    c = paired(a, b)
+    assert (c["a_only"], c["b_only"]) == (6, 0) and abs(c["p"] - 2 * 0.5 ** 6) < 1e-12
+    assert paired(b, a)["b_only"] == 6 and paired(a, a) == {"k": 1, "a_only": 0, "b_only": 0, "p": 1.0}
+    assert paired(a, b, k=2)["a_only"] == 0  # within top-2, b's rank-1 probes count too
+    # a balanced split of discordant probes is no evidence either way
+    assert paired([0, 1] * 20, [1, 0] * 20)["p"] == 1.0
+    with pytest.raises(ValueError, match="same probes"):
+        paired([0, 1], [0])
+    lo, hi = top1_ci([0] * 362 + [1] * 28)  # O5's 362 of 390
+    assert lo < 362 / 390 < hi and 0.89 < lo and hi < 0.96
 
 
 def test_recognition_split_is_disjoint_and_seeded(celeba):

@@ -39,6 +39,12 @@ def beats(summary: dict, metric: str, mask: str, a: str, b: str) -> tuple[bool |
     return better, f"{metric} {mask}: {va:.4f} vs {vb:.4f}"
 
 
+def _paired(recognition: dict, mask: str, method: str) -> str:
+    """' (+a/-b probes, p P)': the probes only the method / only noise fill recognises, McNemar's p."""
+    c = recognition.get("vs_noise", {}).get(mask, {}).get(method)
+    return "" if c is None else f" (+{c['a_only']}/-{c['b_only']} probes, p {c['p']:.2f})"
+
+
 def check(table: dict, recognition: dict | None, new: str, old: str, blend: str) -> list[tuple[str, bool | None, str]]:
     suffix = "" if blend == "none" else f"+{blend}"
     a, o, s, masks = new + suffix, old + suffix, table["summary"], table["masks"]
@@ -70,7 +76,7 @@ def check(table: dict, recognition: dict | None, new: str, old: str, blend: str)
         cells = [(mask, r[mask][a]["top1"], r[mask]["noise"]["top1"]) for mask in recognition["masks"]]
         ok = all(x > y for _, x, y in cells)
         rows.append((f"4. {a} recognition top-1 above noise fill's, every mask", ok,
-                     "; ".join(f"{mask}: {x:.3f} vs {y:.3f}" for mask, x, y in cells)))
+                     "; ".join(f"{mask}: {x:.3f} vs {y:.3f}{_paired(recognition, mask, a)}" for mask, x, y in cells)))
     return rows
 
 

@@ -6,6 +6,10 @@ itself, the lower bound; "original" the unmasked probe, the upper bound). Identi
 a probe by their nearest gallery face in dlib's 128-D embedding (``facecomp.eval.identity``); a hit
 within the first k counts for top-k. A probe is aligned with the landmarks of its unoccluded
 original, so detection failures on occluded faces do not enter.
+
+Every method is scored on the same probes, so two methods are compared probe by probe: the probes
+only one of them recognises, and the exact McNemar test on those (a binomial test of the discordant
+probes), which says whether a difference in top-1 is more than the draw of probes would give.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 from tqdm import tqdm
 
 from facecomp import masks
@@ -72,10 +77,33 @@ def run(methods: dict[str, Method], files: list[Path], identity_of, mask_names: 
             ranks[o]["original"].append(original_rank)
             for name, method in methods.items():
                 ranks[o][name].append(_rank(embedder.embed(method(image, mask), align), g, gids, true_id))
-    summary = {o: {m: {f"top{k}": float(np.mean(np.asarray(r) < k)) for k in TOP_K} for m, r in per.items()}
+    summary = {o: {m: {f"top{k}": float(np.mean(np.asarray(r) < k)) for k in TOP_K} | {"top1_ci": top1_ci(r)}
+                   for m, r in per.items()}
                for o, per in ranks.items()}
+    vs_noise = {o: {m: paired(r, per["noise"]) for m, r in per.items() if m not in ("noise", "original")}
+                for o, per in ranks.items() if "noise" in per}
     return {"gallery": len(gallery), "identities": len(set(gallery_ids)), "probes": len(probes), "seed": seed,
-            "masks": mask_names, "methods": ["original", *methods], "summary": summary}
+            "masks": mask_names, "methods": ["original", *methods], "summary": summary,
+            # ranks: per mask and method, each probe's 0-based rank, in probe order (for paired comparisons)
+            "vs_noise": vs_noise, "ranks": ranks}
+
+
+def top1_ci(ranks: list[int], level: float = 0.95) -> list[float]:
+    """Wilson interval of top-1 accuracy over these probes."""
+    hits = int(np.sum(np.asarray(ranks) == 0))
+    ci = stats.binomtest(hits, len(ranks)).proportion_ci(level, method="wilson")
+    return [float(ci.low), float(ci.high)]
+
+
+def paired(ranks_a: list[int], ranks_b: list[int], k: int = 1) -> dict:
+    """Method a against method b on the same probes at top-k: the probes only a recognises (``a_only``),
+    only b (``b_only``), and the exact two-sided McNemar p-value of that split (1.0 when none differ)."""
+    a, b = np.asarray(ranks_a) < k, np.asarray(ranks_b) < k
+    if a.shape != b.shape:
+        raise ValueError(f"paired comparison needs the same probes, got {a.size} and {b.size}")
+    a_only, b_only = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    p = stats.binomtest(a_only, a_only + b_only).pvalue if a_only + b_only else 1.0
+    return {"k": k, "a_only": a_only, "b_only": b_only, "p": float(p)}
 
 
 def _rank(e: np.ndarray, gallery: np.ndarray, gallery_ids: np.ndarray, true_id: int) -> int:
@@ -98,6 +126,17 @@ def markdown(result: dict) -> str:
                   "|---|" + "---|" * len(result["methods"])]
         for o in result["masks"]:
             cells = [f"{result['summary'][o][m][f'top{k}']:.3f}" for m in result["methods"]]
+            lines.append(f"| {o} ({masks.OCCLUSION_NAMES[o]}) | " + " | ".join(cells) + " |")
+        lines.append("")
+    if result.get("vs_noise"):
+        others = [m for m in result["methods"] if m not in ("noise", "original")]
+        lines += ["## Top-1 against noise fill, probe by probe", "",
+                  "Probes only the method recognises / only noise fill does, and the exact McNemar p-value "
+                  "(two-sided): p well under 0.05 says the difference is more than the draw of probes.", "",
+                  "| mask | " + " | ".join(others) + " |", "|---|" + "---|" * len(others)]
+        for o in result["masks"]:
+            cells = [f"+{c['a_only']} / -{c['b_only']}, p {c['p']:.2f}"
+                     for c in (result["vs_noise"][o][m] for m in others)]
             lines.append(f"| {o} ({masks.OCCLUSION_NAMES[o]}) | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
