@@ -143,7 +143,8 @@ def markdown(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    """Grouped bars like the paper's Fig. 11: top-k accuracy per mask, one bar per method."""
+    """Grouped bars like the paper's Fig. 11: top-k accuracy per mask, one bar per method; top-1 bars carry
+    their 95% Wilson interval, so overlapping bars read as what they are."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -154,8 +155,12 @@ def plot(result: dict, path: Path) -> None:
     width = 0.8 / len(methods)
     for ax, k in zip(np.atleast_1d(axes), TOP_K, strict=True):
         for j, m in enumerate(methods):
-            ax.bar(np.arange(len(names)) + j * width, [result["summary"][o][m][f"top{k}"] for o in names], width,
-                   label=m)
+            tops = np.asarray([result["summary"][o][m][f"top{k}"] for o in names])
+            err = None
+            if k == 1 and all("top1_ci" in result["summary"][o][m] for o in names):
+                ci = np.asarray([result["summary"][o][m]["top1_ci"] for o in names])  # [masks, 2]
+                err = np.stack([tops - ci[:, 0], ci[:, 1] - tops])
+            ax.bar(np.arange(len(names)) + j * width, tops, width, yerr=err, capsize=1.5, label=m)
         ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names)
         ax.set_title(f"top-{k}")
         ax.set_ylim(0, 1)
