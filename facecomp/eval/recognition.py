@@ -83,9 +83,8 @@ def run(methods: dict[str, Method], files: list[Path], identity_of, mask_names: 
     vs_noise = {o: {m: paired(r, per["noise"]) for m, r in per.items() if m not in ("noise", "original")}
                 for o, per in ranks.items() if "noise" in per}
     return {"gallery": len(gallery), "identities": len(set(gallery_ids)), "probes": len(probes), "seed": seed,
-            "masks": mask_names, "methods": ["original", *methods], "summary": summary,
-            # ranks: per mask and method, each probe's 0-based rank, in probe order (for paired comparisons)
-            "vs_noise": vs_noise, "ranks": ranks}
+            "masks": mask_names, "methods": ["original", *methods], "summary": summary, "vs_noise": vs_noise,
+            "ranks": ranks}  # per mask and method, each probe's 0-based rank in probe order (paired comparisons)
 
 
 def top1_ci(ranks: list[int], level: float = 0.95) -> list[float]:
