@@ -23,12 +23,20 @@ class GeneratorConfig:
     """The paper's generator: VGG-19 conv1_1..pool3, two convs + pool, FC bottleneck, mirrored decoder."""
 
     NORMS: ClassVar[tuple[str, ...]] = ("batch", "none")  # facecomp.models.layers.conv_stack
+    CONTEXTS: ClassVar[tuple[str, ...]] = ("none", "dilated")  # facecomp.models.generator.CONTEXT_BLOCKS
 
     image_size: int = 128  # the paper trains and tests at 128x128
     width: float = 1.0  # multiplier on VGG-19 channel widths (64, 128, 256, 512)
     bottleneck: int = 512  # size of the fully connected code between encoder and decoder
     mask_channel: bool = False  # append the mask as a 4th input channel (the paper feeds 3)
     norm: str = "batch"  # "batch" | "none"
+    # Beyond the paper: the paper's decoder sees the visible face only through the bottleneck code, so
+    # the hole gets an average face. `skips` encoder levels (deepest first, at most 4) also reach the
+    # decoder through 1x1 projections that start at zero: a generator trained without them is exactly
+    # the starting point. `context` adds GLCIC's dilated convolutions on the deepest skip, so a large
+    # hole sees the whole face at 16x16 without passing through the code.
+    skips: int = 0
+    context: str = "none"  # "none" | "dilated" (needs skips >= 1)
 
     def __post_init__(self) -> None:
         self.check()
@@ -40,6 +48,11 @@ class GeneratorConfig:
         if self.width <= 0:
             raise ValueError(f"generator.width must be positive, got {self.width}")
         _choice("generator.norm", self.norm, self.NORMS)
+        _choice("generator.context", self.context, self.CONTEXTS)
+        if not 0 <= self.skips <= 4:
+            raise ValueError(f"generator.skips counts encoder levels, 0..4; got {self.skips}")
+        if self.context != "none" and self.skips < 1:
+            raise ValueError("generator.context works on the deepest skip: it needs generator.skips >= 1")
 
 
 @dataclass(kw_only=True)
@@ -193,12 +206,19 @@ class LossConfig:
     adv_global: float = 300.0
     parsing: float = 0.005
     recon_known: float = 0.1  # weight of Lr on known pixels (the hole's weight is 1)
+    # Beyond the paper (stage 3, where the frozen parsing network is loaded): LaMa's lesson that a
+    # segmentation network's features make the better perceptual loss: L1 between the parsing network's
+    # encoder features of the completed and the original face, summed over levels, per image.
+    perceptual: float = 0.0
+    # pix2pixHD's feature matching: L1 between each discriminator's features of the real and the
+    # completed face, summed over its layers; for every D the stage has on.
+    feature_match: float = 0.0
 
     def __post_init__(self) -> None:
         self.check()
 
     def check(self) -> None:
-        for name in ("recon", "adv_local", "adv_global", "parsing", "recon_known"):
+        for name in ("recon", "adv_local", "adv_global", "parsing", "recon_known", "perceptual", "feature_match"):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss.{name} is a weight, >= 0; got {getattr(self, name)}")
 

@@ -3,6 +3,9 @@
 Lr  reconstruction: EuclideanLoss, 1/2 * sum of squared errors per image, averaged over the batch
 La  adversarial:    binary cross-entropy of a discriminator's logits, averaged over the batch
 Lp  parsing:        pixel-wise softmax cross-entropy, summed over pixels, averaged over the batch
+Beyond the paper:
+Lf  perceptual:     L1 between the frozen parsing network's features, mean per level, summed over levels
+Lfm feature match:  L1 between a discriminator's features of real and completed faces, the same way
 With these scales the paper's weights (300, 300, 0.005) put the terms within an order of magnitude
 of each other; with per-pixel means they would not.
 """
@@ -51,3 +54,12 @@ def parsing(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     logits: [N, K, H, W]; labels: [N, H, W] int64 (argmax of the parsing of the original face).
     """
     return F.cross_entropy(logits.float(), labels, reduction="sum") / logits.shape[0]
+
+
+def feature_l1(fake: list[torch.Tensor], real: list[torch.Tensor]) -> torch.Tensor:
+    """Lf / Lfm: sum over levels of the mean absolute difference of two feature lists. []
+
+    ``real`` is a fixed target (computed without gradient); gradients flow into ``fake``.
+    """
+    return sum(((f.float() - r.detach().float()).abs().mean() for f, r in zip(fake, real, strict=True)),
+               start=torch.zeros((), device=fake[0].device))

@@ -30,6 +30,21 @@ def test_metrics_on_constructed_images():
     assert metrics.ssim(a, b) < 1
 
 
+def test_sharpness_ratio_tells_blur_from_noise(aligned_face):
+    import cv2
+
+    face = aligned_face
+    m = masks.occlusion("O6", face.shape[1], face.shape[0])
+    hole = m[..., None] > 0.5
+    assert metrics.sharpness(face, face, m) == pytest.approx(1.0)
+    blurred = np.where(hole, cv2.GaussianBlur(face, (0, 0), 3), face).astype(np.uint8)
+    noise = np.random.default_rng(0).integers(0, 256, face.shape, dtype=np.uint8)
+    noisy = np.where(hole, noise, face).astype(np.uint8)
+    assert metrics.sharpness(blurred, face, m) < 0.5 < 2 < metrics.sharpness(noisy, face, m)
+    flat = np.full_like(face, 128)
+    assert math.isnan(metrics.sharpness(face, flat, m))
+
+
 def test_summary_interval_and_infinities():
     s = metrics.summary([1.0, 2.0, 3.0, math.inf])
     assert s["mean"] == 2.0 and s["n"] == 3 and s["non_finite"] == 1
@@ -59,12 +74,14 @@ def test_table_command_writes_its_files(celeba, generator_weights, tmp_path):  #
     res = json.loads((out / "results.json").read_text())
     assert res["methods"] == ["noise", "telea", "ns", "smoke", "smoke+poisson"]
     assert res["masks"] == ["O1", "O2", "O3", "O4", "O5", "O6"] and res["faces"] == 3
-    for key in ("ssim", "psnr", "psnr_hole"):
+    for key in ("ssim", "psnr", "psnr_hole", "sharpness"):
         for o in res["masks"]:
             for method in res["methods"]:
                 assert res["summary"][key][o][method]["n"] == 3
     md = (out / "results.md").read_text()
-    assert "| O3 (both eyes) |" in md and "PSNR inside the hole" in md
+    assert "| O3 (both eyes) |" in md and "PSNR inside the hole" in md and "Sharpness inside the hole" in md
+    sharp = res["summary"]["sharpness"]["O6"]
+    assert sharp["telea"]["mean"] < 0.8 < 1.5 < sharp["noise"]["mean"]  # Telea smears, noise fill is noise
     from facecomp.images import read_rgb
 
     grid = read_rgb(out / "grid.png")

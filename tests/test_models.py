@@ -59,3 +59,32 @@ def test_hole_crop_is_exact_for_training_squares():
 
 def test_hole_crop_of_empty_mask_is_whole_image():
     assert hole_boxes(torch.zeros(1, 1, 32, 48)).tolist() == [[0, 0, 48, 32]]
+
+
+def test_grown_generator_starts_exactly_at_the_paper_generator(tmp_path):
+    from facecomp import weights
+
+    paper = Generator(load_config("smoke", ["generator.mask_channel=true"]).generator).eval()
+    path = tmp_path / "g.safetensors"
+    weights.save_module(path, paper, "generator")
+    cfg = load_config("smoke", ["generator.mask_channel=true", "generator.skips=4", "generator.context=dilated"])
+    grown = Generator(cfg.generator)
+    assert grown.fresh_keys() and all(k.startswith(("skips.", "context.")) for k in grown.fresh_keys())
+    with pytest.raises(ValueError, match="do not fit"):
+        weights.load_module(path, grown, "generator")  # without naming the new parts, a missing key is an error
+    weights.load_module(path, grown, "generator", grown.fresh_keys())
+    grown.eval()
+    x = torch.randn(2, 4, 128, 128)
+    with torch.no_grad():
+        assert torch.equal(grown(x), paper(x))
+    grown.train()
+    grown(x).square().mean().backward()  # the zero-started projections still get a gradient
+    assert all(grown.skips[k].weight.grad.abs().sum() > 0 for k in grown.skips)
+
+
+def test_generator_skip_options_are_checked():
+    with pytest.raises(ValueError, match="needs generator.skips"):
+        load_config("smoke", ["generator.context=dilated"])
+    with pytest.raises(ValueError, match="0..4"):
+        load_config("smoke", ["generator.skips=5"])
+    assert Generator(load_config("smoke", ["generator.skips=2"]).generator).skips_at == (2, 3)

@@ -31,9 +31,13 @@ def _changed(mod, before):
 
 
 def test_stage_weights_are_data(smoke_cfg):
-    assert loss_weights(smoke_cfg.loss, 1) == {"recon": 1.0, "adv_local": 0, "adv_global": 0, "parsing": 0}
+    off = {"perceptual": 0, "feature_match": 0}  # beyond the paper: off unless loss.* sets them
+    assert loss_weights(smoke_cfg.loss, 1) == {"recon": 1.0, "adv_local": 0, "adv_global": 0, "parsing": 0, **off}
     w3 = loss_weights(smoke_cfg.loss, 3)
-    assert w3 == {"recon": 1.0, "adv_local": 300.0, "adv_global": 300.0, "parsing": 0.005}
+    assert w3 == {"recon": 1.0, "adv_local": 300.0, "adv_global": 300.0, "parsing": 0.005, **off}
+    smoke_cfg.loss.perceptual, smoke_cfg.loss.feature_match = 100.0, 30.0
+    assert loss_weights(smoke_cfg.loss, 2)["perceptual"] == 0 and loss_weights(smoke_cfg.loss, 2)["feature_match"] == 30
+    assert loss_weights(smoke_cfg.loss, 3)["perceptual"] == 100
     with pytest.raises(ValueError, match="unknown stage 4"):
         loss_weights(smoke_cfg.loss, 4)
 
@@ -90,3 +94,19 @@ def test_adversarial_ramp(smoke_cfg):
     smoke_cfg.adversarial.warmup_steps = 10
     assert adversarial_ramp(smoke_cfg, 0) == pytest.approx(0.1)
     assert adversarial_ramp(smoke_cfg, 9) == 1.0 and adversarial_ramp(smoke_cfg, 100) == 1.0
+
+
+@pytest.mark.parametrize("term", ["perceptual", "feature_match"])
+def test_feature_losses_reach_generator_only(smoke_cfg, term):
+    for name in ("recon", "parsing"):
+        setattr(smoke_cfg.loss, name, 0.0)
+    smoke_cfg.loss.adv_local = smoke_cfg.loss.adv_global = 1e-12  # Ds on (feature matching needs them), ~no La
+    setattr(smoke_cfg.loss, term, 10.0)
+    smoke_cfg.adversarial.d_skip_below = 1e9  # no D update: whatever moves them would be the G phase's fault
+    models, updaters, batch = _setup(smoke_cfg, 3, parsing=True)
+    before = {n: _snapshot(getattr(models, n)) for n in ("generator", "d_local", "d_global", "parsing")}
+    res = train_step(models, updaters, batch, smoke_cfg, 3, step=0)
+    assert res.metrics[term] > 0
+    assert _changed(models.generator, before["generator"])
+    assert not any(_changed(getattr(models, n), before[n]) for n in ("d_local", "d_global", "parsing"))
+    assert all(p.grad is None for n in ("d_local", "d_global") for p in getattr(models, n).parameters())

@@ -20,7 +20,9 @@ from facecomp import images, masks, metrics
 from facecomp.eval.methods import Method
 from facecomp.layout import load_face
 
-METRICS = {"ssim": "SSIM", "psnr": "PSNR (dB)", "psnr_hole": "PSNR inside the hole (dB)"}
+METRICS = {"ssim": "SSIM", "psnr": "PSNR (dB)", "psnr_hole": "PSNR inside the hole (dB)",
+           "sharpness": "Sharpness inside the hole: Sobel gradient of the completion / of the original (1 is best; "
+                        "blur < 1, noise > 1)"}
 
 
 class FaceMetric(Protocol):
@@ -121,6 +123,7 @@ def score(methods: dict[str, Method], files: list[Path], mask_names: list[str], 
                 res.values["ssim"][name][method_name].append(metrics.ssim(done, image))
                 res.values["psnr"][name][method_name].append(metrics.psnr(done, image))
                 res.values["psnr_hole"][name][method_name].append(metrics.psnr_hole(done, image, mask))
+                res.values["sharpness"][name][method_name].append(metrics.sharpness(done, image, mask))
                 for fm in face_metrics:
                     res.values[fm.key][name][method_name].append(fm(image, done, mask))
                 row.append(done)

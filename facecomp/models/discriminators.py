@@ -33,9 +33,18 @@ class DCGANDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [N, 3, s, s] -> [N] logits (real > 0)."""
+        return self.judge(x)[0]
+
+    def judge(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """[N] logits and the activations after each LeakyReLU (feature matching's, ``loss.feature_match``)."""
         s = self.in_size
         assert x.shape[1:] == (3, s, s), f"expected [N,3,{s},{s}], got {list(x.shape)}"
-        return self.logit(self.features(x)).flatten()
+        acts = []
+        for layer in self.features:
+            x = layer(x)
+            if isinstance(layer, nn.LeakyReLU):
+                acts.append(x)
+        return self.logit(x).flatten(), acts
 
 
 def build_discriminators(cfg: DiscriminatorConfig, image_size: int) -> tuple[DCGANDiscriminator, DCGANDiscriminator]:

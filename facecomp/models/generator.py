@@ -6,6 +6,12 @@ upsampling in place of the encoder's pools, ending in a 3-channel tanh image.
 
 At 128x128 the encoder ends at 8x8; the two fully connected layers (8*8*512*w <-> bottleneck)
 hold most of the parameters (16.8M of 20M at width 0.5).
+
+Beyond the paper (``generator.skips``, ``generator.context``): the encoder's features of the deepest
+levels also reach the decoder at their own scale, added after the upsampling through 1x1 projections
+that start at zero, so the visible eye and skin reach the hole without passing through the code; a
+paper generator's weights are exactly the starting point (``fresh_keys``). The context block (GLCIC's
+dilated convolutions) lets the deepest skip see the whole face before it is projected.
 """
 
 from __future__ import annotations
@@ -18,6 +24,26 @@ from facecomp.models.layers import conv_stack, scaled
 
 # (VGG widths per level, pool after); the last level is the paper's "two more convs + pool".
 ENCODER_LEVELS = [[64, 64], [128, 128], [256, 256, 256, 256], [512, 512]]
+DILATIONS = (2, 4, 8)  # at 16x16 (128 px input) rate 8 spans the whole map
+
+
+def dilated_context(c: int) -> nn.Sequential:
+    """GLCIC's mid-level dilated convolutions (3x3, rates 2/4/8, BatchNorm, ReLU), width-preserving."""
+    layers: list[nn.Module] = []
+    for d in DILATIONS:
+        layers += [nn.Conv2d(c, c, 3, padding=d, dilation=d, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+CONTEXT_BLOCKS = {"dilated": dilated_context}  # generator.context -> builder; "none" builds nothing
+
+
+def zero_projection(c: int) -> nn.Conv2d:
+    """A 1x1 convolution that starts at zero: the skip adds nothing until training finds it useful."""
+    proj = nn.Conv2d(c, c, 1)
+    nn.init.zeros_(proj.weight)
+    nn.init.zeros_(proj.bias)
+    return proj
 
 
 class Generator(nn.Module):
@@ -53,16 +79,39 @@ class Generator(nn.Module):
         self.up = nn.Upsample(scale_factor=2, mode="nearest")
         self.to_rgb = nn.Conv2d(c, 3, 3, padding=1)
 
+        # level index -> projection of that encoder level's (pre-pool) features into the decoder
+        self.skips_at = tuple(range(len(levels) - cfg.skips, len(levels)))
+        self.skips = nn.ModuleDict({str(i): zero_projection(levels[i][-1]) for i in self.skips_at})
+        deepest = levels[-1][-1]
+        self.context = CONTEXT_BLOCKS[cfg.context](deepest) if cfg.context != "none" else None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [N, 3 or 4, S, S] noise-filled face (+ mask) -> [N, 3, S, S] in [-1, 1]."""
         n, c, h, w = x.shape
         s = self.cfg.image_size
         assert (c, h, w) == (self.in_channels, s, s), f"expected [N,{self.in_channels},{s},{s}], got {list(x.shape)}"
-        for stack in self.encoder:
-            x = self.pool(stack(x))  # [N, C_l, S/2^l, S/2^l]
+        features = {}
+        for i, stack in enumerate(self.encoder):
+            x = stack(x)  # [N, C_l, S/2^l, S/2^l]
+            if i in self.skips_at:
+                features[i] = x
+            x = self.pool(x)
         code = self.act(self.fc_in(x.flatten(1)))  # [N, bottleneck]
         x = self.act(self.fc_out(code)).view(n, self.code_c, self.code_hw, self.code_hw)
-        for stack in self.decoder:
-            x = stack(self.up(x))
+        deepest = len(self.encoder) - 1
+        for i, stack in zip(reversed(range(len(self.encoder))), self.decoder, strict=True):
+            x = self.up(x)
+            if i in self.skips_at:
+                f = features[i]
+                if i == deepest and self.context is not None:
+                    f = self.context(f)
+                x = x + self.skips[str(i)](f)
+            x = stack(x)
         return torch.tanh(self.to_rgb(x))
+
+    def fresh_keys(self) -> frozenset[str]:
+        """State-dict keys of the parts beyond the paper's generator: absent from a paper generator's
+        weights, which load into this one as its exact starting point (these keep their init)."""
+        own = self.state_dict()
+        return frozenset(k for k in own if k.startswith(("skips.", "context.")))
 

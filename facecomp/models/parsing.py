@@ -43,6 +43,11 @@ class ParsingNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [N, 3, S, S] in [-1, 1] -> logits [N, classes, S, S]."""
+        return self.parse(x)[0]
+
+    def parse(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits and the encoder's features (each level before its pool, then the middle): the
+        features are the perceptual loss's (``loss.perceptual``)."""
         assert x.ndim == 4 and x.shape[1] == 3 and x.shape[2] % 8 == 0 and x.shape[3] % 8 == 0, \
             f"expected [N,3,H,W] with H, W multiples of 8, got {list(x.shape)}"
         skips = []
@@ -51,9 +56,10 @@ class ParsingNet(nn.Module):
             skips.append(x)
             x = self.pool(x)
         x = self.middle(x)
+        features = [*skips, x]
         for stack, skip in zip(self.decoder, reversed(skips), strict=True):
             x = stack(self.up(x)) + skip
-        return self.classify(x)
+        return self.classify(x), features
 
 
 def freeze(net: nn.Module) -> nn.Module:

@@ -54,7 +54,7 @@ def build_models(cfg: Config, stage: int, device: torch.device) -> Models:
         gen = Generator(cfg.generator)
         d_local, d_global = build_discriminators(cfg.discriminator, cfg.generator.image_size)
     models = Models(generator=gen, d_local=d_local, d_global=d_global)
-    if "parsing" in STAGES[stage] and cfg.loss.parsing > 0:
+    if "parsing" in STAGES[stage] and (cfg.loss.parsing > 0 or cfg.loss.perceptual > 0):
         models.parsing = load_parsing(cfg)
     fmt = torch.channels_last if cfg.runtime.channels_last else torch.contiguous_format
     for name in ("generator", "d_local", "d_global", "parsing"):
@@ -101,10 +101,12 @@ def weights_meta(cfg: Config, name: str, stage: int, step: int) -> dict:
 def init_from(models: Models, source: str | Path) -> Path:
     """Start a stage from a previous stage: a run directory (its chosen checkpoint when it finished,
     else its latest), a checkpoint (its generator, and its discriminators where it has them), or a
-    bare generator weights file."""
+    bare generator weights file. A generator grown beyond the source's (``generator.skips``, ``.context``)
+    takes every weight the source has; its new parts keep their zero-start init."""
     source = Path(source)
+    fresh = models.generator.fresh_keys()
     if source.is_file() and source.suffix == ".safetensors" and not (source.parent / "state.json").is_file():
-        load_module(source, models.generator, "generator")
+        load_module(source, models.generator, "generator", fresh)
         return source
     result = read_result(source) if source.is_dir() else None
     if result is not None and result.get("chosen"):
@@ -113,7 +115,7 @@ def init_from(models: Models, source: str | Path) -> Path:
         weights = "generator_ema.safetensors" if chosen["variant"] == "ema" else "generator.safetensors"
     else:
         ckpt, weights = find_checkpoint(source), "generator.safetensors"
-    load_module(ckpt / weights, models.generator, "generator")
+    load_module(ckpt / weights, models.generator, "generator", fresh)
     for name in ("d_local", "d_global"):
         path = ckpt / f"{name}.safetensors"
         if path.is_file():

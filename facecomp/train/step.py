@@ -147,20 +147,36 @@ def train_step(models: Models, updaters: dict[str, Updater], batch: dict, cfg: C
     total = w["recon"] * losses.reconstruction(out, x, m, cfg.loss.recon_known)
     metrics["recon"] = total.item() / max(w["recon"], 1e-12)
     with autocast(cfg, device), frozen(models.d_local, models.d_global):
-        if w["adv_local"] > 0:
-            la1 = losses.adversarial_g(models.d_local(crop_holes(y, m, size)))
-            total = total + ramp * w["adv_local"] * la1
-            metrics["adv_local"] = la1.item()
-        if w["adv_global"] > 0:
-            la2 = losses.adversarial_g(models.d_global(y))
-            total = total + ramp * w["adv_global"] * la2
-            metrics["adv_global"] = la2.item()
-        if w["parsing"] > 0:
+        match = w["feature_match"] > 0
+        fm = torch.zeros((), device=device)
+        for term, disc, view in d_terms:
+            if w[term] <= 0:
+                continue
+            if match:  # the D's features of the real face are the target (no gradient)
+                logits, fake_feats = disc.judge(view(y))
+                with torch.no_grad():
+                    _, real_feats = disc.judge(view(x))
+                fm = fm + losses.feature_l1(fake_feats, real_feats)
+            else:
+                logits = disc(view(y))
+            la = losses.adversarial_g(logits)
+            total = total + ramp * w[term] * la
+            metrics[term] = la.item()
+        if match:
+            total = total + ramp * w["feature_match"] * fm
+            metrics["feature_match"] = fm.item()
+        if w["parsing"] > 0 or w["perceptual"] > 0:
             with torch.no_grad():
-                target = models.parsing(x).argmax(1)  # [N,S,S] labels of the original face
-            lp = losses.parsing(models.parsing(y), target)
-            total = total + w["parsing"] * lp
-            metrics["parsing"] = lp.item()
+                target_logits, target_feats = models.parsing.parse(x)
+            logits, feats = models.parsing.parse(y)
+            if w["parsing"] > 0:
+                lp = losses.parsing(logits, target_logits.argmax(1))  # against the original face's labels
+                total = total + w["parsing"] * lp
+                metrics["parsing"] = lp.item()
+            if w["perceptual"] > 0:
+                lf = losses.feature_l1(feats, target_feats)
+                total = total + w["perceptual"] * lf
+                metrics["perceptual"] = lf.item()
     updaters["generator"].backward(total)
     updaters["generator"].step()
     metrics["total"] = total.item()

@@ -103,26 +103,28 @@ def load_tensors(path: str | Path, kind: str | None = None) -> tuple[dict[str, t
     return tensors, meta
 
 
-def load_into(module: nn.Module, tensors: dict[str, torch.Tensor], source: str | Path) -> None:
-    """Copy tensors into a module, refusing missing, unexpected or mis-shaped entries."""
+def load_into(module: nn.Module, tensors: dict[str, torch.Tensor], source: str | Path,
+              fresh: frozenset[str] = frozenset()) -> None:
+    """Copy tensors into a module, refusing missing, unexpected or mis-shaped entries. Keys in ``fresh``
+    may be missing: those parts keep their initial values (a model grown beyond the one saved)."""
     own = module.state_dict()
-    missing = sorted(set(own) - set(tensors))
+    missing = sorted(set(own) - set(tensors) - fresh)
     extra = sorted(set(tensors) - set(own))
     if missing or extra:
         raise ValueError(f"{source}: weights do not fit this model (missing {missing[:3]}, unexpected {extra[:3]})")
     for key, t in tensors.items():
         if own[key].shape != t.shape:
             raise ValueError(f"{source}: '{key}' has shape {list(t.shape)}, the model needs {list(own[key].shape)}")
-    module.load_state_dict(tensors)
+    module.load_state_dict(tensors, strict=not fresh)
 
 
 def save_module(path: str | Path, module: nn.Module, kind: str, meta: dict[str, Any] | None = None) -> None:
     save_tensors(path, module.state_dict(), kind, meta)
 
 
-def load_module(path: str | Path, module: nn.Module, kind: str) -> dict[str, Any]:
+def load_module(path: str | Path, module: nn.Module, kind: str, fresh: frozenset[str] = frozenset()) -> dict[str, Any]:
     tensors, meta = load_tensors(path, kind)
-    load_into(module, tensors, path)
+    load_into(module, tensors, path, fresh)
     return meta
 
 
