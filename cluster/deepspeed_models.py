@@ -92,6 +92,33 @@ class InPrecision:
         return getattr(self.engine, name)
 
 
+class EngineUpdater:
+    """A DeepSpeed engine as the step's ``Updater``: ``backward`` and ``step`` are the engine's.
+
+    ``step_if`` reads the gate on the host: an engine's update is a sequence of collectives (gradient
+    all-reduce, ZeRO's partition exchange) and a micro-step counter, which every rank must enter or skip
+    together, and DeepSpeed's step reads device values itself (overflow and norm checks). The gate is
+    already the same on every rank (train_step agrees it), so all ranks skip or step together.
+    """
+
+    def __init__(self, engine: Any):
+        self.engine = engine
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+
+    def step(self) -> None:
+        self.engine.step()
+
+    def step_if(self, loss: torch.Tensor, gate: torch.Tensor) -> None:
+        if bool(gate):
+            self.engine.backward(loss)
+            self.engine.step()
+
+    def __getattr__(self, name: str) -> Any:  # optimizer, module, train(), ... are the engine's
+        return getattr(self.engine, name)
+
+
 @dataclass
 class DeepSpeedModels:
     """The three DeepSpeed engines, and the step's view of the models: D through ``engine.module``.
@@ -107,7 +134,7 @@ class DeepSpeedModels:
 
     def updaters(self) -> dict[str, Any]:
         """The step's updaters, keyed like the modules (facecomp.train.loop.TRAINED)."""
-        return {name: getattr(self, name) for name in TRAINED}
+        return {name: EngineUpdater(getattr(self, name)) for name in TRAINED}
 
     def models(self, parsing: torch.nn.Module | None) -> Models:
         generator = self.generator if self.dtype is None else InPrecision(self.generator, self.dtype)

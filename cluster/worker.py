@@ -141,9 +141,10 @@ class _ClusterStage(StageHooks):
         return bool((self.any_rank(flag) if self.any_rank is not None else flag).item())
 
     def save(self, state: RunState) -> None:
+        self.ensure_finite(state)
         with tempfile.TemporaryDirectory(prefix="facecomp-ckpt-") as tmp:
             checkpoints.save(self.wrapped, Path(tmp), self.rank, self.cfg, state)
             checkpoints.save_loader_state(Path(tmp), self.rank, self.loader)
-            self.report(state.step, self.metrics, Path(tmp))
+            self.report(state.step, self.read_now(), Path(tmp))
         if self.writer is not None:
             self.writer.flush()

@@ -317,12 +317,17 @@ class ParsingTrainConfig:
 class RuntimeConfig:
     AMP: ClassVar[tuple[str, ...]] = ("none", "bf16", "fp16")
     KERNELS: ClassVar[tuple[str, ...]] = ("auto", "native", "ref")  # facecomp.kernels.IMPLS
+    COMPILES: ClassVar[tuple[str, ...]] = ("none", "default", "reduce-overhead", "max-autotune")
     device: str = "cpu"  # "cpu" | "cuda" | "cuda:N"; the one device decision, passed down
     amp: str = "none"  # "none" | "bf16" | "fp16" (fp16 only on CUDA)
     channels_last: bool = False
     threads: int = 0  # torch intra-op threads (0 = torch's default)
     tune_malloc: bool = True  # keep freed activations in the heap (see facecomp.runtime)
     kernels: str = "auto"  # fill/composite implementation: "auto" | "native" | "ref" (facecomp.kernels)
+    # torch.compile of the training step's pieces (facecomp.train.step.StepFunctions), each one whole graph:
+    # "none" (eager) | "default" | "reduce-overhead" (adds CUDA graphs) | "max-autotune"
+    compile: str = "none"
+    cudnn_benchmark: bool = True  # on CUDA: let cuDNN time its conv algorithms once per shape (fixed shapes here)
 
     def __post_init__(self) -> None:
         self.check()
@@ -330,6 +335,7 @@ class RuntimeConfig:
     def check(self) -> None:
         _choice("runtime.amp", self.amp, self.AMP)
         _choice("runtime.kernels", self.kernels, self.KERNELS)
+        _choice("runtime.compile", self.compile, self.COMPILES)
 
 
 @dataclass(kw_only=True)

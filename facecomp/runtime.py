@@ -98,4 +98,6 @@ def start(rt) -> torch.device:  # noqa: F821  (torch imported lazily: this modul
         torch.set_num_threads(rt.threads)
     if rt.tune_malloc and device.type == "cpu":
         tune_allocator()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = rt.cudnn_benchmark
     return device

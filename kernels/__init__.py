@@ -80,12 +80,17 @@ def _check(x: torch.Tensor, m: torch.Tensor, op: str, g: torch.Tensor | None = N
             raise ValueError(f"{op}: g has dtype {g.dtype} but x has {x.dtype}")
 
 
-def fill(x: torch.Tensor, m: torch.Tensor, seed: int, offset: int = 0, mask_channel: bool = False,
+def fill(x: torch.Tensor, m: torch.Tensor, seed: int, offset: int | torch.Tensor = 0, mask_channel: bool = False,
          impl: str = "auto") -> torch.Tensor:
     """The generator's input: the hole filled with noise in [-1, 1) keyed by (seed, offset), known
-    pixels unchanged, the mask appended as a 4th channel if ``mask_channel``. [N, 3 or 4, H, W]"""
+    pixels unchanged, the mask appended as a 4th channel if ``mask_channel``. [N, 3 or 4, H, W]
+
+    ``offset`` may be a 0-dim int64 tensor on x's device (the step counter of a compiled step or a CUDA
+    graph): then the keys are derived on the device and the reference arithmetic draws the noise, which
+    torch.compile fuses into one kernel; the fused op takes its keys as host integers. Same bits either way.
+    """
     _check(x, m, "fill")
-    if not _use_native(impl):
+    if torch.is_tensor(offset) or not _use_native(impl):
         return reference.fill(x, m, seed, offset, mask_channel)
     k0, k1 = reference.keys(seed, offset)
     return torch.ops.facecomp.fill(x, reference.mask_as(m, x), k0, k1, mask_channel)  # registered by _use_native

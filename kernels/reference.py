@@ -39,21 +39,34 @@ def lowbias32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def noise(shape: tuple[int, ...], seed: int, offset: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """The fill noise for a tensor of ``shape`` (logical NCHW order), float32 in [-1, 1)."""
+def device_keys(seed: int, offset: torch.Tensor) -> tuple[int, torch.Tensor]:
+    """:func:`keys` with the offset a 0-dim int64 tensor (a step counter on the device): k1 is computed
+    there, by the same arithmetic, so neither a host read nor a new graph per step is needed (a compiled
+    step and CUDA graphs key their noise this way). k0 depends on the seed alone, a constant of the run."""
+    k0, _ = keys(seed, 0)
+    off = offset.to(torch.int64)
+    k1 = lowbias32((off & MASK32) ^ lowbias32(((off >> 32) ^ k0 ^ 0x85EBCA6B) & MASK32))
+    return k0, k1
+
+
+def noise(shape: tuple[int, ...], seed: int, offset: int | torch.Tensor,
+          device: torch.device | str = "cpu") -> torch.Tensor:
+    """The fill noise for a tensor of ``shape`` (logical NCHW order), float32 in [-1, 1). ``offset``: an
+    int, or a 0-dim int64 tensor on ``device`` (:func:`device_keys`)."""
     numel = 1
     for s in shape:
         numel *= s
     if numel >= 2**32:
         raise ValueError(f"tensor of {numel} elements is over the 2**32 the noise counter covers")
-    k0, k1 = keys(seed, offset)
+    k0, k1 = device_keys(seed, offset) if torch.is_tensor(offset) else keys(seed, offset)
     i = torch.arange(numel, dtype=torch.int64, device=device)
     h = lowbias32((lowbias32(i ^ k0) + k1) & MASK32)
     u = (h >> 8).to(torch.float32) * (1.0 / 2**24)
     return (2 * u - 1).view(shape)
 
 
-def fill(x: torch.Tensor, m: torch.Tensor, seed: int, offset: int = 0, mask_channel: bool = False) -> torch.Tensor:
+def fill(x: torch.Tensor, m: torch.Tensor, seed: int, offset: int | torch.Tensor = 0,
+         mask_channel: bool = False) -> torch.Tensor:
     """x: [N, 3, H, W] in [-1, 1]; m: [N, 1, H, W] -> [N, 3 (+1), H, W] in x's dtype.
 
     The mask is first rounded to x's dtype (:func:`mask_as`), then everything is computed in fp32

@@ -110,3 +110,88 @@ def test_feature_losses_reach_generator_only(smoke_cfg, term):
     assert _changed(models.generator, before["generator"])
     assert not any(_changed(getattr(models, n), before[n]) for n in ("d_local", "d_global", "parsing"))
     assert all(p.grad is None for n in ("d_local", "d_global") for p in getattr(models, n).parameters())
+
+
+def _real_batches(celeba, cfg, n):
+    from facecomp.data.celeba import partition_files
+    from facecomp.data.loaders import make_loader
+
+    it = iter(make_loader(cfg, partition_files([str(celeba)], "train", 32), device=torch.device("cpu")))
+    return [next(it) for _ in range(n)]
+
+
+def test_compiled_step_has_no_graph_break_and_equals_eager(celeba, smoke_cfg):
+    """The sync-free step: its three pieces compile whole (fullgraph=True raises at any graph break, and a
+    host read of a device value is one), do not recompile as the step number changes, and each step on
+    real faces, from the same weights and optimizer state, gives the eager step's losses, D-skip
+    decisions and updated weights, with every stage-3 term on and the gate deciding on the device.
+
+    Step by step from one state, because Adam's first updates are sign(gradient) x lr: a 1e-7 difference
+    in a near-zero gradient flips a whole lr, so two free-running copies drift apart whatever the kernels.
+    """
+    import copy
+
+    from facecomp.train.step import StepFunctions, read_metrics
+
+    cfg = smoke_cfg
+    cfg.loss.perceptual, cfg.loss.feature_match = 10.0, 3.0
+    cfg.adversarial.d_skip_below = 1.3  # near the losses of a fresh D: some steps skip, some do not
+    cfg.generator.skips, cfg.generator.context = 4, "dilated"
+    batches = _real_batches(celeba, cfg, 4)
+    torch.manual_seed(1)
+    parsing = freeze(ParsingNet(cfg.parsing))
+    runs = {}
+    for mode in ("none", "default"):
+        torch.manual_seed(0)
+        models = build_models(cfg, 1, torch.device("cpu"))
+        models.parsing = copy.deepcopy(parsing)
+        optimizers = build_optimizers(models, cfg)
+        runs[mode] = (models, optimizers, build_updaters(models, optimizers, cfg), StepFunctions(mode))
+    names = ("generator", "d_local", "d_global")
+    torch._dynamo.reset()
+    decisions = []
+    try:
+        for step, batch in enumerate(batches):
+            eager, compiled = runs["none"], runs["default"]
+            for name in names:  # the compiled copy starts this step where the eager one is
+                getattr(compiled[0], name).load_state_dict(getattr(eager[0], name).state_dict())
+                # deep-copied: an optimizer's load_state_dict keeps the very tensors it is given
+                compiled[1][name].load_state_dict(copy.deepcopy(eager[1][name].state_dict()))
+            a = read_metrics(train_step(eager[0], eager[2], batch, cfg, 3, step, fns=eager[3]).metrics)
+            b = read_metrics(train_step(compiled[0], compiled[2], batch, cfg, 3, step, fns=compiled[3]).metrics)
+            torch._dynamo.config.error_on_recompile = True  # a new graph for a new step number fails from here
+            assert a.keys() == b.keys()
+            for k in a:
+                assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-5), (step, k)
+            decisions += [a[k] for k in a if k.endswith("_skipped")]
+            for name in names:
+                for p, q in zip(getattr(eager[0], name).parameters(), getattr(compiled[0], name).parameters(),
+                                strict=True):
+                    # one Adam step apart at most (sign flips of near-zero gradients), and on average far less
+                    torch.testing.assert_close(q, p, rtol=0, atol=2.5 * cfg.optim.lr_g)
+                    assert (q - p).abs().mean() < 1e-5
+    finally:
+        torch._dynamo.config.error_on_recompile = False
+    assert {"d_adv_local_skipped", "d_adv_global_skipped"} <= a.keys()
+    assert 0 < sum(decisions) < len(decisions), decisions  # the gate took both decisions in these steps
+
+
+def test_gated_update_leaves_a_skipped_module_exactly_as_it_was(smoke_cfg):
+    """A skipped D update is undone on the device: weights and Adam state bit for bit, from the first step on."""
+    from facecomp.train.step import OptimizerUpdater
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(4, 2)
+    opt = torch.optim.Adam(lin.parameters(), lr=0.1)
+    up = OptimizerUpdater(lin, opt)
+    x = torch.randn(8, 4)
+    before = _snapshot(lin)
+    up.step_if(lin(x).square().mean(), torch.tensor(False))  # first step, skipped: no trace left
+    assert not _changed(lin, before)
+    assert all(float(s["step"]) == 0 and not s["exp_avg"].any() for s in opt.state.values())
+    up.step_if(lin(x).square().mean(), torch.tensor(True))
+    moved, state = _snapshot(lin), {k: v.clone() for k, v in opt.state[lin.weight].items()}
+    assert _changed(lin, before) and float(state["step"]) == 1
+    up.step_if(lin(x).square().mean(), torch.tensor(False))
+    assert not _changed(lin, moved)
+    assert all(torch.equal(opt.state[lin.weight][k], v) for k, v in state.items())

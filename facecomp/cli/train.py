@@ -79,12 +79,18 @@ def run(args: argparse.Namespace) -> int:
     if cfg.data.loader == "dali":  # fail before building models when the extra is missing (MissingExtra: one line)
         from facecomp.data import dali  # noqa: F401
 
+    from facecomp.train.guard import EXIT_DIVERGED, Diverged
     from facecomp.train.loop import train
     from facecomp.train.preempt import EXIT_STOPPED, StopRequest
 
-    with StopRequest().installed() as stop:
-        result = train(cfg, args.stage, cfg.data.roots, args.run_dir, init=args.init, resume=args.resume,
-                       progress=not args.no_progress, stop_at=args.stop_at, stop=stop.__bool__)
+    try:
+        with StopRequest().installed() as stop:
+            result = train(cfg, args.stage, cfg.data.roots, args.run_dir, init=args.init, resume=args.resume,
+                           progress=not args.no_progress, stop_at=args.stop_at, stop=stop.__bool__)
+    except Diverged as e:
+        print(f"facecomp: {e} (facecomp train --stage {args.stage} --run-dir {args.run_dir} --resume; "
+              "lower the learning rate with --allow-config-change optim.lr_g=...)", file=sys.stderr)
+        return EXIT_DIVERGED
     rate = result.images / max(result.seconds, 1e-9)
     if not result.finished:
         why = stop.name or ("--stop-at" if args.stop_at is not None else "request")

@@ -29,4 +29,5 @@ def make_loader(cfg: Config, files: list[Path], start_step: int = 0, rank: int =
     from facecomp.data.pipeline import build_loader
 
     return build_loader(files, cfg.generator.image_size, cfg.data, cfg.mask, cfg.train.batch_size, cfg.train.seed,
-                        start_step=start_step, rank=rank, world_size=world_size)
+                        start_step=start_step, rank=rank, world_size=world_size,
+                        pin_memory=device is not None and device.type == "cuda")

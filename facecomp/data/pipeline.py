@@ -105,9 +105,12 @@ class EpochBatchSampler(Sampler):
 
 
 def build_loader(files: list[Path], image_size: int, data_cfg: DataConfig, mask_cfg: MaskConfig,
-                 batch_size: int, seed: int, start_step: int = 0, rank: int = 0, world_size: int = 1) -> DataLoader:
+                 batch_size: int, seed: int, start_step: int = 0, rank: int = 0, world_size: int = 1,
+                 pin_memory: bool = False) -> DataLoader:
+    """``pin_memory``: batches in page-locked memory, so the step's copy to a GPU runs asynchronously
+    (``non_blocking=True``) instead of stalling the host until the copy is done."""
     dataset = FaceDataset(files, image_size, Augment.from_config(data_cfg), mask_cfg, seed)
     sampler = EpochBatchSampler(len(files), batch_size, seed, start_step, rank, world_size)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=data_cfg.workers,
-                      persistent_workers=data_cfg.workers > 0)
+                      persistent_workers=data_cfg.workers > 0, pin_memory=pin_memory)
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from facecomp.config import GeneratorConfig
-from facecomp.models.layers import conv_stack, scaled
+from facecomp.models.layers import Upsample2x, conv_stack, scaled
 
 # (VGG widths per level, pool after); the last level is the paper's "two more convs + pool".
 ENCODER_LEVELS = [[64, 64], [128, 128], [256, 256, 256, 256], [512, 512]]
@@ -76,7 +76,7 @@ class Generator(nn.Module):
             stack, c = conv_stack(c, widths, norm)
             dec.append(stack)
         self.decoder = nn.ModuleList(dec)
-        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.up = Upsample2x()
         self.to_rgb = nn.Conv2d(c, 3, 3, padding=1)
 
         # level index -> projection of that encoder level's (pre-pool) features into the decoder

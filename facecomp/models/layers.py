@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -32,3 +34,34 @@ def conv_stack(c_in: int, widths: list[int], norm: str) -> tuple[nn.Sequential, 
         blocks.append(conv_block(c_in, c_out, norm))
         c_in = c_out
     return nn.Sequential(*blocks), c_in
+
+
+class Upsample2x(nn.Module):
+    """Nearest-neighbour 2x upsampling in the input's own dtype.
+
+    CUDA's autocast runs upsample_nearest2d in fp32, so a bf16 decoder would cast up before every
+    upsampling and back down after it (the first GPU profile's elementwise copies). Upsampling only
+    repeats values: bf16 in, bf16 out loses nothing. Autocast is switched off around it only where it
+    is on, so a trace without autocast (export) sees a plain interpolate.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return F.interpolate(x, scale_factor=2, mode="nearest")
+        return F.interpolate(x, scale_factor=2, mode="nearest")
+
+
+def fold_batchnorm(module: nn.Module) -> nn.Module:
+    """Each convolution followed by a BatchNorm in a Sequential, folded into one convolution (eval
+    statistics), the BatchNorm replaced by Identity. For frozen networks: the loss's parsing net runs
+    one kernel where it ran two, and its weights stay what they are. In place; returns ``module``."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
+        for i in range(len(seq) - 1):
+            conv, bn = seq[i], seq[i + 1]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                seq[i] = fuse_conv_bn_eval(conv.eval(), bn.eval())
+                seq[i + 1] = nn.Identity()
+    return module

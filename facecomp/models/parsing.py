@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from facecomp.config import ParsingConfig
-from facecomp.models.layers import conv_stack, scaled
+from facecomp.models.layers import Upsample2x, conv_stack, scaled
 
 LEVELS = [64, 128, 256]
 
@@ -38,7 +38,7 @@ class ParsingNet(nn.Module):
             stack, c = conv_stack(c, [cw, cw], "batch")
             dec.append(stack)
         self.decoder = nn.ModuleList(dec)
-        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.up = Upsample2x()
         self.classify = nn.Conv2d(c, cfg.num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -30,14 +30,17 @@ from facecomp.config import Config, OptimConfig
 from facecomp.data.celeba import partition_files
 from facecomp.data.loaders import make_loader
 from facecomp.models import Generator, build_discriminators
+from facecomp.models.layers import fold_batchnorm
 from facecomp.train import checkpoint as ck
 from facecomp.train import validation as val
 from facecomp.train.checkpoint import RunState
 from facecomp.train.ema import EMA, calibration_inputs
+from facecomp.train.guard import DivergenceGuard
 from facecomp.train.runs import RESULT_FILE, read_result
 from facecomp.train.schedule import lr_factor, set_lr
 from facecomp.train.stages import STAGES, check_stage
-from facecomp.train.step import Models, OptimizerUpdater, StepResult, Updater, train_step
+from facecomp.train.step import (Metrics, Models, OptimizerUpdater, StepFunctions, StepResult, Updater,
+                                  adversarial_ramp, read_metrics, train_step)
 from facecomp.weights import copy_file, find_checkpoint, load_module, write_json
 
 log = logging.getLogger(__name__)
@@ -55,13 +58,24 @@ def build_models(cfg: Config, stage: int, device: torch.device) -> Models:
         d_local, d_global = build_discriminators(cfg.discriminator, cfg.generator.image_size)
     models = Models(generator=gen, d_local=d_local, d_global=d_global)
     if "parsing" in STAGES[stage] and (cfg.loss.parsing > 0 or cfg.loss.perceptual > 0):
-        models.parsing = load_parsing(cfg)
+        models.parsing = loss_network(load_parsing(cfg), cfg)
     fmt = torch.channels_last if cfg.runtime.channels_last else torch.contiguous_format
     for name in ("generator", "d_local", "d_global", "parsing"):
         mod = getattr(models, name)
         if mod is not None:
             setattr(models, name, mod.to(device=device, memory_format=fmt))
     return models
+
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def loss_network(net: nn.Module, cfg: Config) -> nn.Module:
+    """A frozen network of the loss as the step runs it: BatchNorm folded into the convolutions, and the
+    weights held in the autocast dtype once, so autocast does not cast them again on every call (it
+    caches casts only of weights that take gradients)."""
+    fold_batchnorm(net)
+    return net.to(AMP_DTYPES[cfg.runtime.amp]) if cfg.runtime.amp in AMP_DTYPES else net
 
 
 def load_parsing(cfg: Config) -> nn.Module:
@@ -84,7 +98,14 @@ def build_optimizers(models: Models, cfg: Config) -> dict[str, torch.optim.Optim
     """torch Adam for each trained module (optim.*), keyed by the module's name. The cluster's DeepSpeed
     engines are told the same hyper-parameters (facecomp.cluster.deepspeed_models.deepspeed_config)."""
     lrs, betas = base_lrs(cfg.optim), (cfg.optim.beta1, cfg.optim.beta2)
-    return {name: torch.optim.Adam(getattr(models, name).parameters(), lr=lrs[name], betas=betas) for name in TRAINED}
+    optimizers = {}
+    for name in TRAINED:
+        params = list(getattr(models, name).parameters())
+        # on a GPU, one fused kernel for the whole update instead of a dozen per tensor; it also keeps
+        # the step count on the device, which the gated D update (train.step.OptimizerUpdater) needs
+        fused = params[0].device.type == "cuda"
+        optimizers[name] = torch.optim.Adam(params, lr=lrs[name], betas=betas, fused=fused or None)
+    return optimizers
 
 
 def build_updaters(models: Models, optimizers: dict[str, torch.optim.Optimizer], cfg: Config
@@ -201,15 +222,35 @@ class StageHooks(Hooks):
         self.total = cfg.train.stage_steps[stage - 1]
         self.base_lr = base_lrs(cfg.optim)
         self.factor = 1.0
-        self.metrics: dict[str, float] = {}
+        self.fns = StepFunctions.of(cfg)
+        self.guard = DivergenceGuard(stage, agree)
+        self.latest: Metrics = {}  # the last step's metrics, still on the device
+        self.metrics: dict[str, float] = {}  # read from ``latest`` at each log line (read_now)
         self._logged: tuple[int, float] | None = None  # (images, seconds) of the state at the last log line
 
     def step(self, batch: dict, step: int) -> StepResult:
-        batch = {**batch, "image": batch["image"].to(self.device), "mask": batch["mask"].to(self.device)}
+        # pinned by the loader on CUDA: the copies queue behind the running step instead of waiting for it
+        batch = {**batch, "image": batch["image"].to(self.device, non_blocking=True),
+                 "mask": batch["mask"].to(self.device, non_blocking=True)}
         self.factor = lr_factor(self.cfg.optim, step, self.total)
         for name, updater in self.updaters.items():
             set_lr(updater.optimizer, self.base_lr[name] * self.factor)
-        return train_step(self.models, self.updaters, batch, self.cfg, self.stage, step, agree=self.agree)
+        return train_step(self.models, self.updaters, batch, self.cfg, self.stage, step, agree=self.agree,
+                          fns=self.fns)
+
+    def watched(self) -> list[nn.Module]:
+        """The modules whose weights the divergence guard checks (what a checkpoint saves)."""
+        return [self.models.generator, self.models.d_local, self.models.d_global]
+
+    def ensure_finite(self, state: RunState) -> None:
+        """Raise :class:`~facecomp.train.guard.Diverged` if a loss since the last check or a weight now
+        is not finite: at every log line, and before every checkpoint, so none holds NaN weights."""
+        self.guard.check(state.step, self.watched())
+
+    def read_now(self) -> dict[str, float]:
+        """The last step's metrics as floats: the one host sync, made per log line and checkpoint."""
+        self.metrics = read_metrics(self.latest)
+        return self.metrics
 
     def after_step(self, state: RunState, batch: dict, result: StepResult | None, at_checkpoint: bool) -> None:
         if self.bar is not None:
@@ -217,8 +258,10 @@ class StageHooks(Hooks):
         if result is None:
             return
         step, t = state.step, self.cfg.train
-        self.metrics = result.metrics
+        self.latest = result.metrics
+        self.guard.observe(step, result.metrics)
         if step % t.log_every == 0 or step == self.total:
+            self.ensure_finite(state)
             self.log(state)
         if self.writer is not None and (step % t.image_every == 0 or step == self.total):
             grid = _grid(batch["image"], batch["mask"], result.completed)
@@ -228,7 +271,7 @@ class StageHooks(Hooks):
         # The run's average hides what the machine gives now (a run shared with other work for hours
         # reads slow long after it has the machine to itself), so the line shows the rate since the
         # last line beside it.
-        m, s, rate = self.metrics, self.stage, state.images / max(state.seconds, 1e-9)
+        m, s, rate = self.read_now(), self.stage, state.images / max(state.seconds, 1e-9)
         images0, seconds0 = self._logged or (state.images, state.seconds)
         recent = (state.images - images0) / max(state.seconds - seconds0, 1e-9) if self._logged else rate
         self._logged = (state.images, state.seconds)
@@ -237,6 +280,7 @@ class StageHooks(Hooks):
                 self.writer.add_scalar(f"stage{s}/{k}", v, state.step)
             self.writer.add_scalar(f"stage{s}/images_per_s", recent, state.step)
             self.writer.add_scalar(f"stage{s}/lr_factor", self.factor, state.step)
+            self.writer.add_scalar(f"stage{s}/adv_ramp", adversarial_ramp(self.cfg, state.step - 1), state.step)
         if self.bar is not None:
             self.bar.set_postfix(recon=f"{m['recon']:.1f}", total=f"{m['total']:.1f}")
         if self.log_lines:  # a run in the background (nohup, a batch job, a cluster worker): a line in its log
@@ -304,7 +348,11 @@ class _PlainStage(StageHooks):
         log.info("validation at step %d: %s", step,
                  {k: round(record["raw"][k], 3) for k in ("hole_psnr", "ssim", "identity") if k in record["raw"]})
 
+    def watched(self) -> list[nn.Module]:
+        return super().watched() + ([self.ema.module] if self.ema is not None else [])
+
     def save(self, state: RunState) -> None:
+        self.ensure_finite(state)
         cfg, stage, step = self.cfg, self.stage, state.step
         state.best = self.best(state)
         if hasattr(self.loader, "state"):  # a loader that keeps its own position (DALI): resume it from there
@@ -372,14 +420,16 @@ def train(cfg: Config, stage: int, data_root: str | Path | list[str], run_dir: s
     bar = tqdm(total=total, initial=state.step, desc=f"stage {stage}", disable=not progress, unit="step")
     hooks = _PlainStage(cfg, stage, run_dir, models, optimizers, device, ema=ema, vset=vset, loader=loader,
                         writer=writer, bar=bar, log_lines=not progress)
-    finished = drive(state, iter(loader), hooks, total=total, ckpt_every=cfg.train.ckpt_every, until=stop_at,
-                     stop=stop, saved=state.step if ckpt is not None else None)
-    bar.close()
-    writer.close()
+    try:
+        finished = drive(state, iter(loader), hooks, total=total, ckpt_every=cfg.train.ckpt_every, until=stop_at,
+                         stop=stop, saved=state.step if ckpt is not None else None)
+    finally:
+        bar.close()
+        writer.close()
     if not finished:  # stopped early: a checkpoint to resume from, and no result
-        return RunResult(run_dir, state.step, state.images, state.seconds, hooks.metrics, finished=False)
+        return RunResult(run_dir, state.step, state.images, state.seconds, hooks.read_now(), finished=False)
     _write_result(run_dir, state, hooks.best(state) if vset is not None else None, cfg)
-    return RunResult(run_dir, state.step, state.images, state.seconds, hooks.metrics)
+    return RunResult(run_dir, state.step, state.images, state.seconds, hooks.read_now())
 
 
 def _write_result(run_dir: Path, state: RunState, chosen: dict | None, cfg: Config) -> None:
