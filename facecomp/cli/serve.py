@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from facecomp.runtime import require
 
@@ -12,8 +13,13 @@ def add_parser(sub) -> None:
                        description="Serves a page (open a photo, brush or pick O1-O6, complete) and the API: "
                        "POST /v1/complete, GET /healthz, GET /v1/model, OpenAPI at /docs and /openapi.json. "
                        "Needs the 'serve' extra (and 'faces' for unaligned photos).")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind; one other than loopback needs an API key (or --insecure)")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every /v1 route (default: "
+                   "$FACECOMP_API_KEY; prefer the variable, since other users can read a command line)")
+    p.add_argument("--insecure", action="store_true",
+                   help="serve on a non-loopback --host without an API key: anyone who reaches the port can use it")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--model", help="generator weights (default: the shipped model)")
     which.add_argument("--engine", help="an artifact folder from `facecomp export` (AOTInductor, ONNX, TensorRT)")
@@ -26,17 +32,38 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def api_key_for(args: argparse.Namespace) -> str | None:
+    """The key from --api-key, else $FACECOMP_API_KEY (empty = none); refused when a non-loopback host would be
+    served without one and --insecure was not given."""
+    import os
+
+    from facecomp.serve import auth
+
+    key = args.api_key or os.environ.get(auth.API_KEY_ENV) or None
+    if key is not None:
+        auth.check_api_key(key)
+    elif not auth.is_loopback(args.host):
+        if not args.insecure:
+            raise ValueError(f"--host {args.host} is reachable from other machines: set an API key "
+                             f"(--api-key or ${auth.API_KEY_ENV}) or pass --insecure to serve it open")
+        print(f"facecomp: warning: serving {args.host} with no API key (--insecure)", file=sys.stderr)
+    return key
+
+
 def run(args: argparse.Namespace) -> int:
     import os
 
     uvicorn = require("uvicorn", "serve", "facecomp serve")
     if args.workers < 1 or args.max_pending < 1 or args.max_batch < 1:
         raise ValueError("--workers, --max-pending and --max-batch must be at least 1")
+    api_key = api_key_for(args)
     # uvicorn's workers import the app by name; the settings travel in the environment.
     os.environ["FACECOMP_SERVE"] = repr({"model": args.model, "engine": args.engine, "device": args.device,
                                          "max_pending": args.max_pending, "max_batch": args.max_batch,
-                                         "max_upload_bytes": int(args.max_upload_mb * 1024 * 1024)})
-    print(f"facecomp: serving on http://{args.host}:{args.port}/ (API docs at /docs)")
+                                         "max_upload_bytes": int(args.max_upload_mb * 1024 * 1024),
+                                         "api_key": api_key})
+    key_note = "; API key required on /v1" if api_key else ""
+    print(f"facecomp: serving on http://{args.host}:{args.port}/ (API docs at /docs{key_note})")
     uvicorn.run("facecomp.serve.main:app", host=args.host, port=args.port, workers=args.workers,
                 factory=True, log_level="info")
     return 0

@@ -13,7 +13,8 @@ the ``X-Inpainted-Pixels`` header, and ``inpainted`` in a JSON answer.
 read by its Content-Type and validated against one set of models (``schema``); it answers with the image
 (PNG, JPEG or WebP) or a JSON document, and says where the time went in ``Server-Timing`` (``timing``).
 ``/docs`` and ``/redoc`` load Swagger UI and ReDoc from the app itself (the fastapi-offline package's
-copies), so they work with no network.
+copies), so they work with no network. With ``api_key`` set, every ``/v1`` route wants it as a bearer token
+(``auth``).
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ import io
 import json
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from fastapi import Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -52,6 +53,8 @@ class ServeConfig:
     max_samples: int = 8
     max_pending: int = 8  # requests admitted at once (running + waiting for the model)
     retry_after_s: int = 1
+    # Bearer token every /v1 route wants (None: no key, for loopback); kept out of repr so logs never show it.
+    api_key: str | None = field(default=None, repr=False)
 
 
 class BadRequest(ValueError):
@@ -152,8 +155,11 @@ def model_facts(runner: Runner) -> dict:
 def create_app(cfg: ServeConfig, runner: Runner | None = None):
     from fastapi_offline import FastAPIOffline
 
-    from facecomp.serve import schema
+    from facecomp.serve import auth, schema
 
+    # The key is checked before the model loads: a bad key fails at once, not after seconds of loading.
+    keyed = {"dependencies": [Depends(auth.require_key(cfg.api_key))],
+             "responses": {401: schema.unauthorized_response()}} if cfg.api_key is not None else {}
     runner = runner or Runner(cfg)
     facts = model_facts(runner)  # fixed for the worker's life; hashing the weights once, not per request
     # FastAPI's own /docs and /redoc fetch Swagger UI and ReDoc from a CDN; these serve the package's copies.
@@ -174,7 +180,7 @@ def create_app(cfg: ServeConfig, runner: Runner | None = None):
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
-        return error(exc.status_code, str(exc.detail))
+        return error(exc.status_code, str(exc.detail), headers=exc.headers)  # 401's WWW-Authenticate
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception):  # a bug must not take the server down
@@ -198,11 +204,15 @@ def create_app(cfg: ServeConfig, runner: Runner | None = None):
         return {"status": "ok", "served": runner.served, "rejected_busy": runner.rejected,
                 "generator_passes": b.passes, "generator_calls": b.calls, "largest_batch_calls": b.largest}
 
-    @app.get("/v1/model")
+    # Everything under /v1 is the API proper: the key, when set, guards the whole router, so a route added here
+    # later is guarded too. Open routes (the page, /healthz, the docs) are registered on the app itself.
+    api = APIRouter(prefix="/v1", **keyed)
+
+    @api.get("/model")
     async def model():
         return facts
 
-    @app.post("/v1/complete", summary="Complete the masked region of a face photo",
+    @api.post("/complete", summary="Complete the masked region of a face photo",
               description="Send the photo and a mask (white = missing) or a preset, as a multipart form or as "
               "JSON with base64 images. Answers with the completed photo (format png, jpg, webp) or, with "
               "format=json, every sample and blend as base64 PNGs. Unaligned photos are searched for faces and "
@@ -228,6 +238,7 @@ def create_app(cfg: ServeConfig, runner: Runner | None = None):
             runner.release()
         return Response(content, media_type=media, headers=headers)
 
+    app.include_router(api)
     return app
 
 

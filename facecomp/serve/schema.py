@@ -150,6 +150,14 @@ def _error(description: str, example: str, **extra) -> dict:
             "content": {"application/json": {"example": {"error": example}}}, **extra}
 
 
+def unauthorized_response() -> dict:
+    """The 401 of every /v1 route when the server has an API key."""
+    return _error("no API key, or the wrong one: the server was started with --api-key ($FACECOMP_API_KEY); "
+                  "send Authorization: Bearer <key>",
+                  "missing or wrong API key: send the header Authorization: Bearer <key>",
+                  headers={"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}})
+
+
 def complete_responses() -> dict:
     """``responses=`` of POST /v1/complete: the answer's image types and JSON model, each error status's body."""
     binary = {"schema": {"type": "string", "format": "binary"}}
