@@ -13,6 +13,15 @@ nothing else. Variants (``--variants``, comma-separated):
     fp32             fp32 instead of bf16, freezing on
     fp32_no_freezing fp32, no freezing
     contiguous       bf16, NCHW inside the graph instead of channels_last, freezing on
+    weights_pickled  as shipped, but the constants outside the .so, pickled beside it in the package
+                     (aot_inductor.package_constants_in_so=False, on-disk format pickle_weights)
+    weights_blob     the same with the constants in one binary blob (on-disk format binary_blob)
+    caching_alloc    as shipped, the weights in PyTorch's CUDA caching allocator (weight_use_caching_allocator)
+
+Every compile also dumps the constants the exported program hands AOTInductor (name, device, dtype, shape,
+strides, contiguity: a CPU constant in a CUDA program, a 0-dim one, a non-contiguous one are the usual
+suspects of a loader crash) and the package's files with their sizes, so a crash that no variant avoids
+still leaves what was in the package that crashed.
 
     python bench/aoti_probe.py --device cuda [--variants tiny,shipped,...] [--out DIR] [--jobs 2]
 
@@ -45,7 +54,31 @@ VARIANTS = {
     "fp32": ("generator", "fp32", True, FREEZING),
     "fp32_no_freezing": ("generator", "fp32", True, {}),
     "contiguous": ("generator", "bf16", False, FREEZING),
+    "weights_pickled": ("generator", "bf16", True, {**FREEZING, "aot_inductor.package_constants_in_so": False,
+                                                    "aot_inductor.package_constants_on_disk_format": "pickle_weights"}),
+    "weights_blob": ("generator", "bf16", True, {**FREEZING, "aot_inductor.package_constants_in_so": False,
+                                                 "aot_inductor.package_constants_on_disk_format": "binary_blob"}),
+    "caching_alloc": ("generator", "bf16", True, {**FREEZING, "aot_inductor.weight_use_caching_allocator": True}),
 }
+
+
+def constants_of(program) -> list[dict]:
+    """Every tensor the exported program carries into the package (parameters, buffers, constants)."""
+    import torch
+
+    tensors = {**program.state_dict, **program.constants}
+    return [{"name": k, "device": str(t.device), "dtype": str(t.dtype).removeprefix("torch."),
+             "shape": list(t.shape), "stride": list(t.stride()), "contiguous": t.is_contiguous(),
+             "suspect": (t.dim() == 0) or not t.is_contiguous()}
+            for k, t in tensors.items() if isinstance(t, torch.Tensor)]
+
+
+def package_files(package: Path) -> list[dict]:
+    """The .pt2 archive's members and their sizes (a zip file)."""
+    import zipfile
+
+    with zipfile.ZipFile(package) as z:
+        return [{"name": i.filename, "bytes": i.file_size} for i in z.infolist()]
 
 
 def _module(kind: str, device: str, precision: str, channels_last: bool, weights: str | None):
@@ -80,8 +113,12 @@ def compile_variant(name: str, device: str, package: Path, weights: str | None) 
     batch = torch.export.Dim("batch", min=1, max=8)
     with torch.no_grad():
         program = torch.export.export(module, (x,), dynamic_shapes={"filled": {0: batch}})
+        constants = constants_of(program)
         torch._inductor.aoti_compile_and_package(program, package_path=str(package), inductor_configs=configs)
-    return {"package_bytes": package.stat().st_size}
+    devices = sorted({c["device"] for c in constants})
+    return {"package_bytes": package.stat().st_size, "constant_devices": devices,
+            "suspect_constants": [c for c in constants if c["suspect"] or c["device"] != devices[-1]][:20],
+            "constants": constants, "package_files": package_files(package)}
 
 
 def load_variant(name: str, device: str, package: Path, weights: str | None) -> dict:
@@ -136,7 +173,8 @@ def probe(name: str, device: str, work: Path, weights: str | None, timeout: floa
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
-    ap.add_argument("--variants", default="tiny,shipped,no_freezing,fp32_no_freezing,contiguous")
+    ap.add_argument("--variants", default="tiny,shipped,weights_pickled,weights_blob,no_freezing,fp32_no_freezing,"
+                    "contiguous")
     ap.add_argument("--model", help="generator weights (default: the shipped ones)")
     ap.add_argument("--jobs", type=int, default=2, help="variants compiled at once")
     ap.add_argument("--timeout-s", type=float, default=300.0, help="per phase of one variant")

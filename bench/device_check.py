@@ -113,7 +113,14 @@ def run_in_child(name: str, args: argparse.Namespace, out: Path, budget_s: float
            "--device", args.device, "--out", str(child_out), "--budget-s", str(max(1.0, budget_s))]
     cmd += ["--quick"] if args.quick else []
     cmd += ["--faces", args.faces] if args.faces else []
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=max(60.0, budget_s + 120))
+    # the floor: a --quick run compiles its AOTInductor package on a CPU, minutes on a busy 2-core machine
+    timeout = max(240.0 if args.quick else 60.0, budget_s + 120)
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        return {"name": name, "status": "timeout", "process": "child", "error": f"no result after {timeout:.0f} s",
+                "stderr_tail": (e.stderr or b"")[-3000:].decode(errors="replace") if isinstance(e.stderr, bytes)
+                else (e.stderr or "")[-3000:]}
     report = child_out / "device_check.json"
     if report.is_file():
         steps = json.loads(report.read_text())["steps"]

@@ -199,12 +199,12 @@ def _models(cfg, device: torch.device, seed: int = 0, dtype: torch.dtype | None 
     """Stage-3 models (G, both Ds, a random frozen parsing net) seeded the same on every device, with
     plain Adam updaters; ``dtype`` casts G and the Ds (weights and buffers), as a bf16 engine holds them."""
     from facecomp.models import ParsingNet, freeze
-    from facecomp.train.loop import build_models, build_optimizers, build_updaters
+    from facecomp.train.loop import build_models, build_optimizers, build_updaters, loss_network
 
     torch.manual_seed(seed)
     models = build_models(cfg, 3, torch.device("cpu"))
     torch.manual_seed(seed + 1)
-    models.parsing = freeze(ParsingNet(cfg.parsing))
+    models.parsing = loss_network(freeze(ParsingNet(cfg.parsing)), cfg)  # as the trainer runs it
     for name in ("generator", "d_local", "d_global", "parsing"):
         mod = getattr(models, name).to(device)
         if dtype is not None and name != "parsing":
@@ -322,6 +322,99 @@ def throughput(ctx: Context) -> dict:
             row["compile"] = _stage_rates(ctx, cfg, models, updaters, batch, 20, flops)
             row["compile"]["compile_and_measure_s"] = time.perf_counter() - t
         res[preset] = row
+    return res
+
+
+# --- 4a. the stage-3 MFU table: eager, compiled, compiled + CUDA graphs -----------------------------
+
+MFU_COMPILE_S = {"default": 150, "reduce-overhead": 180}  # first batch of a mode (its graphs); later batches: half
+
+
+def _sync_count(fn) -> int | None:
+    """Host syncs one call of ``fn`` makes: CUDA's sync debug mode warns at each synchronizing call."""
+    if not torch.cuda.is_available():
+        return None
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchronizing" in str(w.message) for w in seen)
+
+
+def _launches(ctx: Context, fn) -> dict:
+    """Kernel and graph launches of one call of ``fn``, from torch.profiler's runtime events."""
+    from torch.profiler import ProfilerActivity, profile
+
+    if not ctx.cuda:
+        return {"kernel_launches": None, "graph_launches": None}
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        ctx.sync()
+    events = prof.key_averages()
+    count = lambda names: int(sum(e.count for e in events if e.key in names))  # noqa: E731
+    return {"kernel_launches": count({"cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx"}),
+            "graph_launches": count({"cudaGraphLaunch"})}
+
+
+def train_mfu(ctx: Context) -> dict:
+    """Stage 3 of the ``paper`` preset as it trains (bf16, channels_last, the sync-free step with its
+    device-side D-skip gate): MFU eager, with each step piece compiled whole (``runtime.compile=default``)
+    and compiled with CUDA graphs (``reduce-overhead``), at batch 64/128/256, most valuable first while
+    the budget lasts; per step the kernel and graph launches and the host syncs (CUDA's sync debug mode).
+    MFU = counted FLOPs of the eager step / step time / this GPU's measured bf16 matmul peak."""
+    from facecomp.train.step import StepFunctions, train_step
+
+    preset = "smoke" if ctx.quick else "paper"
+    cfg = load_config(preset, ["runtime.amp=bf16", "runtime.channels_last=true"])
+    if ctx.cuda:
+        torch.backends.cudnn.benchmark = cfg.runtime.cudnn_benchmark
+    batches = (2,) if ctx.quick else (64, 128, 256)
+    # eager at every batch first, then graphs (the likely winner) at the smallest and largest batch,
+    # then plain compile; the CPU in CI runs eager only (compiling there takes minutes; tests cover it)
+    plan = [("none", n) for n in batches]
+    if not ctx.quick:
+        plan += [("reduce-overhead", 64), ("reduce-overhead", 256), ("default", 64), ("reduce-overhead", 128),
+                 ("default", 256)]
+    res: dict = {"preset": preset, "stage": 3, "amp": "bf16", "channels_last": True,
+                 "d_skip_below": cfg.adversarial.d_skip_below, "rows": [], "skipped": []}
+    flops: dict[int, float] = {}
+    compiled_modes: set[str] = set()
+    for mode, n in plan:
+        need = 0 if mode == "none" else MFU_COMPILE_S[mode] // (2 if mode in compiled_modes else 1)
+        if ctx.left() < need + RESERVE_S and not ctx.quick:
+            res["skipped"].append({"mode": mode, "batch": n, "reason": f"budget: {ctx.left():.0f} s left"})
+            continue
+        t0 = time.perf_counter()
+        models, updaters = _models(cfg, ctx.device)
+        batch, res["batch_source"] = ctx.batch(cfg, n)
+        fns = StepFunctions(mode, cfg.adversarial.r1 > 0)
+        counter = iter(range(10**6))
+        step = lambda: train_step(models, updaters, batch, cfg, 3, next(counter), fns=fns)  # noqa: E731
+        if n not in flops:
+            step()  # outside the counter: Adam's state, cuDNN's algorithm search
+            with FlopCounterMode(display=False) as fc:
+                train_step(models, updaters, batch, cfg, 3, 0)
+            flops[n] = fc.get_total_flops()
+        for _ in range(3 if mode != "none" else 1 if ctx.cuda else 0):  # compile, record graphs
+            step()
+        sec = ctx.median_s(step, 10 if ctx.cuda else 1, warmup=1 if ctx.cuda else 0)
+        compiled_modes.add(mode)
+        tflops = flops[n] / sec / 1e12
+        res["rows"].append({"mode": mode, "batch": n, "step_ms": sec * 1e3, "images_per_s": n / sec,
+                            "tflops": tflops, "mfu_pct_of_measured_bf16_peak":
+                            100 * tflops / ctx.peak_tflops["bf16"] if ctx.peak_tflops.get("bf16") else None,
+                            **_launches(ctx, step), "host_syncs_per_step": _sync_count(step),
+                            "seconds_incl_compile": round(time.perf_counter() - t0, 1)})
+        del models, updaters, fns
+        if ctx.cuda:
+            torch.cuda.empty_cache()
+    best = max(res["rows"], key=lambda r: r["mfu_pct_of_measured_bf16_peak"] or 0, default=None)
+    res["best"] = best and {k: best[k] for k in ("mode", "batch", "mfu_pct_of_measured_bf16_peak")}
     return res
 
 
@@ -472,7 +565,7 @@ def aoti_probe(ctx: Context) -> dict:
         raise Skip(f"export_aoti_engine did not fail ({export.get('status', 'not run')}): nothing to narrow down")
     if ctx.left() < 120:
         raise Skip(f"budget: {ctx.left():.0f} s left, the probe needs about 200 s")
-    variants = "tiny" if ctx.quick else "tiny,no_freezing,fp32_no_freezing,contiguous"
+    variants = "tiny" if ctx.quick else "tiny,weights_pickled,weights_blob,no_freezing,fp32_no_freezing,contiguous"
     out = ctx.out / "aoti_probe"
     r = subprocess.run([sys.executable, str(REPO / "bench" / "aoti_probe.py"), "--device", ctx.device.type,
                         "--variants", variants, "--out", str(out), "--timeout-s", str(max(30.0, ctx.left() - 20))],
@@ -484,6 +577,9 @@ def aoti_probe(ctx: Context) -> dict:
         return {"status": "fail", "returncode": r.returncode, "stderr_tail": r.stderr[-2000:]}
     variants_ = json.loads(report.read_text())["variants"]
     return {"status": "ok", "variants": {v["variant"]: {"compile": v["compile"]["status"],
+                                                        "constant_devices": v["compile"].get("constant_devices"),
+                                                        "suspect_constants": len(v["compile"].get(
+                                                            "suspect_constants", [])),
                                                         "load_and_run": v.get("load_and_run", {}).get("status"),
                                                         "max_abs_vs_eager": v.get("load_and_run", {})
                                                         .get("max_abs_vs_eager")} for v in variants_},
@@ -564,5 +660,6 @@ def untestable(ctx: Context) -> dict:
 ISOLATED = frozenset({"export_aoti_engine"})
 
 STEPS = [("environment", environment), ("kernels", kernels), ("gpu_vs_cpu_fp32", gpu_vs_cpu),
-         ("train_throughput", throughput), ("train_profile", train_profile), ("export_aoti_engine", export_engine),
+         ("train_mfu", train_mfu), ("train_throughput", throughput), ("train_profile", train_profile),
+         ("export_aoti_engine", export_engine),
          ("aoti_probe", aoti_probe), ("deepspeed_zero1", deepspeed_engines), ("not_testable_there", untestable)]

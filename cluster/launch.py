@@ -20,6 +20,7 @@ from facecomp import config as config_mod
 from facecomp.config import Config
 from facecomp.train import runs
 from facecomp.train.checkpoint import RunState
+from facecomp.train.guard import DIVERGED_FILE, read_diverged
 from facecomp.train.stages import check_stage
 from facecomp.weights import copy_file, find_checkpoint, write_json
 
@@ -74,6 +75,7 @@ def train_stage(cfg: Config, stage: int, launch: LaunchConfig, init: str | Path 
     (run_dir / "config.toml").write_text(config_mod.to_toml(cfg))
     (run_dir / runs.RESULT_FILE).unlink(missing_ok=True)  # written again when the stage finishes
     clear_stop(run_dir)  # a marker of a stopped session: this one must not stop at once
+    (run_dir / DIVERGED_FILE).unlink(missing_ok=True)  # and of a diverged one: this session may go on
     import ray
 
     with stop_on_signal(run_dir) as (stop, install):
@@ -83,6 +85,9 @@ def train_stage(cfg: Config, stage: int, launch: LaunchConfig, init: str | Path 
         result = _fit(cfg, stage, launch, storage, name, run_dir, init)
     if result.error is not None:
         raise result.error
+    diverged = read_diverged(run_dir)
+    if diverged is not None:
+        raise diverged
     if result.checkpoint is None:
         raise RuntimeError(f"stage {stage} finished without a checkpoint in {run_dir}")
     final = Path(result.checkpoint.path)

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from facecomp import config as config_mod
+from facecomp.train.guard import Diverged, write_diverged
 from facecomp import runtime
 from facecomp.config import Config
 from facecomp.data.celeba import partition_files
@@ -115,8 +116,19 @@ def run_stage(cfg: Config, stage: int, run_dir: Path, rank: int, world: int, dev
     hooks = _ClusterStage(cfg, stage, wrapped, models.parsing, device, rank=rank, loader=loader, report=report,
                           writer=writer, agree=make_agree(world), any_rank=reduce)
     total = cfg.train.stage_steps[stage - 1]
-    finished = drive(state, iter(loader), hooks, total=total, ckpt_every=cfg.train.ckpt_every, stop=stop,
-                     saved=state.step if restore is not None else None)
+    try:
+        finished = drive(state, iter(loader), hooks, total=total, ckpt_every=cfg.train.ckpt_every, stop=stop,
+                         saved=state.step if restore is not None else None)
+    except Diverged as e:
+        # Every rank stops at the same check (the guard agrees over ranks) and returns normally: a raised
+        # error would make Ray Train restart the workers from the last checkpoint, into the same
+        # divergence, max_failures times. The driver reads the marker and stops with one line.
+        if rank == 0:
+            log.error("%s", e)
+            write_diverged(run_dir, e)
+        if writer is not None:
+            writer.close()
+        return state
     if not finished and rank == 0:
         log.info("stage %d stopped at step %d/%d on request; checkpoint %s", stage, state.step, total,
                  checkpoints.dir_name(state.step))

@@ -353,3 +353,16 @@ def test_bf16_deepspeed_models_train(smoke_cfg, face_files, dist_world_1, ds_nam
     for name in ("generator", "d_local"):
         after = [p.detach().float() for p in wrapped.modules()[name].parameters()]
         assert any(not torch.equal(a, b) for a, b in zip(before[name], after, strict=True)), f"{name} did not move"
+
+
+def test_diverging_run_stops_every_worker_before_a_checkpoint(celeba, tmp_path):
+    """Two gloo workers whose losses overflow at once (Lr x 1e38): the guard agrees over the ranks, both
+    stop at the same check without reporting a checkpoint, Ray Train does not restart them into the same
+    divergence, and the driver exits 3 with one line naming the step."""
+    cmd = [sys.executable, "-m", "facecomp", "cluster", "train", "--num-workers", "2", "--config", "smoke",
+           "--stage", "1", "--data", str(celeba), "--storage", str(tmp_path), "loss.recon=1e38"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=420)
+    assert r.returncode == 3, r.stdout[-3000:] + r.stderr[-3000:]
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("facecomp:")]
+    assert len(lines) == 1 and "stage 1 diverged at step 1: non-finite loss" in lines[0], r.stderr[-3000:]
+    assert not list((tmp_path / "stage1").glob("step_*")) and not (tmp_path / "stage1" / "result.json").exists()

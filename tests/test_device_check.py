@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-STEPS = ["environment", "kernels", "gpu_vs_cpu_fp32", "train_throughput", "train_profile", "export_aoti_engine",
-         "aoti_probe", "deepspeed_zero1", "not_testable_there"]
+STEPS = ["environment", "kernels", "gpu_vs_cpu_fp32", "train_mfu", "train_throughput", "train_profile",
+         "export_aoti_engine", "aoti_probe", "deepspeed_zero1", "not_testable_there"]
 
 
 def _numbers(obj):
@@ -41,7 +41,7 @@ def test_device_check_runs_on_the_cpu_from_source(tmp_path):
     steps = {s["name"]: s for s in report["steps"]}
     assert list(steps) == STEPS
     assert report["partial"] is False
-    for name in STEPS[:6]:
+    for name in STEPS[:7]:
         assert steps[name]["status"] == "ok", steps[name]
         assert steps[name]["seconds"] > 0
     assert steps["aoti_probe"]["status"] == "skipped"  # it only runs after the export step failed
@@ -55,6 +55,9 @@ def test_device_check_runs_on_the_cpu_from_source(tmp_path):
     assert steps["kernels"]["result"]["cuda_tests"]["returncode"] in (0, 5)  # all skipped without a GPU
     parity = steps["gpu_vs_cpu_fp32"]["result"]
     assert parity["same_device"] and parity["forward_max_abs"] == 0.0  # CPU against itself: exactly equal
+    mfu = steps["train_mfu"]["result"]
+    assert [(r["mode"], r["batch"]) for r in mfu["rows"]] == [("none", 2)] and mfu["best"]["mode"] == "none"
+    assert mfu["rows"][0]["mfu_pct_of_measured_bf16_peak"] > 0 and mfu["rows"][0]["host_syncs_per_step"] is None
     smoke = steps["train_throughput"]["result"]["smoke"]
     assert [f"stage{s}" for s in (1, 2, 3)] == list(smoke["eager"])
     for row in smoke["eager"].values():

@@ -52,8 +52,15 @@ def run(args: argparse.Namespace) -> int:
 
     launch = LaunchConfig(num_workers=args.num_workers, gpus_per_worker=args.gpus_per_worker, storage=args.storage,
                           name=args.name, address=args.address)
-    result = train_stage(cfg, args.stage, launch, init=args.init, init_unfinished=args.init_unfinished,
-                         from_scratch=args.from_scratch)
+    from facecomp.train.guard import EXIT_DIVERGED, Diverged
+
+    try:
+        result = train_stage(cfg, args.stage, launch, init=args.init, init_unfinished=args.init_unfinished,
+                             from_scratch=args.from_scratch)
+    except Diverged as e:
+        print(f"facecomp: {e} (run the same command again to continue; lower the learning rate with "
+              "optim.lr_g=...)", file=sys.stderr)
+        return EXIT_DIVERGED
     s = result.state
     if not result.finished:
         from facecomp.train.preempt import EXIT_STOPPED

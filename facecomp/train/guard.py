@@ -14,12 +14,15 @@ those give non-finite losses in the next step (and fail the weight check before 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import torch
 from torch import nn
 
 EXIT_DIVERGED = 3  # `facecomp train` / `facecomp cluster train` exit status of a run the guard stopped
+DIVERGED_FILE = "diverged.json"  # a cluster run's marker: its workers stopped on a divergence
 
 
 class Diverged(RuntimeError):
@@ -80,3 +83,18 @@ class DivergenceGuard:
 
 def _finite(v: float) -> bool:
     return v == v and abs(v) != float("inf")
+
+
+def write_diverged(run_dir: str | Path, error: Diverged) -> None:
+    """The marker a cluster run's rank 0 leaves for the driver (workers cannot raise to it without Ray
+    Train restarting them)."""
+    Path(run_dir, DIVERGED_FILE).write_text(json.dumps({"stage": error.stage, "step": error.step, "what": error.what}))
+
+
+def read_diverged(run_dir: str | Path) -> Diverged | None:
+    """The divergence a cluster run's workers stopped on, if they did."""
+    path = Path(run_dir, DIVERGED_FILE)
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    return Diverged(data["stage"], data["step"], data["what"])
