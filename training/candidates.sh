@@ -10,6 +10,9 @@
 #   skips_percep   skips + loss.perceptual=100 (parsing-network features) + loss.feature_match=30
 # Steps per variant = PAPER_STEPS x (the paper step's FLOPs / the variant's), counted by
 # torch.utils.flop_counter on a real step (training/candidate_flops.py). A run that exists is resumed.
+# Then every trained variant and the shipped generator are scored side by side on the first FACES
+# validation faces (env FACES, default 120; masks at 178x218, raw generator output: the blend is the same
+# post-process for all) into OUT/table: SSIM, PSNR, hole PSNR, sharpness, identity, parsing, landmarks.
 # OUT holds CelebA-derived pictures: keep it out of git.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,3 +61,8 @@ for ((i = 0; i < ${#variants[@]}; i += 2)); do
   wait
 done
 echo "trained: ${variants[*]}"
+models=(--model "shipped=facecomp/weights/generator.safetensors")
+for v in "${variants[@]}"; do models+=(--model "$v=$out/$v"); done
+OMP_NUM_THREADS=1 "$bin/facecomp" eval table "${models[@]}" --baselines "" --partition val --limit "${FACES:-120}" \
+    --resolution input --blend none --metrics identity,parsing,landmarks --grid-faces 16 --workers 0 \
+    --out "$out/table" --no-progress
