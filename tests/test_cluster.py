@@ -366,3 +366,26 @@ def test_diverging_run_stops_every_worker_before_a_checkpoint(celeba, tmp_path):
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("facecomp:")]
     assert len(lines) == 1 and "stage 1 diverged at step 1: non-finite loss" in lines[0], r.stderr[-3000:]
     assert not list((tmp_path / "stage1").glob("step_*")) and not (tmp_path / "stage1" / "result.json").exists()
+
+
+@pytest.mark.slow
+def test_diverging_run_on_two_workers_resumes_from_its_last_finite_checkpoint(celeba, tmp_path):
+    """Every promise of the guard on two gloo workers: a run with a finite checkpoint at step 2 is
+    continued with its losses poisoned (Lr x 1e38) and stops at step 3 with exit 3, having reported no
+    checkpoint after step 2; the same command without the poison continues from step 2 and finishes."""
+    common = [sys.executable, "-m", "facecomp", "cluster", "train", "--num-workers", "2", "--config", "smoke",
+              "--stage", "1", "--data", str(celeba), "--storage", str(tmp_path), "train.ckpt_every=2"]
+    run = lambda *extra: subprocess.run([*common, *extra], capture_output=True, text=True, env=ENV,  # noqa: E731
+                                        timeout=600)
+    first = run("train.stage_steps=[2, 4, 4]")
+    assert first.returncode == 0, first.stderr[-3000:]
+    poisoned = run("train.stage_steps=[6, 4, 4]", "loss.recon=1e38")
+    assert poisoned.returncode == 3, poisoned.stderr[-3000:]
+    assert "stage 1 diverged at step 3: non-finite loss" in poisoned.stderr
+    steps = sorted(int(p.name.removeprefix("step_")) for p in (tmp_path / "stage1").glob("step_*"))
+    assert steps == [2]
+    tensors, _ = load_tensors(tmp_path / "stage1" / "step_0000002" / "generator.safetensors")
+    assert all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point())
+    healed = run("train.stage_steps=[6, 4, 4]")
+    assert healed.returncode == 0, healed.stderr[-3000:]
+    assert _state(tmp_path / "stage1")["step"] == 6 and _state(tmp_path / "stage1")["restarts"] == [2]
