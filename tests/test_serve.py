@@ -678,3 +678,26 @@ def test_browser_asks_for_the_key_once(keyed_server, face):
     out = unpng(base64.b64decode(src.split(",", 1)[1]))
     hole = masks.occlusion("O3", img.shape[1], img.shape[0]) > 0.5
     assert out.shape == img.shape and np.array_equal(out[~hole], img[~hole]) and (out[hole] != img[hole]).any()
+
+
+def test_client_gone_mid_upload_is_no_error(server, face, caplog):
+    """A client that hangs up halfway through its body is logged in one line, not as a crash (a traceback and a
+    500), and the server goes on serving."""
+    import logging
+
+    url, _ = server
+    caplog.set_level(logging.INFO, logger="facecomp.serve.app")
+    req = httpx.Request("POST", f"{url}/v1/complete", files={"image": ("face.png", png(face[1]), "image/png")},
+                        data={"preset": "O3"})
+    body = req.read()
+    head = "POST /v1/complete HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in req.headers.multi_items())
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(head.encode("latin-1") + b"\r\n" + body[:len(body) // 2])
+        time.sleep(0.2)
+    deadline = time.time() + 20
+    while not any("went away" in r.getMessage() for r in caplog.records):
+        assert time.time() < deadline, [r.getMessage() for r in caplog.records]
+        time.sleep(0.1)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+    assert post(url, png(face[1]), preset="O3").status_code == 200
