@@ -45,10 +45,10 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and args.overwrite:
         raise ValueError("--resume continues a run; --overwrite starts it again: pick one")
     if args.resume:
-        from facecomp.train.checkpoint import RunState
-        from facecomp.weights import find_checkpoint
+        from facecomp.train.checkpoint import RunState, resume_checkpoint
 
-        started = RunState.read(find_checkpoint(args.run_dir)).config
+        # the checkpoint train() will resume from (a damaged newest one passed over); it warns, not this peek
+        started = RunState.read(resume_checkpoint(args.run_dir, warn=False)).config
         cfg = config_mod.from_dict(started)
         if args.config:  # a config named again on resume: it is the candidate, compared below
             cfg = config_mod.load_config(args.config)
@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if cfg.data.loader == "dali":  # fail before building models when the extra is missing (MissingExtra: one line)
         from facecomp.data import dali  # noqa: F401
 
+    from facecomp.train import checkpoint as ck
     from facecomp.train.guard import EXIT_DIVERGED, Diverged
     from facecomp.train.loop import train
     from facecomp.train.preempt import EXIT_STOPPED, StopRequest
@@ -91,6 +92,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"facecomp: {e} (facecomp train --stage {args.stage} --run-dir {args.run_dir} --resume; "
               "lower the learning rate with --allow-config-change optim.lr_g=...)", file=sys.stderr)
         return EXIT_DIVERGED
+    except OSError as e:
+        if not ck.is_disk_full(e):
+            raise
+        print(f"facecomp: {disk_full_line(e, Path(args.run_dir))}; free some space, then continue with: "
+              f"facecomp train --stage {args.stage} --run-dir {args.run_dir} --resume", file=sys.stderr)
+        return ck.EXIT_DISK_FULL
     rate = result.images / max(result.seconds, 1e-9)
     if not result.finished:
         why = stop.name or ("--stop-at" if args.stop_at is not None else "request")
@@ -100,3 +107,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"stage {args.stage}: {result.steps} steps, {result.images} images in this session "
           f"({rate:.1f} images/s); generator: {result.run_dir / 'generator.safetensors'}")
     return 0
+
+
+def disk_full_line(e: OSError, run_dir: Path) -> str:
+    """What a full disk did to the run: a checkpoint's save says so itself (DiskFull); any other write that
+    hit it (TensorBoard's events, validation.json) is named, with the checkpoint the run can go on from."""
+    from facecomp.train import checkpoint as ck
+
+    if isinstance(e, ck.DiskFull):
+        return str(e)
+    good = ck.last_good(run_dir / "checkpoints")
+    return (f"the disk is full ({e}); " +
+            (f"the last good checkpoint is {good}" if good else "no checkpoint of this run was written yet"))

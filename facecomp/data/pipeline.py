@@ -54,6 +54,11 @@ class FaceDataset(Dataset):
         except ValueError as e:  # unreadable file: dropped from its batch and counted, never fatal
             log.warning("skipping %s", e)
             return None
+        except OSError as e:
+            # the file went away (or its disk failed) between the existence check and the read: the same
+            # loss of one image, which must not end a run of days over one missing face
+            log.warning("skipping %s: unreadable (%s)", self.files[index], e.strerror or e)
+            return None
         mask = masks.train_mask(self.mask_cfg.kind, self.mask_cfg.size, self.image_size, rng)
         return {"image": to_tensor(face), "mask": torch.from_numpy(mask)[None], "index": index}
 

@@ -379,7 +379,9 @@ def train(cfg: Config, stage: int, data_root: str | Path | list[str], run_dir: s
     run_dir = Path(run_dir)
     device = runtime.start(cfg.runtime)
 
-    ckpt = find_checkpoint(run_dir) if resume else None
+    # the newest checkpoint that verifies: a damaged newest one is passed over for the one before, said in a line
+    needs = [*TRAINED, *(f"optim_{name}" for name in TRAINED)]
+    ckpt = ck.resume_checkpoint(run_dir, needs) if resume else None
     state = resume_state(ckpt, stage) if ckpt is not None else RunState(stage=stage)
     state.config = config_mod.to_dict(cfg)
     models = build_models(cfg, stage, device)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -67,7 +68,27 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], kind: str,
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     metadata = {"format": FORMAT, "kind": kind, "sha256": _digest(tensors)}
     metadata.update({k: json.dumps(v) for k, v in (meta or {}).items()})
-    _atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    _atomic_write(Path(path), lambda tmp: _save_file(tensors, tmp, metadata, Path(path)))
+
+
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def _save_file(tensors: dict[str, torch.Tensor], tmp: str, metadata: dict[str, str], path: Path) -> None:
+    """safetensors' ``save_file``, with a failed write raised as the ``OSError`` it is.
+
+    safetensors reports an I/O failure (a full disk, a lost mount) as its own error type with the OS
+    error number only in the text; callers must be able to tell a full disk (``errno.ENOSPC``) from
+    a bug, so the number is given back as an ``OSError`` naming the file being written.
+    """
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+    except SafetensorError as e:
+        found = _OS_ERROR.search(str(e))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from None
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
