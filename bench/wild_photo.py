@@ -8,7 +8,7 @@ from there to the completion (composite, warp back, paste under the mask); encod
 
 Photos come from ``celeba_wild`` (unaligned CelebA originals, never committed), bucketed by their longer
 side; only photos where dlib finds a face are kept. Each is completed under O3 through
-``facecomp.wild.complete_any`` (what ``Completer.complete(photo)``, ``facecomp complete`` and serve run),
+``Completer._complete`` (what ``Completer.complete(photo)``, ``facecomp complete`` and serve run),
 once to warm up, then ``--repeats`` times; reported per bucket: the median over photos of each stage's
 median, in ms. The detector is the process's shared one (``faces.shared_detector``);
 ``--detector-per-photo`` adds the row of a detector built for every photo (what every photo paid before it
@@ -38,7 +38,6 @@ from facecomp.complete import Completer
 from facecomp.config import default_data_root
 from facecomp.runtime import tune_allocator
 from facecomp.serve.timing import STAGES, StageClock, TimedDetector, TimedGenerator
-from facecomp.wild import complete_any
 
 BUCKETS = ((0, 260, "~200 px"), (260, 560, "~400 px"), (560, 10**6, "600+ px"))
 
@@ -64,7 +63,7 @@ def one(completer: Completer, data: bytes, per_photo: bool) -> dict[str, float]:
     timed.generator = TimedGenerator(completer.generator, clock)
     clock.to("align")
     detector = (DetectorPerPhoto if per_photo else TimedDetector)(clock)
-    done = complete_any(timed, photo, "O3", "auto", seed=0, detector=detector)
+    done = timed._complete(photo, "O3", seed=0, align="auto", detector=detector)
     clock.to("encode")
     name, options = images.OUTPUT_FORMATS["png"]
     Image.fromarray(done.images[0]).save(io.BytesIO(), format=name, **options)

@@ -1,4 +1,4 @@
-"""Inference: ``Completer(weights).complete(image, mask, seed, samples, blend, align=...)``.
+"""Inference: ``Completer(weights).complete(image, mask, seed, samples, blend, align=...)``, the one door.
 
 What goes in is what users have: an [H, W, 3] uint8 RGB array, a PIL image, or a path to an image file;
 the mask likewise (an [H, W] array in [0, 1] or a PIL image or a file, white / 1 = missing, at the
@@ -13,13 +13,14 @@ no face is found raises :class:`facecomp.NoFaceFound`. ``align=True`` looks for 
 ``align=False`` takes the whole image as the face. An array's default is ``False`` (the array is the
 model's input, as it always was); a PIL image's or a path's is ``"auto"`` (a photo).
 
-The face itself: a 178x218 CelebA-aligned face is completed through the 128x128 face box of
-:mod:`facecomp.layout`; any other image is stretched onto the 128x128 crop. The generator's pixels are
-warped back to the input's resolution and pasted under the mask *at that resolution*, so a mask drawn
-on the input is honoured pixel for pixel. The model only sees its face box. Masked pixels outside it (a
-brush stroke that strays onto the hair or the neck) are filled by OpenCV's inpainting (Telea) from their
-surroundings, the model's completion included, and counted in ``Completion.inpainted``; a mask with
-nothing inside the face box is refused.
+The face itself goes through the engine contract (``facecomp.contract.prepare`` and ``finish``), as an
+exported engine's client does: a 178x218 CelebA-aligned face is completed through the 128x128 face box of
+:mod:`facecomp.layout`; any other image is stretched onto the 128x128 crop; a face found in a photo is
+warped into the aligned layout first. The generator's pixels are warped back to the input's resolution
+and pasted under the mask *at that resolution*, so a mask drawn on the input is honoured pixel for pixel.
+The model only sees its face box. Masked pixels outside it (a brush stroke that strays onto the hair or
+the neck) are filled by OpenCV's inpainting (Telea) from their surroundings, the model's completion
+included, and counted in ``Completion.inpainted``; a mask with nothing inside the face box is refused.
 """
 
 from __future__ import annotations
@@ -27,33 +28,40 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image
 
-from facecomp import kernels, layout, masks, models, wild
-from facecomp.blend import (  # noqa: F401  (re-exported: facecomp.complete.poisson_blend and the rest, as before)
-    BLENDS,
-    DEFAULT_BLEND,
-    MAX_SEED,
-    Completion,
-    check_blends,
-    check_image,
-    check_request,
-    inpaint,
-    poisson_blend,
-)
-from facecomp.images import read_rgb, to_tensor, to_uint8
+from facecomp import contract, masks, models, wild
+from facecomp.contract import DEFAULT_BLEND
+from facecomp.images import read_rgb
 
 log = logging.getLogger(__name__)
 ImageInput = np.ndarray | Image.Image | str | os.PathLike  # [H, W, 3] uint8 RGB, a PIL image, or an image file
 MaskInput = np.ndarray | Image.Image | str | os.PathLike  # [H, W] (1 = missing), a mask image or file, or a name
 
 
-def as_rgb(image: ImageInput) -> np.ndarray:
+@dataclass
+class Completion:
+    """What a completion did, beyond the images (what facecomp's command line, server and demo report)."""
+
+    by_blend: dict[str, list[np.ndarray]]  # blend -> ``samples`` x [H, W, 3] uint8, the input's size
+    faces: int  # faces found (1 where the image is the face)
+    completed: int  # faces the mask touched, completed by the model
+    inpainted: int  # masked pixels the model could not see (on no face box), filled by OpenCV inpainting (Telea)
+    mask: np.ndarray  # [H, W] bool, the pixels completed (by the model or inpainted)
+    boxes: list[tuple[int, int, int, int]]  # each face's completion box in the image (x0, y0, x1, y1)
+
+    @property
+    def images(self) -> list[np.ndarray]:
+        """The samples of the first blend asked for."""
+        return next(iter(self.by_blend.values()))
+
+
+def _as_rgb(image: ImageInput) -> np.ndarray:
     """[H, W, 3] uint8 RGB from an array (as is), a PIL image (converted to RGB, its size kept) or a path
     (read as a viewer shows it: EXIF orientation applied)."""
     if isinstance(image, Image.Image):
@@ -62,21 +70,26 @@ def as_rgb(image: ImageInput) -> np.ndarray:
         return read_rgb(image)
     if not isinstance(image, np.ndarray):
         raise ValueError(f"image must be [H, W, 3] uint8, a PIL image or a path, got {type(image).__name__}")
-    check_image(image)
+    contract.check_image(image)
     return image
 
 
-def as_mask(mask: MaskInput) -> np.ndarray | str:
-    """A mask array ([H, W], 1 = missing), or a name for facecomp.wild to draw per face (O1..O6, box:, a file).
-    A PIL image or a path other than a ``str`` is read as a mask file is: grey > 127 = missing."""
+def _as_mask(mask: MaskInput, width: int, height: int, per_face: bool) -> np.ndarray | str:
+    """The one place a user's mask becomes what a completion takes: an [H, W] array (1 = missing), or, where
+    faces are found, the name of a region (O1..O6) to draw on each face. A PIL image or a path other than a
+    ``str`` is read as a mask file is (grey > 127 = missing); a ``str`` is a name, ``box:...`` or a file."""
     if isinstance(mask, Image.Image):
         return (np.asarray(mask.convert("L")) > 127).astype(np.float32)
     if isinstance(mask, os.PathLike):
         return masks.from_image(mask)
-    return mask if isinstance(mask, str) else np.asarray(mask)
+    if isinstance(mask, str):
+        if per_face and mask.upper() in masks.OCCLUSIONS:
+            return mask.upper()
+        return masks.from_spec(mask, width, height)
+    return np.asarray(mask)
 
 
-def like(image: ImageInput, outs: list[np.ndarray]) -> list:
+def _like(image: ImageInput, outs: list[np.ndarray]) -> list:
     """The completions in the kind of the input: arrays for an array, PIL images for a PIL image or a path."""
     return outs if isinstance(image, np.ndarray) else [Image.fromarray(o) for o in outs]
 
@@ -85,14 +98,13 @@ class Completer:
     """Face completion with a trained generator."""
 
     def __init__(self, generator: str | Path | Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 device: str | torch.device = "cpu", kernel_impl: str = "auto"):
+                 device: str | torch.device = "cpu"):
         """``generator``: the weights to load (``shipped`` or None for the shipped model, a weights file,
         a checkpoint or a run; see facecomp.weights.resolve), or a generator already built: an eager
         module, or a compiled engine (``facecomp.export.load_engine``) — anything that maps the
         [N, 3 or 4, S, S] input to [N, 3, S, S] and carries its ``cfg`` (a GeneratorConfig).
-        Fill and composite stay here whatever runs the generator."""
+        Crop, fill and paste stay the engine contract's whatever runs the generator."""
         self.device = torch.device(device)
-        self.kernel_impl = kernel_impl
         if generator is None or isinstance(generator, str | Path):
             self.generator = models.load("generator", generator, self.device)
         elif callable(generator) and hasattr(generator, "cfg"):
@@ -111,73 +123,75 @@ class Completer:
         box:x0,y0,x1,y1). ``align``: "auto" | True | False; default False for an array, "auto" otherwise.
         Raises ``facecomp.NoFaceFound`` (a ValueError) for a photo with no face to align.
         Sample k fills the hole with noise keyed by (seed, k): same seed, same completions.
-        ``complete_full`` says, besides, how many faces were found and pixels took the inpainting fallback.
         """
-        return self.complete_blends(image, mask, seed, samples, (blend,), align=align)[blend]
+        return _like(image, self._complete(image, mask, seed, samples, (blend,), align=align).by_blend[blend])
 
-    def complete_blends(self, image: ImageInput, mask: MaskInput, seed: int = 0, samples: int = 1,
-                        blends: tuple[str, ...] = (DEFAULT_BLEND,), *,
-                        align: str | bool | None = None) -> dict[str, list]:
-        """Like ``complete``, once per blend in ``blends`` from one generator pass (the plain completion is
-        what Poisson blending starts from, so asking for both costs one forward, not two)."""
-        done = self.complete_full(image, mask, seed, samples, blends, align=align)
-        return {b: like(image, outs) for b, outs in done.by_blend.items()}
-
-    def complete_full(self, image: ImageInput, mask: MaskInput, seed: int = 0, samples: int = 1,
-                      blends: tuple[str, ...] = (DEFAULT_BLEND,), *, align: str | bool | None = None) -> Completion:
-        """``complete_blends`` with the whole result, as arrays whatever the input: the images per blend, the
-        faces completed, and the count of masked pixels the model never sees (off its face box), which
-        OpenCV's inpainting filled."""
+    def _complete(self, image: ImageInput, mask: MaskInput, seed: int = 0, samples: int = 1,
+                  blends: tuple[str, ...] = (DEFAULT_BLEND,), *, align: str | bool | None = None,
+                  detector=None) -> Completion:
+        """``complete`` for facecomp's own front ends (command line, server, demo): the images as arrays for
+        each blend in ``blends`` from one generator pass (the plain paste is what Poisson blending starts
+        from), with the faces found and completed and the masked pixels inpainted. ``detector``: a
+        ``faces.LandmarkDetector`` to reuse (default: this process's shared one)."""
+        contract.check_request(samples, seed)  # before detection: a bad request costs nothing
+        contract.check_blends(blends)
+        photo = _as_rgb(image)
+        h, w = photo.shape[:2]
         if align is None:
             align = False if isinstance(image, np.ndarray) else "auto"
-        return wild.complete_any(self, as_rgb(image), as_mask(mask), align, seed, samples, blends)
+        per_face = wild.finds_faces(align, w, h)
+        spec = _as_mask(mask, w, h, per_face)
+        if per_face:
+            return self._complete_photo(photo, spec, seed, samples, blends, detector)
+        by_blend, job = self._run(photo, spec, seed, samples, blends)
+        off_box = job.hole & ~job.inside
+        if off_box.any():
+            log.debug("%d masked pixel(s) outside the face box filled by inpainting (Telea)", int(off_box.sum()))
+        return Completion(by_blend, 1, 1, int(off_box.sum()), job.hole, [job.box])
+
+    def _complete_photo(self, photo: np.ndarray, mask: np.ndarray | str, seed: int, samples: int,
+                        blends: tuple[str, ...], detector) -> Completion:
+        """Each face found, completed in the aligned layout and pasted back; masked pixels on no face's
+        completion box inpainted after."""
+        h, w = photo.shape[:2]
+        hole = None if isinstance(mask, str) else contract.read_mask(mask, w, h)[1]  # refused before detection
+        found = wild.find_faces(photo, mask if hole is None else hole, detector)
+        by_blend = {b: [photo] * samples for b in blends}
+        covered = np.zeros((h, w), bool)
+        completed = 0
+        for face in found:
+            region = face.region & ~covered  # overlapping faces: the first (largest) one completes
+            if not region.any():
+                continue
+            try:
+                by_blend, _ = self._run(photo, region, seed, samples, blends, face.to_face, onto=by_blend)
+            except contract.OutsideFaceBox:  # a sliver too thin to reach any pixel of the aligned face
+                continue
+            covered |= region
+            completed += 1
+        if completed == 0:
+            raise ValueError(f"the mask touches none of the {len(found)} face(s) found")
+        # A user who masked pixels wants them gone, face or not: what no face's completion covers is inpainted
+        # from its surroundings (the faces' completions included).
+        rest = np.zeros((h, w), bool) if hole is None else hole & ~covered
+        if rest.any():
+            log.debug("%d masked pixel(s) on no face's completion box filled by inpainting (Telea)", int(rest.sum()))
+            by_blend = {b: [contract.inpaint(img, rest) for img in imgs] for b, imgs in by_blend.items()}
+        return Completion(by_blend, len(found), completed, int(rest.sum()), covered | rest, [f.box for f in found])
+
+    def _run(self, image: np.ndarray, mask: np.ndarray, seed: int, samples: int, blends: tuple[str, ...],
+             to_face: np.ndarray | None = None,
+             onto: dict[str, list[np.ndarray]] | None = None) -> tuple[dict[str, list[np.ndarray]], contract.Job]:
+        """One face through the contract: ``samples`` samples in one generator pass, finished for each blend
+        (into ``onto``'s pictures, per blend and sample, where given). Returns them and the first sample's job."""
+        jobs = contract.prepare_samples(image, mask, seed, samples, self.generator.cfg.mask_channel, self.size,
+                                        to_face)
+        generated = self._generate(np.concatenate([job.filled for job in jobs]))
+        finished = [contract.finish_blends(job, g, blends, None if onto is None else {b: onto[b][k] for b in blends})
+                    for k, (job, g) in enumerate(zip(jobs, generated, strict=True))]
+        return {b: [f[b] for f in finished] for b in blends}, jobs[0]
 
     @torch.no_grad()
-    def complete_face(self, image: np.ndarray, mask: np.ndarray, seed: int = 0, samples: int = 1,
-                      blends: tuple[str, ...] = ("none",)) -> Completion:
-        """The model's own contract: ``image`` ([H, W, 3] uint8) is the face — a 178x218 CelebA-aligned one
-        through its face box, anything else whole; ``mask`` [H, W] in [0, 1], 1 = missing."""
-        check_blends(blends)
-        check_image(image)
-        h, w = image.shape[:2]
-        mask = np.asarray(mask)
-        if mask.shape != (h, w):
-            raise ValueError(f"mask is {'x'.join(map(str, mask.shape[::-1]))} but the image is {w}x{h}")
-        check_request(samples, seed)
-        mask = np.nan_to_num(mask.astype(np.float32), nan=0.0)  # bool/uint8 masks too; NaN is not missing
-        hole = mask > 0.5
-        if not hole.any():
-            raise ValueError("the mask is empty: nothing to complete")
-        if hole.all():
-            raise ValueError("the mask covers the whole image: nothing to complete from")
-
-        x0, y0, x1, y1 = layout.face_box(w, h)
-        inside = np.zeros((h, w), bool)
-        inside[y0:y1, x0:x1] = True
-        if not (hole & inside).any():
-            raise ValueError(f"the mask lies wholly outside the face box ({x0},{y0},{x1},{y1}) the model completes")
-        outside = hole & ~inside  # pixels the model never sees: inpainted after the model's pixels are in
-        size = (self.size, self.size)
-        crop = cv2.resize(image[y0:y1, x0:x1], size, interpolation=cv2.INTER_AREA)
-        # A crop pixel is missing if any input pixel it covers is (area resampling, then > 0),
-        # grown by one pixel so resampling at the hole's edge never mixes in a missing pixel.
-        inner = np.where(inside, np.clip(mask, 0, 1), 0)[y0:y1, x0:x1]
-        crop_mask = cv2.resize(inner, size, interpolation=cv2.INTER_AREA)
-        crop_mask = cv2.dilate((crop_mask > 1e-3).astype(np.float32), np.ones((3, 3), np.uint8))
-
-        x = to_tensor(crop)[None].to(self.device).expand(samples, -1, -1, -1)  # [K,3,S,S]
-        m = torch.from_numpy(crop_mask)[None, None].to(self.device).expand(samples, -1, -1, -1)
-        x_in = torch.cat([kernels.fill(x[k:k + 1], m[k:k + 1], seed=seed, offset=k, impl=self.kernel_impl,
-                                      mask_channel=self.generator.cfg.mask_channel) for k in range(samples)])
-        out = self.generator(x_in)  # [K,3,S,S]
-        pasted = []
-        for k in range(samples):
-            back = image.copy()
-            back[y0:y1, x0:x1] = cv2.resize(to_uint8(out[k]), (x1 - x0, y1 - y0), interpolation=cv2.INTER_CUBIC)
-            pasted.append(np.where(hole[..., None], back, image))
-        pasted = inpaint(pasted, outside)
-        inpainted = int(outside.sum())
-        if inpainted:
-            log.debug("%d masked pixel(s) outside the face box filled by inpainting (Telea)", inpainted)
-        results = {b: [poisson_blend(p, image, hole) if b == "poisson" else p for p in pasted] for b in blends}
-        return Completion(results, inpainted)
+    def _generate(self, filled: np.ndarray) -> np.ndarray:
+        """The generator on the engine's input: [N, C, S, S] float32 -> [N, 3, S, S] float32, both in [-1, 1]."""
+        return self.generator(torch.from_numpy(filled).to(self.device)).float().cpu().numpy()

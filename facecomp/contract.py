@@ -1,50 +1,45 @@
-"""The engine contract: what goes into an exported generator and what to do with what comes out.
+"""The engine contract: the one transform between a photo and the generator, both ways.
 
-Dependency-light on purpose (numpy and OpenCV only; no torch, no Pillow, no other facecomp module), so
-any runtime's client (ONNX Runtime, Triton's Python backend, a TensorRT program) can reproduce
-``Completer``:
+``prepare`` turns an image and a mask into the generator's input and ``finish`` turns the generator's
+output back into the image; ``facecomp.Completer`` (aligned faces, whole images, and each face of a photo
+in the wild), serve, the Triton model and any client of an exported engine all go through them:
 
     job = prepare(image, mask, seed)        # crop the face box to 128x128, fill the hole, add the mask channel
     generated = run(job.filled)              # float32 [1, 4, 128, 128] -> [1, 3, 128, 128], both in [-1, 1]
     completed = finish(job, generated)       # the model's pixels under the mask, at the input's size,
                                              # Poisson-blended (blend=DEFAULT_BLEND; blend="none": plain)
 
-The steps are those of ``facecomp.complete.Completer.complete_full``, blends included, and the hole's
-noise is the fused kernels' counter-based noise of ``kernels/reference.py``, ported to numpy bit for
-bit, so same seed -> same noise -> the same pixels (tests/test_contract.py checks both).
+Dependency-light on purpose (numpy, OpenCV and the aligned-face geometry of ``facecomp.layout``; no torch,
+no Pillow), so any runtime's client (ONNX Runtime, Triton's Python backend, a TensorRT program) completes
+exactly as ``Completer`` does. The hole's noise is the fused kernels' counter-based noise of
+``kernels/reference.py``, ported to numpy bit for bit, so same seed -> same noise -> the same pixels
+(tests/test_contract.py checks both).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
 
 from facecomp import __version__
+from facecomp.layout import ALIGNED_SIZE, CROP_BOX, CROP_SIZE, face_box
 
 BLENDS = ("none", "poisson")
 # What every front door does unless told otherwise (facecomp complete, Completer.complete, serve, demo, and
 # this contract's finish): the blend that wins on the validation partition (issue 16). Poisson blending
 # (the paper's M5) beats the plain paste on SSIM, PSNR, hole PSNR, parsing agreement and identity distance
-# for every mask (MODEL_CARD.md, "The default blend"); "none" stays one argument away. Stated here, not in
-# facecomp.blend, because an engine's client imports this module alone.
+# for every mask (MODEL_CARD.md, "The default blend"); "none" stays one argument away. Stated here because
+# an engine's client imports this module alone.
 DEFAULT_BLEND = "poisson"
 MASK32 = 0xFFFFFFFF
 C1, C2 = 0x7FEB352D, 0x846CA68B  # lowbias32 multipliers (kernels/reference.py)
 MAX_SEED = 2**64
-INPAINT_RADIUS = 5  # as facecomp.complete: masked pixels off the face box are filled by Telea's method
+INPAINT_RADIUS = 5  # masked pixels off the face box are filled by Telea's method from this many pixels around
+# Telea costs about 1.2 us per filled pixel, so a larger region is filled on a scaled-down copy.
 INPAINT_MAX_PIXELS = 250_000
-# The aligned-face layout of facecomp/layout.py, stated here so this module needs nothing else
-# (tests/test_contract.py checks they agree).
-ALIGNED_SIZE = (178, 218)  # (width, height) of a CelebA-aligned face
-CROP_BOX = (9, 41, 169, 201)  # (x0, y0, x1, y1), half-open, in the aligned face
-CROP_SIZE = 128
-
-
-def face_box(width: int, height: int) -> tuple[int, int, int, int]:
-    """CROP_BOX for an aligned 178x218 face, else the whole image (as face_box in facecomp/layout.py)."""
-    return CROP_BOX if (width, height) == ALIGNED_SIZE else (0, 0, width, height)
 
 
 # ---- the fill noise (kernels/reference.py, in uint32 numpy arithmetic, which wraps mod 2**32 natively) ----
@@ -91,16 +86,65 @@ def noise(shape: tuple[int, ...], seed: int, offset: int = 0) -> np.ndarray:
     return (np.float32(2) * u - np.float32(1)).reshape(shape)
 
 
-# ---- pre- and post-processing ----
+# ---- the refusals: one wording each, for every front door ----
 
-@dataclass
+class OutsideFaceBox(ValueError):
+    """The mask has no pixel on the face box, the only part of the input the model sees."""
+
+
+def check_image(image) -> None:
+    """A one-line ``ValueError`` unless ``image`` is an [H, W, 3] uint8 array."""
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be [H, W, 3] uint8, got {getattr(image, 'shape', type(image).__name__)} "
+                         f"{getattr(image, 'dtype', '')}".rstrip())
+
+
+def check_request(samples: int, seed: int) -> None:
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    if not 0 <= seed < MAX_SEED:
+        raise ValueError(f"seed must be in 0..2**64-1, got {seed}")
+
+
+def check_blends(blends: tuple[str, ...]) -> None:
+    for blend in blends:
+        if blend not in BLENDS:
+            raise ValueError(f"blend must be one of {', '.join(BLENDS)}, got {blend!r}")
+
+
+def read_mask(mask, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """The one reading of a mask array: [H, W] of any number type or bool, 1 (> 0.5) = hole, NaN = known.
+    Returns the mask as float32 [H, W] and the hole as bool; refuses another shape and an empty hole."""
+    mask = np.asarray(mask)
+    if mask.shape != (height, width):
+        raise ValueError(f"mask is {'x'.join(map(str, mask.shape[::-1]))} but the image is {width}x{height}")
+    mask = np.nan_to_num(mask.astype(np.float32), nan=0.0)
+    hole = mask > 0.5
+    if not hole.any():
+        raise ValueError("the mask is empty: nothing to complete")
+    return mask, hole
+
+
+# ---- the transform ----
+
+@dataclass(frozen=True)
 class Job:
-    """One sample on its way through an engine: ``filled`` goes in; ``finish`` needs the rest."""
+    """One sample on its way through an engine: ``filled`` goes in; ``finish`` needs the rest.
+
+    The face is what the model's crop is cut from: the input itself (an aligned 178x218 face through its
+    face box, any other image whole), or, given ``to_face``, the input warped into the aligned layout (a
+    face found in a photo)."""
 
     filled: np.ndarray  # [1, C, S, S] float32, C = 4 (RGB + mask) or 3
     image: np.ndarray  # [H, W, 3] uint8, the input
-    hole: np.ndarray  # [H, W] bool, the pixels to complete
-    box: tuple[int, int, int, int]  # (x0, y0, x1, y1) of the input the crop covers
+    hole: np.ndarray  # [H, W] bool, the input's pixels to complete
+    inside: np.ndarray  # [H, W] bool, the input's pixels on the face box; the rest of the hole is inpainted
+    face: np.ndarray  # [h, w, 3] uint8, the face the crop is cut from
+    face_hole: np.ndarray  # [h, w] bool, the hole in the face's pixels
+    box: tuple[int, int, int, int]  # (x0, y0, x1, y1) of the face that the crop covers
+    to_face: np.ndarray | None = None  # 2x3, the input's pixels -> the aligned layout's; None: the input is the face
+    seed: int = 0
+    sample: int = 0
 
 
 def to_unit(image: np.ndarray) -> np.ndarray:
@@ -115,72 +159,130 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
     return x.astype(np.uint8).transpose(1, 2, 0)
 
 
-def check_inputs(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The same refusals as ``Completer``; returns the mask as float32 [H, W] and the hole as bool."""
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"image must be [H, W, 3] uint8, got {image.shape} {image.dtype}")
-    h, w = image.shape[:2]
-    mask = np.asarray(mask)
-    if mask.shape != (h, w):
-        raise ValueError(f"mask is {'x'.join(map(str, mask.shape[::-1]))} but the image is {w}x{h}")
-    mask = np.nan_to_num(mask.astype(np.float32), nan=0.0)
-    hole = mask > 0.5
-    if not hole.any():
-        raise ValueError("the mask is empty: nothing to complete")
-    if hole.all():
-        raise ValueError("the mask covers the whole image: nothing to complete from")
-    return mask, hole
+def _aligned_box() -> np.ndarray:
+    """[218, 178] float32: the aligned layout's face box, one pixel in, so interpolation at its border stays inside."""
+    x0, y0, x1, y1 = CROP_BOX
+    box = np.zeros(ALIGNED_SIZE[::-1], np.float32)
+    box[y0 + 1:y1 - 1, x0 + 1:x1 - 1] = 1
+    return box
+
+
+def face_pixels(width: int, height: int, to_face: np.ndarray | None = None) -> np.ndarray:
+    """[H, W] bool: the pixels of a width x height input that lie on the face box (see :class:`Job`)."""
+    if to_face is None:
+        x0, y0, x1, y1 = face_box(width, height)
+        inside = np.zeros((height, width), bool)
+        inside[y0:y1, x0:x1] = True
+        return inside
+    back = cv2.invertAffineTransform(to_face)
+    return cv2.warpAffine(_aligned_box(), back, (width, height), flags=cv2.INTER_NEAREST) > 0.5
+
+
+def _face(image: np.ndarray, mask: np.ndarray, hole: np.ndarray,
+          to_face: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The face the crop is cut from and its mask (float32, in [0, 1]; > 0 marks a crop pixel missing)."""
+    if to_face is None:
+        return image, np.clip(mask, 0, 1)
+    shrinks = abs(np.linalg.det(to_face[:, :2])) < 0.5
+    face = cv2.warpAffine(image, to_face, ALIGNED_SIZE, flags=cv2.INTER_AREA if shrinks else cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REFLECT_101)
+    # Missing in the aligned face: every pixel whose footprint touches the input's hole, on the box.
+    touched = cv2.warpAffine(hole.astype(np.float32), to_face, ALIGNED_SIZE, flags=cv2.INTER_LINEAR) > 1e-3
+    return face, (touched & (_aligned_box() > 0)).astype(np.float32)
 
 
 def prepare(image: np.ndarray, mask: np.ndarray, seed: int = 0, sample: int = 0, mask_channel: bool = True,
-            size: int = CROP_SIZE) -> Job:
+            size: int = CROP_SIZE, to_face: np.ndarray | None = None) -> Job:
     """image [H, W, 3] uint8 RGB; mask [H, W] in [0, 1] (1 = hole) -> the engine's input for sample ``sample``.
 
-    The face box (:func:`face_box`: the 160x160 box of an aligned 178x218 face, else the
+    The face box (:func:`facecomp.layout.face_box`: the 160x160 box of an aligned 178x218 face, else the
     whole image) is resampled to ``size`` (INTER_AREA); a crop pixel is in the hole if any input pixel it
-    covers is, grown by one pixel; the hole holds ``noise((1, 3, S, S), seed, offset=sample)``.
+    covers is, grown by one pixel; the hole holds ``noise((1, 3, S, S), seed, offset=sample)``. ``to_face``
+    (a 2x3 matrix taking the input's pixels to the aligned layout's) first warps the input into that layout.
     """
-    mask, hole = check_inputs(image, mask)
-    h, w = hole.shape
-    x0, y0, x1, y1 = face_box(w, h)
-    inside = np.zeros((h, w), bool)
-    inside[y0:y1, x0:x1] = True
-    if not (hole & inside).any():
-        raise ValueError(f"the mask lies wholly outside the face box ({x0},{y0},{x1},{y1}) the model completes")
-    crop = cv2.resize(image[y0:y1, x0:x1], (size, size), interpolation=cv2.INTER_AREA)
-    inner = np.where(inside, np.clip(mask, 0, 1), 0)[y0:y1, x0:x1]
+    return _prepare(image, mask, seed, (sample,), mask_channel, size, to_face)[0]
+
+
+def prepare_samples(image: np.ndarray, mask: np.ndarray, seed: int = 0, samples: int = 1, mask_channel: bool = True,
+                    size: int = CROP_SIZE, to_face: np.ndarray | None = None) -> list[Job]:
+    """:func:`prepare` for samples 0 .. samples - 1 of one seed, the crop cut once."""
+    return _prepare(image, mask, seed, range(samples), mask_channel, size, to_face)
+
+
+def _prepare(image: np.ndarray, mask: np.ndarray, seed: int, samples: Iterable[int], mask_channel: bool, size: int,
+             to_face: np.ndarray | None) -> list[Job]:
+    check_image(image)
+    h, w = image.shape[:2]
+    mask, hole = read_mask(mask, w, h)
+    face, face_mask = _face(image, mask, hole, to_face)
+    face_hole = face_mask > 0.5
+    if face_hole.all():
+        raise ValueError("the mask covers the whole image: nothing to complete from")
+    x0, y0, x1, y1 = face_box(face.shape[1], face.shape[0])
+    inner = face_mask[y0:y1, x0:x1]
+    if not face_hole[y0:y1, x0:x1].any():
+        raise OutsideFaceBox(f"the mask lies wholly outside the face box ({x0},{y0},{x1},{y1}) the model completes")
+    crop = cv2.resize(face[y0:y1, x0:x1], (size, size), interpolation=cv2.INTER_AREA)
+    # A crop pixel is missing if any face pixel it covers is (area resampling, then > 0),
+    # grown by one pixel so resampling at the hole's edge never mixes in a missing pixel.
     crop_mask = cv2.resize(inner, (size, size), interpolation=cv2.INTER_AREA)
     m = cv2.dilate((crop_mask > 1e-3).astype(np.float32), np.ones((3, 3), np.uint8))[None]  # [1, S, S]
-
     x = to_unit(crop)  # [3, S, S]
-    z = noise((1, 3, size, size), seed, sample)[0]
-    filled = m * z + (np.float32(1) - m) * x  # the mask is binary here: each pixel is exactly z or x
-    if mask_channel:
-        filled = np.concatenate([filled, m])
-    return Job(np.ascontiguousarray(filled[None], dtype=np.float32), np.asarray(image), hole, (x0, y0, x1, y1))
+    frame = Job(np.empty(0, np.float32), image, hole, face_pixels(w, h, to_face), face, face_hole, (x0, y0, x1, y1),
+                to_face, seed)
+    jobs = []
+    for k in samples:
+        z = noise((1, 3, size, size), seed, k)[0]
+        filled = m * z + (np.float32(1) - m) * x  # the mask is binary here: each pixel is exactly z or x
+        if mask_channel:
+            filled = np.concatenate([filled, m])
+        jobs.append(replace(frame, filled=np.ascontiguousarray(filled[None], dtype=np.float32), sample=k))
+    return jobs
 
 
 def finish(job: Job, generated: np.ndarray, blend: str = DEFAULT_BLEND) -> np.ndarray:
     """The engine's output ([1, 3, S, S] or [3, S, S] in [-1, 1]) -> the completed [H, W, 3] uint8 image.
 
-    The generated crop is scaled back onto the face box (INTER_CUBIC) and pasted under the mask only;
-    masked pixels outside the box (the model never saw them) are inpainted by Telea's method; then, with
-    ``blend="poisson"``, the result is Poisson-blended into the original (:func:`poisson_blend`).
+    The generated crop is scaled back onto the face box (INTER_CUBIC; with ``to_face``, then warped back
+    into the input, INTER_CUBIC) and pasted under the mask only; masked pixels off the box (the model never
+    saw them) are inpainted by Telea's method; then, with ``blend="poisson"``, the result is
+    Poisson-blended into the original (:func:`poisson_blend`).
     """
-    if blend not in BLENDS:
-        raise ValueError(f"blend must be one of {', '.join(BLENDS)}, got {blend!r}")
+    return finish_blends(job, generated, (blend,))[blend]
+
+
+def finish_blends(job: Job, generated: np.ndarray, blends: tuple[str, ...] = (DEFAULT_BLEND,),
+                  onto: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """:func:`finish` once per blend from one engine output. ``onto`` (blend -> [H, W, 3] uint8) pastes into
+    other pictures than the input: a photo whose other faces were completed first, so that a face's
+    Poisson blend takes its boundary from their completions, not from masked pixels."""
+    check_blends(blends)
+    completion = _in_input(job, generated)
+    pasted: dict[int, np.ndarray] = {}  # by picture: plain and Poisson start from one paste where they share it
+    done = {}
+    for blend in blends:
+        base = job.image if onto is None else onto[blend]
+        if id(base) not in pasted:
+            out = np.where(job.hole[..., None], completion, base)
+            pasted[id(base)] = inpaint(out, job.hole & ~job.inside)
+        done[blend] = poisson_blend(pasted[id(base)], base, job.hole) if blend == "poisson" else pasted[id(base)]
+    return done
+
+
+def _in_input(job: Job, generated: np.ndarray) -> np.ndarray:
+    """The generated crop in the input's pixels ([H, W, 3] uint8; what lies under the hole is the completion)."""
     g = np.asarray(generated)
     if g.ndim == 4:
         g = g[0]
     x0, y0, x1, y1 = job.box
-    back = job.image.copy()
-    back[y0:y1, x0:x1] = cv2.resize(to_uint8(g), (x1 - x0, y1 - y0), interpolation=cv2.INTER_CUBIC)
-    out = np.where(job.hole[..., None], back, job.image)
-    inside = np.zeros(job.hole.shape, bool)
-    inside[y0:y1, x0:x1] = True
-    out = inpaint(out, job.hole & ~inside)
-    return poisson_blend(out, job.image, job.hole) if blend == "poisson" else out
+    face = job.face.copy()
+    face[y0:y1, x0:x1] = cv2.resize(to_uint8(g), (x1 - x0, y1 - y0), interpolation=cv2.INTER_CUBIC)
+    if job.to_face is None:
+        return face
+    face = np.where(job.face_hole[..., None], face, job.face)
+    h, w = job.hole.shape
+    return cv2.warpAffine(face, cv2.invertAffineTransform(job.to_face), (w, h), flags=cv2.INTER_CUBIC,
+                          borderMode=cv2.BORDER_REPLICATE)
 
 
 def poisson_blend(completed: np.ndarray, original: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -208,7 +310,8 @@ def poisson_blend(completed: np.ndarray, original: np.ndarray, mask: np.ndarray)
 
 
 def inpaint(image: np.ndarray, region: np.ndarray) -> np.ndarray:
-    """Telea's inpainting of ``region``, on a scaled-down copy past INPAINT_MAX_PIXELS (as facecomp.complete)."""
+    """Telea's inpainting of ``region`` ([H, W] bool) of an [H, W, 3] uint8 image, from every pixel around it;
+    on a scaled-down copy past INPAINT_MAX_PIXELS."""
     if not region.any():
         return image
     n = int(region.sum())

@@ -38,7 +38,7 @@ def test_pil_and_paths_in_equal_the_array_path(completer, aligned_face, tmp_path
         assert np.array_equal(np.asarray(out), expected), (type(image).__name__, type(mask).__name__)
     # an array with a named mask: the same as the mask drawn by hand
     assert np.array_equal(completer.complete(aligned_face, "O3", seed=2)[0], expected)
-    outs = completer.complete_blends(pil, m, seed=2, samples=2, blends=("none", "poisson"))
+    outs = {b: completer.complete(pil, m, seed=2, samples=2, blend=b) for b in ("none", "poisson")}
     assert all(isinstance(o, Image.Image) for v in outs.values() for o in v) and len(outs["poisson"]) == 2
 
 
@@ -72,13 +72,11 @@ def test_a_photo_without_a_face_is_refused_by_name(completer, kind, tmp_path):
 @needs_faces
 def test_an_unaligned_photo_is_aligned_completed_and_pasted_back(completer, astronaut):
     """The astronaut as a PIL image: its face is found and aligned, the eyes completed, the rest untouched;
-    the same pixels as the CLI's path (wild.complete_any, align auto) and as the array with align='auto'."""
-    from facecomp.wild import complete_any
-
+    the same pixels as the CLI's path (Completer._complete, align auto) and as the array with align='auto'."""
     (out,) = completer.complete(Image.fromarray(astronaut), "O3", seed=1)
     assert isinstance(out, Image.Image) and out.size == (512, 512)
     out = np.asarray(out)
-    cli = complete_any(completer, astronaut, "O3", "auto", seed=1)
+    cli = completer._complete(astronaut, "O3", seed=1, align="auto")
     assert cli.faces == 1 and np.array_equal(out, cli.images[0])
     assert np.array_equal(completer.complete(astronaut, "O3", seed=1, align="auto")[0], out)
     changed = (out != astronaut).any(-1)
@@ -88,7 +86,7 @@ def test_an_unaligned_photo_is_aligned_completed_and_pasted_back(completer, astr
     assert changed.sum() > 500 and (xs.min(), ys.min()) >= tuple(eyes.min(0) - 40)
     assert (xs.max(), ys.max()) <= tuple(eyes.max(0) + 40)  # an eye band around the eyes, nothing else
     # align=True on an aligned crop also goes through detection: a face is found, and it completes
-    full = completer.complete_full(astronaut[100:400, 100:350].copy(), "O6", align=True)
+    full = completer._complete(astronaut[100:400, 100:350].copy(), "O6", align=True)
     assert full.faces == 1
 
 
@@ -109,7 +107,7 @@ def test_the_detector_is_built_once_across_calls(completer, astronaut, tmp_path,
         completer.complete(Image.fromarray(astronaut), "O3")
         completer.complete(tmp_path / "a.png", "O5", samples=2)
         completer.complete(astronaut, "O6", align="auto")
-        completer.complete_full(astronaut, "O4", align=True)
+        completer._complete(astronaut, "O4", align=True)
         assert len(built) == 1
     finally:
         faces.shared_detector.cache_clear()  # later tests build the real class again

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from facecomp import layout, masks
-from facecomp.complete import poisson_blend
+from facecomp.contract import poisson_blend
 
 
 @pytest.mark.parametrize("name", list(masks.OCCLUSIONS))
@@ -72,13 +72,13 @@ def test_face_box_layout():
 
 
 def test_every_front_door_defaults_to_the_validated_blend(completer, aligned_face):
-    """facecomp complete, demo, Completer.complete and serve all default to blend.DEFAULT_BLEND (issue 16:
+    """facecomp complete, demo, Completer.complete and serve all default to contract.DEFAULT_BLEND (issue 16:
     the blend that wins on validation is the default everywhere, the other one flag away)."""
     import inspect
 
-    from facecomp.blend import DEFAULT_BLEND
     from facecomp.cli import build_parser
     from facecomp.complete import Completer
+    from facecomp.contract import DEFAULT_BLEND
     from facecomp.serve.schema import CompleteForm, CompleteJSON
 
     parser = build_parser()

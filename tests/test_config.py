@@ -110,8 +110,8 @@ def _choices(parser, *path: str) -> dict:
 
 
 def test_cli_choices_come_from_the_components():
-    from facecomp.blend import BLENDS
     from facecomp.cli import build_parser
+    from facecomp.contract import BLENDS
     from facecomp.data.celeba import PARTITIONS
     from facecomp.export.formats import FORMATS
     from facecomp.export.spec import PRECISIONS

@@ -100,7 +100,7 @@ def test_completer_completes_or_refuses(completer, data):
 def _complete_and_check(completer, image, mask, seed, samples, blends):
     h, w = image.shape[:2]
     try:
-        done = completer.complete_full(image, mask, seed=seed, samples=samples, blends=blends)
+        done = completer._complete(image, mask, seed=seed, samples=samples, blends=blends)
     except ValueError as e:
         one_line(e)
         return
@@ -120,7 +120,7 @@ def test_stroke_partly_off_the_face_box_is_completed_and_counted(completer):
     image = pixels(*ALIGNED, 1, "smooth")
     m = np.zeros((218, 178), np.float32)
     m[190:210, 60:120] = 1  # rows 190-200 inside the box (y1 = 201), the rest below it
-    done = completer.complete_full(image, m, seed=0, samples=2, blends=("none", "poisson"))
+    done = completer._complete(image, m, seed=0, samples=2, blends=("none", "poisson"))
     hole = m > 0.5
     check_completion(done, image, hole)
     assert done.inpainted == 9 * 60  # rows 201..209
@@ -128,7 +128,7 @@ def test_stroke_partly_off_the_face_box_is_completed_and_counted(completer):
     below[:201] = False
     assert all((out[below] != image[below]).any(axis=-1).mean() > 0.9 for out in done.images)
     with pytest.raises(ValueError, match="wholly outside the face box"):
-        completer.complete_full(image, masks.box(178, 218, 0, 205, 178, 218))
+        completer._complete(image, masks.box(178, 218, 0, 205, 178, 218))
 
 
 @pytest.mark.parametrize("mask, words", [
@@ -151,10 +151,8 @@ def test_odd_images_are_one_line(completer, image):
 @settings(max_examples=examples(40))
 @given(data=st.data())
 def test_wild_entry_completes_or_refuses(completer, detector, data):
-    """``facecomp.wild.complete_any`` with align auto and none, on photos with no face (noise), tiny ones,
+    """``Completer._complete`` with align auto and none, on photos with no face (noise), tiny ones,
     slivers and aligned faces."""
-    from facecomp.wild import complete_any
-
     w, h = data.draw(small_sizes, "size")
     image = pixels(w, h, data.draw(st.integers(0, 99), "content"), data.draw(st.sampled_from(("noise", "smooth"))))
     align = data.draw(st.sampled_from(("auto", "none")), "align")
@@ -162,8 +160,9 @@ def test_wild_entry_completes_or_refuses(completer, detector, data):
                                st.builds(lambda a, b, c, d: f"box:{a},{b},{c},{d}", *[st.integers(-50, 300)] * 4)),
                      "mask")
     try:
-        done = complete_any(completer, image, spec, align, seed=data.draw(seeds, "seed"),
-                            samples=data.draw(st.sampled_from((0, 1, 2)), "samples"), detector=detector)
+        done = completer._complete(image, spec, seed=data.draw(seeds, "seed"),
+                                   samples=data.draw(st.sampled_from((0, 1, 2)), "samples"), align=align,
+                                   detector=detector)
     except ValueError as e:
         one_line(e)
         return
@@ -182,20 +181,18 @@ def test_wild_entry_completes_or_refuses(completer, detector, data):
 def test_tiny_photos_are_refused_with_the_reason_or_done_with_align_none(completer, size):
     """Issue 21: a 1x1 PNG crashed in dlib's CNN ("Filter windows must be small enough..."); a 40x30 photo is
     below what the detectors can search."""
-    from facecomp.wild import complete_any
-
     w, h = size
     image = pixels(w, h, 0, "noise")
     m = np.zeros((h, w), np.float32)
     m[0, 0] = 1
     if faces.available():
         with pytest.raises(ValueError, match=f"the photo is {w}x{h}: too small to find a face in.*--align none"):
-            complete_any(completer, image, m, "auto")
+            completer._complete(image, m, align="auto")
     if w * h == 1:
         with pytest.raises(ValueError, match="covers the whole image"):
-            complete_any(completer, image, m, "none")
+            completer._complete(image, m, align="none")
         return
-    done = complete_any(completer, image, m, "none", samples=2)
+    done = completer._complete(image, m, samples=2, align="none")
     check_completion(done, image, m > 0.5)
 
 
@@ -221,8 +218,6 @@ def shipped():
 def test_wild_photo_mask_partly_off_the_face_is_inpainted(completer, detector, celeba):
     """A mask in photo pixels that covers a face's eyes and runs off its completion box: the face part is
     completed by the model, the rest inpainted and counted; nothing outside the mask changes."""
-    from facecomp.wild import complete_photo
-
     folder = celeba.parent / "celeba_wild" / "img_celeba"
     photos = images.list_images(folder)[:6] if folder.is_dir() else []
     for path in photos:
@@ -235,9 +230,9 @@ def test_wild_photo_mask_partly_off_the_face_is_inpainted(completer, detector, c
         y = int(pts[36:48, 1].mean())
         m = np.zeros((h, w), np.float32)
         m[max(0, y - 6):y + 6, :] = 1  # a band across the eyes, from edge to edge of the photo
-        res = complete_photo(completer, photo, m, detector=detector, samples=2)
+        res = completer._complete(photo, m, samples=2, align=True, detector=detector)
         hole = m > 0.5
-        assert res.inpainted > 0 and res.inpainted == res.uncovered and res.mask.sum() == hole.sum()
+        assert res.inpainted > 0 and res.mask.sum() == hole.sum()
         for out in res.images:
             assert np.array_equal(out[~hole], photo[~hole]) and (out[hole] != photo[hole]).any(axis=-1).mean() > 0.8
         return
@@ -265,8 +260,6 @@ def wild_faces(celeba, detector):
 @given(data=st.data())
 def test_wild_photos_under_random_masks(completer, detector, wild_faces, data):
     """Real photos, masks in photo pixels anywhere: on the face, across it and off it, off the image, strokes."""
-    from facecomp.wild import complete_any
-
     photo, fits = data.draw(st.sampled_from(wild_faces), "photo")
     h, w = photo.shape[:2]
     cx, cy = (int(v) for v in fits[0].points[27:36].mean(0))
@@ -281,8 +274,8 @@ def test_wild_photos_under_random_masks(completer, detector, wild_faces, data):
     else:
         m = data.draw(mask_arrays(w, h), "mask")
     try:
-        done = complete_any(completer, photo, m, "auto", seed=data.draw(st.integers(0, 3)), detector=detector,
-                            blends=data.draw(st.sampled_from((("none",), ("poisson", "none")))))
+        done = completer._complete(photo, m, seed=data.draw(st.integers(0, 3)), align="auto", detector=detector,
+                                   blends=data.draw(st.sampled_from((("none",), ("poisson", "none")))))
     except ValueError as e:
         one_line(e)
         return
@@ -297,12 +290,12 @@ def test_large_inpainted_regions_are_filled_at_a_reduced_scale():
     for 2000x2000 (15 s at 12 MP); filled at a reduced scale it is well under that, and only the region changes."""
     import time
 
-    from facecomp.complete import inpaint
+    from facecomp.contract import inpaint
 
     img = pixels(2000, 1500, 0, "smooth")
     region = np.ones((1500, 2000), bool)
     region[600:900, 800:1100] = False
     started = time.perf_counter()
-    (out,) = inpaint([img], region)
+    out = inpaint(img, region)
     assert time.perf_counter() - started < 3.0
     assert np.array_equal(out[~region], img[~region]) and out.shape == img.shape

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from facecomp import faces, masks
-from facecomp.blend import DEFAULT_BLEND
+from facecomp.contract import DEFAULT_BLEND
 from facecomp.images import read_rgb
 
 pytest.importorskip("fastapi", reason="needs the 'serve' extra")
@@ -287,13 +287,13 @@ def test_docs_assets_are_served_by_the_app(server):
 
 def test_openapi_enums_and_answer_models(server):
     """The fixed choices are enums taken from the components' registries; every answer has a schema."""
-    from facecomp import blend, images, wild
+    from facecomp import contract, images, wild
 
     url, _ = server
     schema = httpx.get(f"{url}/openapi.json").json()
     parts = schema["components"]["schemas"]
-    assert parts["Blend"]["enum"] == [*blend.BLENDS, "both"]
-    assert parts["ImageBlend"]["enum"] == list(blend.BLENDS)
+    assert parts["Blend"]["enum"] == [*contract.BLENDS, "both"]
+    assert parts["ImageBlend"]["enum"] == list(contract.BLENDS)
     assert parts["Align"]["enum"] == list(wild.ALIGNS)
     assert parts["Preset"]["enum"] == list(masks.OCCLUSIONS)
     assert parts["Format"]["enum"] == [*images.OUTPUT_FORMATS, "json"]

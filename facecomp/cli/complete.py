@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from facecomp import images, masks
-from facecomp.blend import BLENDS, DEFAULT_BLEND
+from facecomp.contract import BLENDS, DEFAULT_BLEND
 
 
 def add_parser(sub) -> None:
@@ -83,8 +83,8 @@ def _mask_for(path: Path, spec: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from facecomp.complete import MAX_SEED, Completer
-    from facecomp.wild import complete_any
+    from facecomp.complete import Completer
+    from facecomp.contract import MAX_SEED
 
     paths = _inputs(args.inputs)
     if args.output and len(paths) > 1:
@@ -106,8 +106,8 @@ def run(args: argparse.Namespace) -> int:
     for path in paths:
         try:
             image = images.read_rgb(path)
-            done = complete_any(completer, image, _mask_for(path, args.mask), args.align, seed=args.seed,
-                                samples=args.samples, blends=(args.blend,))
+            done = completer._complete(image, _mask_for(path, args.mask), seed=args.seed, samples=args.samples,
+                                       blends=(args.blend,), align=args.align)
             results = done.images
             if done.faces > 1:
                 print(f"{path}: {done.faces} faces found", file=sys.stderr)

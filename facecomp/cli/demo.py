@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facecomp.blend import BLENDS, DEFAULT_BLEND
+from facecomp.contract import BLENDS, DEFAULT_BLEND
 
 
 def add_parser(sub) -> None:
@@ -33,13 +33,12 @@ def run(args: argparse.Namespace) -> int:
     from facecomp import masks
     from facecomp.complete import Completer
     from facecomp.images import write_png
-    from facecomp.wild import complete_photo
 
     photo = portrait()
     completer = Completer(args.model)
     rows = []
     for name in masks.OCCLUSIONS:
-        done = complete_photo(completer, photo, name, seed=args.seed, blend=args.blend)
+        done = completer._complete(photo, name, seed=args.seed, blends=(args.blend,), align=True)
         x0, y0, x1, y1 = done.boxes[0]
         pad = (x1 - x0) // 8
         x0, y0 = max(0, x0 - pad), max(0, y0 - pad)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from facecomp.blend import BLENDS
 from facecomp.cli import common
+from facecomp.contract import BLENDS
 from facecomp.data.celeba import PARTITIONS
 
 

@@ -323,7 +323,6 @@ def _complete_sync(runner: Runner, cfg: ServeConfig, req, photo_bytes: bytes, ma
     """Decode, complete, encode, in a worker thread: (body, media type, headers), the stages timed."""
     from facecomp.serve import schema
     from facecomp.serve.timing import StageClock, TimedDetector, TimedGenerator
-    from facecomp.wild import complete_any
 
     clock = StageClock()
     clock.to("decode")
@@ -341,8 +340,8 @@ def _complete_sync(runner: Runner, cfg: ServeConfig, req, photo_bytes: bytes, ma
     completer = copy.copy(runner.completer)  # this request's view: the same model, its own clock around it
     completer.generator = TimedGenerator(runner.completer.generator, clock)
     clock.to("align")
-    done = complete_any(completer, photo, spec, req.align.value, seed=req.seed, samples=req.samples, blends=blends,
-                        detector=TimedDetector(clock))
+    done = completer._complete(photo, spec, seed=req.seed, samples=req.samples, blends=blends, align=req.align.value,
+                               detector=TimedDetector(clock))
     clock.to("encode")
     seconds = round(clock.total_ms / 1000, 3)
     if req.format.value == "json":

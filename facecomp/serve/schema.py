@@ -1,7 +1,7 @@
 """The HTTP API's request and answer models: what ``/openapi.json`` documents and what both request bodies
 (multipart form, JSON with base64 images) are validated against.
 
-The fixed choices are enums built from the components' own registries (``blend.BLENDS``,
+The fixed choices are enums built from the components' own registries (``contract.BLENDS``,
 ``wild.ALIGNS``, ``masks.OCCLUSIONS``, ``images.OUTPUT_FORMATS``), so the schema cannot drift from
 what the library accepts.
 """
@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.json_schema import models_json_schema
 
 from facecomp import images, masks, wild
-from facecomp.blend import BLENDS, DEFAULT_BLEND, MAX_SEED
+from facecomp.contract import BLENDS, DEFAULT_BLEND, MAX_SEED
 
 
 def _choices(name: str, values, doc: str) -> type[Enum]:
