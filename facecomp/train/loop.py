@@ -249,7 +249,8 @@ class StageHooks(Hooks):
 
     def read_now(self) -> dict[str, float]:
         """The last step's metrics as floats: the one host sync, made per log line and checkpoint."""
-        self.metrics = read_metrics(self.latest)
+        if self.latest:  # before any step (a resumed run's first line) the last figures stand
+            self.metrics = read_metrics(self.latest)
         return self.metrics
 
     def after_step(self, state: RunState, batch: dict, result: StepResult | None, at_checkpoint: bool) -> None:
