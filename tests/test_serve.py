@@ -701,3 +701,28 @@ def test_client_gone_mid_upload_is_no_error(server, face, caplog):
         time.sleep(0.1)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
     assert post(url, png(face[1]), preset="O3").status_code == 200
+
+
+def test_worker_caps_malloc_arenas(monkeypatch):
+    """Each worker caps glibc's malloc arenas before it builds the app (its request threads would otherwise keep
+    an arena each at its high-water mark), unless MALLOC_ARENA_MAX already says how many."""
+    import platform
+    import subprocess
+    import sys
+
+    from facecomp.serve import main as worker
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt's arena cap is glibc's")
+    calls = []
+    monkeypatch.setattr(worker, "cap_malloc_arenas", lambda: calls.append("cap"))
+    monkeypatch.setattr(worker, "create_app", lambda cfg: calls.append("app"))
+    monkeypatch.setenv("FACECOMP_SERVE", "{}")
+    worker.app()
+    assert calls == ["cap", "app"]
+    code = "from facecomp.serve.main import cap_malloc_arenas; print(cap_malloc_arenas())"
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    for extra, capped in (({}, "True"), ({"MALLOC_ARENA_MAX": "4"}, "False")):
+        out = subprocess.run([sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        assert out == capped, (extra, out)
