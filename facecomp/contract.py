@@ -40,6 +40,11 @@ MAX_SEED = 2**64
 INPAINT_RADIUS = 5  # masked pixels off the face box are filled by Telea's method from this many pixels around
 # Telea costs about 1.2 us per filled pixel, so a larger region is filled on a scaled-down copy.
 INPAINT_MAX_PIXELS = 250_000
+# Past this many input pixels per crop pixel the upscaled completion reads as a soft patch with a visible
+# edge: its seam is feathered and the photo's grain added (an aligned 178x218 face is 1.25: left as is).
+UPSCALED = 1.5
+GRAIN_OFFSET = 2**63  # the grain's noise is noise(..., seed, GRAIN_OFFSET + sample): apart from the fill's
+GRAIN_SIGMA = 1.0  # the grain is what a Gaussian blur of this sigma (input pixels) takes out of the photo
 
 
 # ---- the fill noise (kernels/reference.py, in uint32 numpy arithmetic, which wraps mod 2**32 natively) ----
@@ -244,9 +249,10 @@ def finish(job: Job, generated: np.ndarray, blend: str = DEFAULT_BLEND) -> np.nd
     """The engine's output ([1, 3, S, S] or [3, S, S] in [-1, 1]) -> the completed [H, W, 3] uint8 image.
 
     The generated crop is scaled back onto the face box (INTER_CUBIC; with ``to_face``, then warped back
-    into the input, INTER_CUBIC) and pasted under the mask only; masked pixels off the box (the model never
-    saw them) are inpainted by Telea's method; then, with ``blend="poisson"``, the result is
-    Poisson-blended into the original (:func:`poisson_blend`).
+    into the input, INTER_CUBIC) and pasted under the mask only; where that upscales the crop by more than
+    UPSCALED (:func:`magnification`), the photo's grain is added in the hole and the seam feathered inside
+    it; masked pixels off the box (the model never saw them) are inpainted by Telea's method; then, with
+    ``blend="poisson"``, the result is Poisson-blended into the original (:func:`poisson_blend`).
     """
     return finish_blends(job, generated, (blend,))[blend]
 
@@ -258,12 +264,16 @@ def finish_blends(job: Job, generated: np.ndarray, blends: tuple[str, ...] = (DE
     Poisson blend takes its boundary from their completions, not from masked pixels."""
     check_blends(blends)
     completion = _in_input(job, generated)
+    upscaled = magnification(job) > UPSCALED
+    if upscaled:
+        completion = _with_grain(job, completion)
     pasted: dict[int, np.ndarray] = {}  # by picture: plain and Poisson start from one paste where they share it
     done = {}
     for blend in blends:
         base = job.image if onto is None else onto[blend]
         if id(base) not in pasted:
-            out = np.where(job.hole[..., None], completion, base)
+            fill = _feathered(job, completion, base) if upscaled else completion
+            out = np.where(job.hole[..., None], fill, base)
             pasted[id(base)] = inpaint(out, job.hole & ~job.inside)
         done[blend] = poisson_blend(pasted[id(base)], base, job.hole) if blend == "poisson" else pasted[id(base)]
     return done
@@ -283,6 +293,90 @@ def _in_input(job: Job, generated: np.ndarray) -> np.ndarray:
     h, w = job.hole.shape
     return cv2.warpAffine(face, cv2.invertAffineTransform(job.to_face), (w, h), flags=cv2.INTER_CUBIC,
                           borderMode=cv2.BORDER_REPLICATE)
+
+
+# ---- pasting into a face larger than the crop ----
+# The generated 128x128 crop, upscaled into a large face, lacks the photo's finest detail (its grain), and the
+# mask's edge, sharp at the photo's resolution, cuts a coarse completion off a fine photo. Both are mended
+# in the photo's pixels: noise that tops the completion's fine residual up to the photo's, and a seam that
+# fades the completion in from the known pixels over about two crop pixels.
+
+def magnification(job: Job) -> float:
+    """Input pixels per crop pixel along a side (the geometric mean of both axes): how much the paste upscales."""
+    x0, y0, x1, y1 = job.box
+    scale = np.sqrt((x1 - x0) * (y1 - y0)) / job.filled.shape[-1]
+    if job.to_face is not None:
+        scale /= np.sqrt(abs(np.linalg.det(job.to_face[:, :2])))
+    return float(scale)
+
+
+def _around(region: np.ndarray, margin: int) -> tuple[slice, slice]:
+    """Rows and columns of ``region``'s bounding box grown by ``margin`` pixels, within the image."""
+    x, y, w, h = cv2.boundingRect(region.astype(np.uint8))
+    rows, cols = region.shape
+    return slice(max(0, y - margin), min(rows, y + h + margin)), slice(max(0, x - margin), min(cols, x + w + margin))
+
+
+def _disk(radius: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+
+
+def grain_level(image: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """Per channel, the noise level of ``image`` ([h, w, C] or [h, w]) over ``where`` ([h, w] bool): the robust
+    standard deviation (1.4826 x the median absolute deviation) of what a Gaussian blur of GRAIN_SIGMA takes
+    out. Robust, so that the edges of brows, eyes and hair in the measured pixels count as little as possible."""
+    x = image.astype(np.float32)
+    residual = x - cv2.GaussianBlur(x, (0, 0), GRAIN_SIGMA)
+    r = residual[where].reshape(int(where.sum()), -1)
+    return np.float32(1.4826) * np.median(np.abs(r - np.median(r, axis=0)), axis=0)
+
+
+def _with_grain(job: Job, completion: np.ndarray) -> np.ndarray:
+    """The completion with grain added in the hole, so its fine residual matches the photo's known face pixels
+    around the hole (per channel, in a ring about three crop pixels wide). The grain is the counter-based
+    noise of (seed, GRAIN_OFFSET + sample), one field for the three channels (a photo's grain is mostly
+    brightness: JPEG keeps colour at half resolution), each channel scaled to what it lacks."""
+    ring_width = max(4, round(3 * magnification(job)))
+    rows, cols = _around(job.hole, ring_width + 4 * round(GRAIN_SIGMA))
+    hole = job.hole[rows, cols] & job.inside[rows, cols]
+    ring = cv2.dilate(hole.astype(np.uint8), _disk(ring_width)).astype(bool) & ~job.hole[rows, cols]
+    ring &= job.inside[rows, cols]
+    # the completion's own level away from the seam, where the blur sees only completed pixels
+    inner = cv2.erode(hole.astype(np.uint8), _disk(3 * round(GRAIN_SIGMA))).astype(bool)
+    if ring.sum() < 64 or inner.sum() < 64:
+        return completion
+    photo = grain_level(job.image[rows, cols], ring)
+    own = grain_level(completion[rows, cols], inner)
+    lacking = np.sqrt(np.maximum(photo**2 - own**2, 0))  # independent noises add in variance
+    z = noise((1, 1, *hole.shape), job.seed, GRAIN_OFFSET + job.sample)[0, 0]
+    grain = z[..., None] * (lacking / max(float(grain_level(z, hole)[0]), 1e-6))
+    out = completion.copy()
+    window = out[rows, cols]
+    window[hole] = np.clip(np.round(window[hole] + grain[hole]), 0, 255).astype(np.uint8)
+    return out
+
+
+def _feathered(job: Job, completion: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """The completion faded in from the hole's edge over about two crop pixels: at depth d into the hole, a
+    smoothstep of d / width between the nearest known pixel of ``base`` (never a masked one: what the mask
+    hides must not come back) and the completion. Outside the hole nothing changes."""
+    width = max(2.0, 2 * magnification(job))
+    rows, cols = _around(job.hole, int(np.ceil(width)) + 1)
+    hole = job.hole[rows, cols]
+    known = np.argwhere(~hole)  # in raster order, which is the order of DIST_LABEL_PIXEL's labels
+    if len(known) == 0:
+        return completion
+    depth, nearest = cv2.distanceTransformWithLabels(hole.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5,
+                                                     labelType=cv2.DIST_LABEL_PIXEL)
+    ys, xs = known[nearest - 1].transpose(2, 0, 1)
+    edge = base[rows, cols][ys, xs].astype(np.float32)
+    t = np.clip(depth / width, 0, 1)[..., None]
+    alpha = t * t * (3 - 2 * t)
+    out = completion.copy()
+    window = out[rows, cols]
+    mixed = np.round(alpha * window.astype(np.float32) + (1 - alpha) * edge).astype(np.uint8)
+    window[hole] = mixed[hole]
+    return out
 
 
 def poisson_blend(completed: np.ndarray, original: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -346,8 +440,10 @@ def describe(in_channels: int = 4, size: int = CROP_SIZE) -> dict[str, str]:
         "crop_box": f"{x0},{y0},{x1},{y1}",
         "crop": (f"an aligned {aw}x{ah} face: box x0,y0,x1,y1 = {x0},{y0},{x1},{y1} (half-open) resized to "
                  f"{size}x{size} (INTER_AREA); any other size: the whole image is the face box"),
-        "postprocess": ("output resized back onto the box (INTER_CUBIC) and pasted under the mask only; masked "
-                        "pixels off the box inpainted (Telea); then, by default, the hole Poisson-blended into the "
-                        "original (OpenCV seamlessClone, NORMAL_CLONE) (facecomp.contract.finish)"),
+        "postprocess": ("output resized back onto the box (INTER_CUBIC) and pasted under the mask only; where "
+                        f"that upscales by more than {UPSCALED}x, grain matched to the photo's is added in the hole "
+                        "and the seam feathered inside it; masked pixels off the box inpainted (Telea); then, by "
+                        "default, the hole Poisson-blended into the original (OpenCV seamlessClone, NORMAL_CLONE) "
+                        "(facecomp.contract.finish)"),
         "facecomp_version": __version__,
     }

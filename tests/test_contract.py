@@ -89,6 +89,19 @@ def test_contract_imports_only_numpy_and_opencv():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def test_an_aligned_face_is_pasted_plain(face_files):
+    """An aligned 178x218 face (1.25 face pixels per crop pixel: the validation protocol) keeps the plain
+    INTER_CUBIC paste under the mask: no grain and no feathered seam, which only faces upscaled further get."""
+    img = read_rgb(face_files[0])
+    job = contract.prepare(img, masks.occlusion("O3", 178, 218), seed=1)
+    assert contract.magnification(job) == 1.25 < contract.UPSCALED
+    generated = contract.noise((1, 3, 128, 128), 5)
+    x0, y0, x1, y1 = job.box
+    back = img.copy()
+    back[y0:y1, x0:x1] = cv2.resize(contract.to_uint8(generated[0]), (x1 - x0, y1 - y0), interpolation=cv2.INTER_CUBIC)
+    assert np.array_equal(contract.finish(job, generated, "none"), np.where(job.hole[..., None], back, img))
+
+
 def test_onnx_runtime_with_the_contract_equals_completer(onnx_artifact, face_files):
     """Same seed -> same pixels within one grey level, on real validation faces under O1-O6 and a mask
     that strays off the face box (inpainted there, as Completer does), two samples each, each blend."""

@@ -69,6 +69,54 @@ def test_photo_box_mask_is_in_photo_pixels(wild_photos, completer):
     assert changed.any() and xs.min() >= cx - 10 and xs.max() < cx + 10 and ys.min() >= cy - 10 and ys.max() < cy + 10
 
 
+def _seam_step(image: np.ndarray, hole: np.ndarray) -> float:
+    """Mean absolute difference between 4-neighbours on either side of the hole's edge, grey levels."""
+    x = image.astype(np.float32)
+    steps = [np.abs(x[1:] - x[:-1])[hole[1:] != hole[:-1]], np.abs(x[:, 1:] - x[:, :-1])[hole[:, 1:] != hole[:, :-1]]]
+    return float(np.concatenate(steps).mean())
+
+
+def test_a_face_larger_than_the_crop_gets_the_photos_grain_and_a_soft_seam(wild_photos, monkeypatch):
+    """The 128 px completion upscaled into a face about twice the crop's size read as a soft patch with a hard
+    edge: inside the hole the fine residual was 0.3-0.5 of the photo's skin around it, and the step across
+    the hole's edge (blend none) several times the photo's own there. Now the grain is matched (within 25%),
+    the seam is no steeper than the photo, the rest of the photo is untouched and the grain is seeded."""
+    import cv2
+
+    from facecomp import contract
+    from facecomp.complete import Completer
+
+    for path in wild_photos:
+        photo = read_rgb(path)
+        found = faces.align_faces(photo)
+        if found and 1.25 / np.sqrt(abs(np.linalg.det(found[0][0][:, :2]))) > 1.8:  # crop pixels per photo pixel
+            break
+    else:
+        pytest.skip("no wild photo with a face twice the crop's size")
+    completer = Completer()  # the shipped generator: its completions are as soft as a user's
+    h, w = photo.shape[:2]
+
+    def measured() -> tuple[np.ndarray, float, np.ndarray]:
+        done = completer._complete(photo, "O6", seed=0, blends=("none",), align=True)
+        out, hole = done.images[0], done.mask
+        inner = cv2.erode(hole.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)  # off the seam
+        ring = cv2.dilate(hole.astype(np.uint8), np.ones((25, 25), np.uint8)).astype(bool) & ~hole
+        ring &= contract.face_pixels(w, h, found[0][0])  # the known face around the hole
+        grain = contract.grain_level(out, inner) / contract.grain_level(photo, ring)
+        return grain, _seam_step(out, hole) / _seam_step(photo, hole), out
+
+    with monkeypatch.context() as m:
+        m.setattr(contract, "UPSCALED", np.inf)  # the plain upscaled paste, as it was
+        grain, seam, _ = measured()
+    assert grain.max() < 0.6 and seam > 2, (grain, seam)
+    grain, seam, out = measured()
+    assert 0.75 < grain.min() and grain.max() < 1.25, grain
+    assert seam <= 1, seam
+    hole = completer._complete(photo, "O6", seed=0, blends=("none",), align=True).mask
+    assert np.array_equal(out[~hole], photo[~hole])
+    assert np.array_equal(measured()[2], out)  # the grain is keyed by the seed: same seed, same pixels
+
+
 def test_no_face_is_a_clear_error(tmp_path, generator_weights):  # noqa: F811
     blank = tmp_path / "wall.png"
     write_png(blank, np.full((300, 400, 3), 200, np.uint8))
