@@ -6,7 +6,8 @@
 Runs from source with whatever ``python3`` holds torch (bench/source_tree.py maps the package
 folders), so the torch pin in pyproject.toml never stops it. Each step is timed and may fail
 without stopping the rest; the results go to ``$OUT`` (else ``runs/device_check``) as
-``device_check.json`` and ``device_check.txt``. Steps: bench/device_steps.py. The whole run keeps
+``device_check.json`` and ``device_check.txt``. Steps: bench/device_steps.py (the training ones:
+bench/device_train.py). The whole run keeps
 to ``--budget-s`` (default 450 s on CUDA: the 8 minutes a lent H100 gives it, less start-up):
 heavy parts that would not fit are skipped with that reason, never silently dropped.
 """
@@ -165,12 +166,13 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(prepare(Path(args.data), args.count)))
         return 0
 
-    import device_steps  # imports torch: after the source tree is in place
+    import device_context  # imports torch: after the source tree is in place
+    import device_steps
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     budget = args.budget_s or (60.0 if args.quick else 450.0)
-    ctx = device_steps.Context.create(args.device, args.quick, out, find_faces(args.faces), budget)
+    ctx = device_context.Context.create(args.device, args.quick, out, find_faces(args.faces), budget)
     started = time.perf_counter()
     steps = device_steps.STEPS
     if args.only:
