@@ -136,7 +136,8 @@ def _nan_weights(path: Path) -> None:
 
 
 DAMAGE = {
-    "truncated weights": (lambda c: _truncate(c / "generator.safetensors"), "generator.safetensors: not a readable safetensors file"),
+    "truncated weights": (lambda c: _truncate(c / "generator.safetensors"),
+                          "generator.safetensors: not a readable safetensors file"),
     "flipped byte": (lambda c: _flip_a_byte(c / "optim_generator.safetensors"), "checksum mismatch"),
     "no state.json": (lambda c: (c / "state.json").unlink(), "unreadable state.json"),
     "garbled state.json": (lambda c: (c / "state.json").write_bytes(b'{"stage": 1, "st\xff\x00'),

@@ -56,7 +56,8 @@ def require_key(api_key: str):
     bearer = HTTPBearer(auto_error=False, scheme_name="APIKey",
                         description="the key `facecomp serve` was started with (--api-key or $FACECOMP_API_KEY)")
 
-    async def _require_key(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+    # FastAPI's dependency injection reads Depends(...) from the default: the idiom, not a shared default
+    async def _require_key(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008
         if credentials is None or not keys_match(credentials.credentials, api_key):
             raise HTTPException(401, "missing or wrong API key: send the header Authorization: Bearer <key>",
                                 headers={"WWW-Authenticate": "Bearer"})

@@ -39,8 +39,18 @@ from facecomp.train.guard import DivergenceGuard
 from facecomp.train.runs import RESULT_FILE, read_result
 from facecomp.train.schedule import lr_factor, set_lr
 from facecomp.train.stages import STAGES, check_stage
-from facecomp.train.step import (Metrics, Models, OptimizerUpdater, StepFunctions, StepResult, Updater,
-                                  adversarial_ramp, read_metrics, train_step)
+from facecomp.train.step import (
+    AMP_DTYPES,
+    Metrics,
+    Models,
+    OptimizerUpdater,
+    StepFunctions,
+    StepResult,
+    Updater,
+    adversarial_ramp,
+    read_metrics,
+    train_step,
+)
 from facecomp.weights import copy_file, find_checkpoint, load_module, write_json
 
 log = logging.getLogger(__name__)
@@ -65,9 +75,6 @@ def build_models(cfg: Config, stage: int, device: torch.device) -> Models:
         if mod is not None:
             setattr(models, name, mod.to(device=device, memory_format=fmt))
     return models
-
-
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def loss_network(net: nn.Module, cfg: Config) -> nn.Module:
@@ -224,6 +231,7 @@ class StageHooks(Hooks):
         self.factor = 1.0
         self.fns = StepFunctions.of(cfg)
         self.guard = DivergenceGuard(stage, agree)
+        self._checked: int | None = None  # the step the guard last passed
         self.latest: Metrics = {}  # the last step's metrics, still on the device
         self.metrics: dict[str, float] = {}  # read from ``latest`` at each log line (read_now)
         self._logged: tuple[int, float] | None = None  # (images, seconds) of the state at the last log line
@@ -245,7 +253,10 @@ class StageHooks(Hooks):
     def ensure_finite(self, state: RunState) -> None:
         """Raise :class:`~facecomp.train.guard.Diverged` if a loss since the last check or a weight now
         is not finite: at every log line, and before every checkpoint, so none holds NaN weights."""
+        if self._checked == state.step:  # a checkpoint at a log line's step: checked once
+            return
         self.guard.check(state.step, self.watched())
+        self._checked = state.step
 
     def read_now(self) -> dict[str, float]:
         """The last step's metrics as floats: the one host sync, made per log line and checkpoint."""

@@ -105,11 +105,13 @@ def read_metrics(metrics: Metrics) -> dict[str, float]:
     return dict(zip(names, values, strict=True))
 
 
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # runtime.amp -> the autocast dtype
+
+
 def autocast(cfg: Config, device: torch.device):
     if cfg.runtime.amp == "none":
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if cfg.runtime.amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[cfg.runtime.amp])
 
 
 @contextlib.contextmanager
