@@ -161,7 +161,7 @@ class ValidationConfig:
     select: str = "hole_psnr"  # "hole_psnr" | "ssim" | "identity" (means over the masks) | "last"
     select_after: int = 0  # checkpoints before this step are not candidates (e.g. the adversarial warm-up)
     # Also score identity distance: dlib's 128-D embedding of each completed face against its original's
-    # (facecomp.identity; needs the 'faces' extra). Pixels and structure can improve while the completed
+    # (facecomp.identity_embedding; needs the 'faces' extra). Pixels and structure can improve while the completed
     # halves drift away from the person (issue 16's recognition criterion), which SSIM does not see.
     identity: bool = False
 

@@ -169,7 +169,8 @@ def test_identity_distance_tells_people_apart(celeba):
     from collections import defaultdict
 
     from facecomp.data.celeba import CelebAIndex
-    from facecomp.eval.identity import IdentityEmbedder, identity_check
+    from facecomp.eval.identity_check import identity_check
+    from facecomp.identity_embedding import IdentityEmbedder
     from facecomp.images import read_rgb
 
     index = CelebAIndex.open(celeba)

@@ -226,7 +226,8 @@ def run_identity(args: argparse.Namespace) -> int:
     from collections import defaultdict
 
     from facecomp.data.celeba import CelebAIndex
-    from facecomp.eval.identity import IdentityEmbedder, identity_check
+    from facecomp.eval.identity_check import identity_check
+    from facecomp.identity_embedding import IdentityEmbedder
 
     index = CelebAIndex.open(args.data)
     by_id = defaultdict(list)

@@ -3,7 +3,7 @@
 Each identity's faces are split in halves by a seeded shuffle: the gallery half unoccluded, the
 probe half masked with Ox and completed by each method (the "noise" baseline is the occluded probe
 itself, the lower bound; "original" the unmasked probe, the upper bound). Identities are ranked for
-a probe by their nearest gallery face in dlib's 128-D embedding (``facecomp.eval.identity``); a hit
+a probe by their nearest gallery face in dlib's 128-D embedding (``facecomp.identity_embedding``); a hit
 within the first k counts for top-k. A probe is aligned with the landmarks of its unoccluded
 original, so detection failures on occluded faces do not enter.
 
@@ -23,8 +23,8 @@ from scipy import stats
 from tqdm import tqdm
 
 from facecomp import masks
-from facecomp.eval.identity import IdentityEmbedder
 from facecomp.eval.methods import Method
+from facecomp.identity_embedding import IdentityEmbedder
 from facecomp.images import read_rgb
 
 TOP_K = (1, 3, 5)

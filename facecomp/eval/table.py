@@ -40,7 +40,7 @@ class IdentityDistance:
     key, title = "identity", "Identity distance, dlib 128-D embedding (lower is better)"
 
     def __init__(self):
-        from facecomp.eval.identity import IdentityEmbedder
+        from facecomp.identity_embedding import IdentityEmbedder
 
         self.embedder = IdentityEmbedder()
 

@@ -1,5 +1,5 @@
-"""A face's identity as dlib's 128-D ResNet embedding: what identity distance, recognition and the
-training validation's identity score are measured with (the paper used OpenFace's, not to be had).
+"""The face-recognition model: a face's identity as dlib's 128-D ResNet embedding, what identity distance,
+recognition and the training validation's identity score are measured with (the paper used OpenFace's, not to be had).
 
 Weights: ``dlib_face_recognition_resnet_model_v1.dat`` and the 5-point landmark model from the
 ``face-recognition-models`` package (the ``faces`` extra), loaded offline. dlib documents a

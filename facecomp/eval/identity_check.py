@@ -1,6 +1,6 @@
-"""Identity checks on top of the embedding of facecomp.identity (dlib's 128-D ResNet): how well it
-tells this dataset's people apart. ``IdentityEmbedder`` itself lives there, so training validation can
-use it without importing evaluation."""
+"""`facecomp eval identity`: how well the identity embedding of :mod:`facecomp.identity_embedding` (dlib's
+128-D ResNet) tells this dataset's people apart, on unoccluded faces. The embedding model lives there, not
+here, so training validation can use it without importing evaluation."""
 
 from __future__ import annotations
 
@@ -10,9 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facecomp.identity import SAME_PERSON_THRESHOLD, IdentityEmbedder
-
-__all__ = ["SAME_PERSON_THRESHOLD", "IdentityCheck", "IdentityEmbedder", "identity_check"]
+from facecomp.identity_embedding import SAME_PERSON_THRESHOLD, IdentityEmbedder
 
 
 @dataclass
