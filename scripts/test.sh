@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The test command: set up, then every test that runs on a CPU (slow ones excluded; see README).
+# The test command: set up, then every test that runs on a CPU (slow ones excluded; docs/install.md),
+# the docs site's strict build (tests/test_docs.py) among them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh test,faces,serve,dali,export,cluster,triton
+bash scripts/setup.sh test,faces,serve,dali,export,cluster,triton,docs
 # A real Triton server for tests/test_triton.py, in its own venv (.venv/triton); the test skips if this fails.
 bash scripts/triton_env.sh || echo "note: could not set up .venv/triton; the Triton server test will skip"
 # The browser test drives Debian's Chromium (Playwright with executable_path); it skips if absent.
