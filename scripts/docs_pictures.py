@@ -1,4 +1,4 @@
-"""Remake the README's two pictures with the shipped model (or --model): run it after new weights ship.
+"""Remake the docs' two pictures with the shipped model (or --model): run it after new weights ship.
 
     .venv/bin/python scripts/docs_pictures.py [--model WEIGHTS] [--out docs]
 
