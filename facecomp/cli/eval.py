@@ -78,168 +78,65 @@ def add_parser(sub) -> None:
     i.set_defaults(func=run_identity)
 
 
-def _methods(args: argparse.Namespace, blend: str = "none") -> dict:
-    from facecomp.eval import methods
-
-    chosen: dict[str, methods.Method] = {}
-    for name in [b.strip() for b in getattr(args, "baselines", "").split(",") if b.strip()]:
-        chosen[name] = methods.baseline(name)
-    for spec in args.model or [None]:
-        name, path = methods.model_name(spec) if spec else ("shipped", None)
-        if path is not None and path != "shipped" and not Path(path).exists():
-            raise ValueError(f"--model {path}: no such file or directory")
-        chosen[name] = methods.model(path, "none")
-        if blend == "poisson":
-            chosen[f"{name}+poisson"] = methods.model(path, "poisson")
-    return chosen
-
-
-def _face_metrics(spec: str, parsing_weights: str | None) -> tuple:
-    """identity, parsing (or 'auto': each one whose weights are installed; the rest named on stderr)."""
-    import sys
-
-    from facecomp import faces
-    from facecomp.eval import table
-    from facecomp.runtime import MissingExtra
-    from facecomp.weights import SHIPPED
-
-    names = [s.strip() for s in spec.split(",") if s.strip()]
-    auto = names == ["auto"]
-    if auto:
-        names = ["identity", "parsing", "landmarks"]
-    chosen = []
-    for name in names:
-        if name == "landmarks":
-            if auto and not faces.available():
-                print(f"facecomp: note: left out: {MissingExtra('faces', 'the landmark error')}", file=sys.stderr)
-                continue
-            from facecomp.eval.landmarks import FaceFound, LandmarkError, LandmarkModel
-
-            model = LandmarkModel()
-            chosen += [LandmarkError(model), FaceFound(model)]
-            continue
-        if name == "identity":
-            if auto and not faces.available():
-                print(f"facecomp: note: left out: {MissingExtra('faces', 'the identity distance')}", file=sys.stderr)
-                continue
-            chosen.append(table.IdentityDistance())
-        elif name == "parsing":
-            if auto and not parsing_weights and not SHIPPED["parsing"].is_file():
-                print("facecomp: note: no parsing agreement: no shipped parsing weights", file=sys.stderr)
-                continue
-            chosen.append(table.ParsingAgreement(parsing_weights))
-        elif name != "none":
-            raise ValueError(f"unknown metric '{name}' (valid: identity, parsing, landmarks, auto, none)")
-    return tuple(chosen)
-
-
-def _files(args: argparse.Namespace) -> list[Path]:
-    from facecomp.data.celeba import CelebAIndex
-
-    return CelebAIndex.open(args.data).files(args.partition, args.limit)
-
-
-def _table_parts(model: list[str], baselines: str, blend: str, metrics: str, parsing_weights: str | None) -> tuple:
-    """The table's methods and per-face metrics; module-level so that --workers processes can build their own."""
-    spec = argparse.Namespace(model=model, baselines=baselines)
-    return _methods(spec, blend), _face_metrics(metrics, parsing_weights)
+def _names(spec: str) -> list[str]:
+    """A comma-separated flag's items ('' = none)."""
+    return [s.strip() for s in spec.split(",") if s.strip()]
 
 
 def run_table(args: argparse.Namespace) -> int:
-    import functools
-    import os
+    from facecomp.eval import evaluate, table
 
-    from facecomp.eval import table
-
-    mask_names = _masks(args.masks)
-    build = functools.partial(_table_parts, args.model, args.baselines, args.blend, args.metrics, args.parsing_weights)
-    if args.workers < 0:
-        raise ValueError(f"--workers {args.workers}: must be 0 (one per core) or more")
-    res = table.run_parallel(build, _files(args), mask_names, args.resolution, grid_faces=args.grid_faces,
-                             out=Path(args.out), progress=not args.no_progress,
-                             workers=args.workers or os.cpu_count() or 1)
-    print(table.markdown(res))
+    result = evaluate.table(args.data, args.out, partition=args.partition, limit=args.limit, models=args.model,
+                            baselines=_names(args.baselines), blend=args.blend, masks=_names(args.masks),
+                            resolution=args.resolution, metrics=_names(args.metrics),
+                            parsing_weights=args.parsing_weights, grid_faces=args.grid_faces, workers=args.workers,
+                            progress=not args.no_progress)
+    print(table.markdown(result))
     print(f"wrote {Path(args.out) / 'results.md'}, results.json, grid.png")
     return 0
 
 
 def run_sweep(args: argparse.Namespace) -> int:
-    from facecomp.eval import sweep
+    from facecomp.eval import evaluate
 
-    result = sweep.run(_methods(args), _files(args), args.resolution, args.seed, progress=not args.no_progress)
-    sweep.write(result, Path(args.out))
+    evaluate.sweep(args.data, args.out, partition=args.partition, limit=args.limit, models=args.model,
+                   baselines=_names(args.baselines), resolution=args.resolution, seed=args.seed,
+                   progress=not args.no_progress)
     print((Path(args.out) / "sweep.md").read_text())
     print(f"wrote {Path(args.out) / 'sweep.png'}, sweep.json, sweep.md")
     return 0
 
 
 def run_diversity(args: argparse.Namespace) -> int:
-    from facecomp import masks as masks_mod
-    from facecomp.complete import Completer
-    from facecomp.eval import diversity
+    from facecomp.eval import evaluate
 
-    if args.mask.upper() not in masks_mod.OCCLUSIONS:
-        raise ValueError(f"unknown mask '{args.mask}' (valid: {', '.join(masks_mod.OCCLUSIONS)})")
-    if not 2 <= args.samples <= 16:
-        raise ValueError(f"--samples must be in 2..16, got {args.samples}")
     if len(args.model) > 1:
         raise ValueError("diversity takes one --model")
-    path = None
-    if args.model:
-        from facecomp.eval.methods import model_name
-
-        path = model_name(args.model[0])[1]
-    result = diversity.run(Completer(path), _files(args), args.mask.upper(), args.samples, args.seed, Path(args.out))
-    print(f"{args.samples} samples under {args.mask.upper()}: mean pairwise |difference| inside the hole "
+    result = evaluate.diversity(args.data, args.out, partition=args.partition, limit=args.limit,
+                                model=args.model[0] if args.model else None, mask=args.mask, samples=args.samples,
+                                seed=args.seed)
+    print(f"{args.samples} samples under {result['mask']}: mean pairwise |difference| inside the hole "
           f"{result['mean_pairwise_hole_mad']:.2f} / 255, largest difference outside {result['max_outside_diff']}")
     print(f"wrote {Path(args.out) / 'diversity.png'}, diversity.json")
     return 0
 
 
-def _masks(spec: str) -> list[str]:
-    from facecomp import masks as masks_mod
-
-    names = [m.strip().upper() for m in spec.split(",") if m.strip()]
-    for name in names:
-        if name not in masks_mod.OCCLUSIONS:
-            raise ValueError(f"unknown mask '{name}' (valid: {', '.join(masks_mod.OCCLUSIONS)})")
-    return names
-
-
 def run_recognition(args: argparse.Namespace) -> int:
-    from facecomp.data.celeba import CelebAIndex
-    from facecomp.eval import recognition
+    from facecomp.eval import evaluate, recognition
 
-    index = CelebAIndex.open(args.data)
-    if not index.identity_of:
-        raise ValueError(f"{args.data}: no identity_CelebA.txt, so no identities to recognise")
-    result = recognition.run(_methods(args, args.blend), _files(args), index.identity, _masks(args.masks),
-                             args.probes_per_identity, progress=not args.no_progress, seed=args.seed)
-    recognition.write(result, Path(args.out))
+    result = evaluate.recognition(args.data, args.out, partition=args.partition, limit=args.limit,
+                                  models=args.model, baselines=_names(args.baselines), blend=args.blend,
+                                  masks=_names(args.masks), probes_per_identity=args.probes_per_identity,
+                                  seed=args.seed, progress=not args.no_progress)
     print(recognition.markdown(result))
     print(f"wrote {Path(args.out) / 'recognition.md'}, results.json, recognition.png")
     return 0
 
 
 def run_identity(args: argparse.Namespace) -> int:
-    import json
-    from collections import defaultdict
+    from facecomp.eval import evaluate
 
-    from facecomp.data.celeba import CelebAIndex
-    from facecomp.eval.identity_check import identity_check
-    from facecomp.identity_embedding import IdentityEmbedder
-
-    index = CelebAIndex.open(args.data)
-    by_id = defaultdict(list)
-    for f in index.files(args.partition):
-        by_id[index.identity(f)].append(f)
-    chosen = [(f, i) for i in sorted(k for k in by_id if k is not None)[: args.identities]
-              for f in by_id[i][: args.per_identity]]
-    if len({i for _, i in chosen}) < 2:
-        raise ValueError(f"{args.data}: fewer than two identities in the {args.partition} partition")
-    check = identity_check(IdentityEmbedder(), [f for f, _ in chosen], [i for _, i in chosen])
+    check = evaluate.identity(args.data, args.out, partition=args.partition, identities=args.identities,
+                              per_identity=args.per_identity)
     print(check.markdown())
-    if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "identity.json").write_text(json.dumps(check.__dict__, indent=2))
     return 0

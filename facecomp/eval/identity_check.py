@@ -4,12 +4,15 @@ here, so training validation can use it without importing evaluation."""
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from collections import defaultdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from facecomp.data.celeba import CelebAIndex
 from facecomp.identity_embedding import SAME_PERSON_THRESHOLD, IdentityEmbedder
 
 
@@ -44,3 +47,23 @@ def identity_check(embedder: IdentityEmbedder, files: list[Path], identities: li
     return IdentityCheck(len(files), len(set(identities)), float(d[same & off].mean()), float(d[~same].mean()), top1,
                          float((d[same & off] < SAME_PERSON_THRESHOLD).mean()),
                          float((d[~same] >= SAME_PERSON_THRESHOLD).mean()))
+
+
+def sample_identities(index: CelebAIndex, partition: str, identities: int, per_identity: int
+                      ) -> tuple[list[Path], list[int]]:
+    """The faces of the first ``identities`` identities (by id) of a partition, the first ``per_identity``
+    faces of each: (files, their identities). Raises ValueError with fewer than two identities."""
+    by_id: dict[int, list[Path]] = defaultdict(list)
+    for f in index.files(partition):
+        i = index.identity(f)
+        if i is not None:
+            by_id[i].append(f)
+    chosen = [(f, i) for i in sorted(by_id)[:identities] for f in by_id[i][:per_identity]]
+    if len({i for _, i in chosen}) < 2:
+        raise ValueError(f"{index.root}: fewer than two identities in the {partition} partition")
+    return [f for f, _ in chosen], [i for _, i in chosen]
+
+
+def write(check: IdentityCheck, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "identity.json").write_text(json.dumps(asdict(check), indent=2))

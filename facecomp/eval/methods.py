@@ -7,7 +7,7 @@ every pixel outside the mask. Baselines: noise fill (the generator's own input, 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import cv2
@@ -65,3 +65,18 @@ def model(path: str | None, blend: str = "none", seed: int = 0) -> Method:
         return completer.complete(image, mask, seed=seed, blend=blend)[0]
 
     return complete
+
+
+def select(models: Sequence[str], baselines: Sequence[str] = (), blend: str = "none") -> dict[str, Method]:
+    """The methods an evaluation compares, by name: ``baselines`` (names of BASELINES) first, then each of
+    ``models`` ('[NAME=]PATH'; none: the shipped model), and with ``blend="poisson"`` each model again
+    Poisson-blended as 'NAME+poisson'. Raises ValueError on an unknown baseline or a missing model path."""
+    chosen: dict[str, Method] = {name: baseline(name) for name in baselines}
+    for spec in models or [None]:
+        name, path = model_name(spec) if spec else ("shipped", None)
+        if path is not None and path != "shipped" and not Path(path).exists():
+            raise ValueError(f"--model {path}: no such file or directory")
+        chosen[name] = model(path, "none")
+        if blend == "poisson":
+            chosen[f"{name}+poisson"] = model(path, "poisson")
+    return chosen
