@@ -27,10 +27,6 @@ DS_TAG = "ds"  # one DeepSpeed tag per folder: each Ray checkpoint is its own fo
 LEGACY_DS = {"generator": "ds_g"}
 
 
-def dir_name(step: int) -> str:
-    return f"step_{step:07d}"
-
-
 def save(wrapped: DeepSpeedModels, out: Path, rank: int, cfg: Config, state: RunState) -> None:
     """Every rank calls this (DeepSpeed's save is collective: each rank writes its own ZeRO shard)."""
     for name, engine in wrapped.updaters().items():

@@ -4,7 +4,7 @@ A run lives at ``STORAGE/NAME``; its checkpoints are ``STORAGE/NAME/step_NNNNNNN
 facecomp.cluster.checkpoints). Running the same NAME again continues it from its newest
 checkpoint (Ray Train restores a run of the same storage and name). When the stage ends, its
 generator is copied to ``STORAGE/NAME/generator.safetensors`` and ``STORAGE/NAME/result.json`` says
-the stage finished (facecomp.train.runs: the next stage's ``--init`` refuses a run without it).
+the stage finished (facecomp.weights.run_folder: the next stage's ``--init`` refuses a run without it).
 
 SIGTERM/SIGUSR1 to the driver stop the stage: every worker checkpoints at the same step and returns
 (facecomp.cluster.stop), and the result says it did not finish; the same command continues it.
@@ -18,11 +18,10 @@ from pathlib import Path
 
 from facecomp import config as config_mod
 from facecomp.config import Config
-from facecomp.train import runs
 from facecomp.train.checkpoint import RunState
-from facecomp.train.guard import DIVERGED_FILE, read_diverged
+from facecomp.train.guard import read_diverged
 from facecomp.train.stages import check_stage
-from facecomp.weights import copy_file, find_checkpoint, write_json
+from facecomp.weights import RunFolder
 
 from .deepspeed_models import load_ds_json
 from .stop import clear_stop, stop_on_signal
@@ -65,17 +64,15 @@ def train_stage(cfg: Config, stage: int, launch: LaunchConfig, init: str | Path 
     storage = Path(launch.storage).resolve()  # Ray Train needs an absolute path (or a URI)
     name = launch.name or f"stage{stage}"
     run_dir = storage / name
+    run = RunFolder(run_dir)
     if init is not None:
-        runs.check_init_source(init, init_unfinished)
-        init = str((find_checkpoint(init) if Path(init).is_dir() else Path(init)).resolve())
-    elif stage > 1 and not from_scratch and not any(run_dir.glob("step_*/state.json")):
+        RunFolder(init).check_finished(init_unfinished)
+        init = str((RunFolder(init).latest() if Path(init).is_dir() else Path(init)).resolve())
+    elif stage > 1 and not from_scratch and not run.complete():
         raise ValueError(f"stage {stage} starts from the previous stage: pass --init RUN (or --from-scratch to "
                          "train it from random weights)")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.toml").write_text(config_mod.to_toml(cfg))
-    (run_dir / runs.RESULT_FILE).unlink(missing_ok=True)  # written again when the stage finishes
+    run.begin(config_mod.to_toml(cfg))  # no result.json, nor a diverged session's marker: this one may go on
     clear_stop(run_dir)  # a marker of a stopped session: this one must not stop at once
-    (run_dir / DIVERGED_FILE).unlink(missing_ok=True)  # and of a diverged one: this session may go on
     import ray
 
     with stop_on_signal(run_dir) as (stop, install):
@@ -97,11 +94,9 @@ def train_stage(cfg: Config, stage: int, launch: LaunchConfig, init: str | Path 
         log.info("stage %d stopped by %s at step %d/%d", stage, stop.name or "request", state.step, total)
         return StageResult(run_dir=run_dir, checkpoint=final, state=state, finished=False, stopped_by=stop.name)
     clear_stop(run_dir)  # a signal after the last step: the stage finished all the same
-    copy_file(final / "generator.safetensors", run_dir / "generator.safetensors")
-    write_json(run_dir / runs.RESULT_FILE, {
-        "finished": True, "stage": stage, "steps": state.step, "images": state.images,
-        "seconds": state.seconds, "world_size": state.world_size, "restarts": state.restarts,
-        "checkpoint": final.name, "chosen": None, "generator": "generator.safetensors"})
+    run.finish({"finished": True, "stage": stage, "steps": state.step, "images": state.images,
+                "seconds": state.seconds, "world_size": state.world_size, "restarts": state.restarts,
+                "checkpoint": final.name, "chosen": None}, RunFolder.weights_file(final, "generator"))
     return StageResult(run_dir=run_dir, checkpoint=final, state=state)
 
 

@@ -24,13 +24,14 @@ from typing import Any
 import torch
 
 from facecomp import config as config_mod
-from facecomp.train.guard import Diverged, write_diverged
 from facecomp import runtime
 from facecomp.config import Config
 from facecomp.data.celeba import partition_files
 from facecomp.data.loaders import make_loader
 from facecomp.train.checkpoint import RunState
+from facecomp.train.guard import Diverged, write_diverged
 from facecomp.train.loop import StageHooks, build_models, drive, init_from, resume_state
+from facecomp.weights import RunFolder
 
 from . import checkpoints
 
@@ -61,7 +62,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     def report(step: int, metrics: dict[str, float], folder: Path) -> None:
         ray.train.report({"step": step, **metrics}, checkpoint=ray.train.Checkpoint.from_directory(str(folder)),
-                         checkpoint_dir_name=checkpoints.dir_name(step))
+                         checkpoint_dir_name=RunFolder.checkpoint_name(step))
 
     run_stage(cfg, config["stage"], Path(config["run_dir"]), ctx.get_world_rank(), ctx.get_world_size(), device,
               report, restore=ray.train.get_checkpoint(), init=config.get("init"))
@@ -111,7 +112,7 @@ def run_stage(cfg: Config, stage: int, run_dir: Path, rank: int, world: int, dev
 
         # purge_step: events logged past the checkpoint a restart resumes from are dropped (step N's
         # scalars were written before checkpoint N, so they stay)
-        writer = SummaryWriter(str(run_dir / "tb"), purge_step=state.step + 1 if restore is not None else None)
+        writer = SummaryWriter(str(RunFolder(run_dir).tb), purge_step=state.step + 1 if restore is not None else None)
 
     hooks = _ClusterStage(cfg, stage, wrapped, models.parsing, device, rank=rank, loader=loader, report=report,
                           writer=writer, agree=make_agree(world), any_rank=reduce)
@@ -131,7 +132,7 @@ def run_stage(cfg: Config, stage: int, run_dir: Path, rank: int, world: int, dev
         return state
     if not finished and rank == 0:
         log.info("stage %d stopped at step %d/%d on request; checkpoint %s", stage, state.step, total,
-                 checkpoints.dir_name(state.step))
+                 RunFolder.checkpoint_name(state.step))
     if writer is not None:
         writer.close()
     return state

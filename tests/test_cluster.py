@@ -25,7 +25,7 @@ import torch
 from facecomp.config import load_config
 from facecomp.models import Generator
 from facecomp.train import checkpoint as ck
-from facecomp.weights import find_checkpoint, load_module, load_tensors
+from facecomp.weights import RunFolder, load_module, load_tensors
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None and importlib.util.find_spec("ray.train") is not None
 HAVE_DS = importlib.util.find_spec("deepspeed") is not None
@@ -48,7 +48,7 @@ def _cluster(*args, timeout=420):
 
 
 def _state(run: Path) -> dict:
-    return json.loads((find_checkpoint(run) / "state.json").read_text())
+    return json.loads((RunFolder(run).latest() / "state.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +239,7 @@ def test_deepspeed_losses_equal_plain_loop(celeba, parsing_weights, dist_world_1
         assert len(a) == len(b) == 3, key
         for step, (x, y) in enumerate(zip(a, b, strict=True)):
             assert y == pytest.approx(x, rel=1e-5), f"step {step} {key}: plain {x}, engine {y}"
-    g_plain = load_tensors(find_checkpoint(tmp_path / "plain") / "generator.safetensors", "generator")[0]
+    g_plain = load_tensors(RunFolder(tmp_path / "plain").latest() / "generator.safetensors", "generator")[0]
     g_cluster = load_tensors(reported[3] / "generator.safetensors", "generator")[0]
     for k in g_plain:
         torch.testing.assert_close(g_cluster[k], g_plain[k], rtol=1e-5, atol=1e-6)

@@ -262,7 +262,7 @@ def test_train_with_the_dali_loader_resumes_bit_for_bit(celeba, smoke_cfg, tmp_p
 
     from facecomp.cli import main
     from facecomp.train.loop import train
-    from facecomp.weights import find_checkpoint
+    from facecomp.weights import RunFolder
 
     run = tmp_path / "split"
     base = ["train", "--stage", "1", "--data", str(celeba), "--run-dir", str(run), "--no-progress"]
@@ -276,8 +276,8 @@ def test_train_with_the_dali_loader_resumes_bit_for_bit(celeba, smoke_cfg, tmp_p
     smoke_cfg.train.log_every, smoke_cfg.train.image_every = 1, 2  # the preset's, as the CLI run used
     train(smoke_cfg, 1, celeba, tmp_path / "straight", progress=False)
     for name in ("generator", "d_local", "optim_generator"):
-        a = load_file(find_checkpoint(tmp_path / "straight") / f"{name}.safetensors")
-        b = load_file(find_checkpoint(run) / f"{name}.safetensors")
+        a = load_file(RunFolder(tmp_path / "straight").latest() / f"{name}.safetensors")
+        b = load_file(RunFolder(run).latest() / f"{name}.safetensors")
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
 

@@ -12,7 +12,7 @@ import torch
 from facecomp import losses
 from facecomp.train import loop
 from facecomp.train.guard import Diverged, DivergenceGuard
-from facecomp.weights import find_checkpoint, load_tensors
+from facecomp.weights import RunFolder, load_tensors
 
 
 def _cfg(smoke_cfg, celeba):
@@ -55,7 +55,7 @@ def test_nan_loss_stops_the_run_before_a_checkpoint_and_resume_goes_on(celeba, s
     monkeypatch.setattr(losses, "reconstruction", real)
     res = loop.train(cfg, 1, celeba, run, resume=True, progress=False)
     assert res.finished and res.steps == 8
-    assert json.loads((find_checkpoint(run) / "state.json").read_text())["restarts"] == [4]
+    assert json.loads((RunFolder(run).latest() / "state.json").read_text())["restarts"] == [4]
     _all_finite(run)
 
 

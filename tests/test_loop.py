@@ -19,7 +19,7 @@ from facecomp import config as config_mod
 from facecomp.train import checkpoint as ck
 from facecomp.train.checkpoint import RunState
 from facecomp.train.loop import Hooks, build_models, build_optimizers, drive, resume_state, train
-from facecomp.weights import find_checkpoint, load_tensors, save_tensors, write_json
+from facecomp.weights import RunFolder, load_tensors, save_tensors, write_json
 
 
 class _Recorder(Hooks):
@@ -141,7 +141,7 @@ def test_a_checkpoint_of_the_earlier_layout_resumes_as_the_new_one(tmp_path):
                                            "data.limit=12", "train.log_every=1000", "train.image_every=1000"])
     new = tmp_path / "new"
     assert not train(cfg, 1, data, new, progress=False, stop_at=2).finished
-    ckpt = find_checkpoint(new)
+    ckpt = RunFolder(new).latest()
     state = json.loads((ckpt / "state.json").read_text())
     # a validation record the run will never beat: the best checkpoint, protected from pruning
     state["validation"][0]["raw"]["hole_psnr"] = 99.0
@@ -150,20 +150,20 @@ def test_a_checkpoint_of_the_earlier_layout_resumes_as_the_new_one(tmp_path):
     write_json(new / "validation.json", state["validation"])
     legacy = tmp_path / "legacy"
     shutil.copytree(new, legacy)
-    _to_legacy(find_checkpoint(legacy))
-    assert (find_checkpoint(legacy) / "optim_g.safetensors").is_file()
+    _to_legacy(RunFolder(legacy).latest())
+    assert (RunFolder(legacy).latest() / "optim_g.safetensors").is_file()
 
     train(cfg, 1, data, new, resume=True, progress=False)
     r = subprocess.run([sys.executable, "-m", "facecomp", "train", "--stage", "1", "--run-dir", str(legacy),
                         "--resume", "--no-progress"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     for run in (new, legacy):
-        assert ck.checkpoint_steps(run) == {2, 6}  # keep 1, plus the best
-    a, b = RunState.read(find_checkpoint(new)), RunState.read(find_checkpoint(legacy))
+        assert RunFolder(run).steps() == {2, 6}  # keep 1, plus the best
+    a, b = RunState.read(RunFolder(new).latest()), RunState.read(RunFolder(legacy).latest())
     assert (b.step, b.images, b.restarts, b.best) == (6, 6 * cfg.train.batch_size, [2], a.best)
     for name in ("generator", "generator_ema", "d_local", "optim_generator", "optim_d_local"):
-        x = load_file(find_checkpoint(new) / f"{name}.safetensors")
-        y = load_file(find_checkpoint(legacy) / f"{name}.safetensors")
+        x = load_file(RunFolder(new).latest() / f"{name}.safetensors")
+        y = load_file(RunFolder(legacy).latest() / f"{name}.safetensors")
         assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), f"{name} differs"
     assert b.best["step"] == 2 and [r["step"] for r in b.validation] == [2, 4, 6]
     assert b.validation == a.validation

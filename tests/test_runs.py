@@ -11,7 +11,7 @@ import pytest
 
 from facecomp.train import checkpoint as ck
 from facecomp.train.preempt import EXIT_STOPPED, StopRequest
-from facecomp.weights import find_checkpoint
+from facecomp.weights import RunFolder
 
 
 def _cli(*args, **kw):
@@ -43,11 +43,11 @@ def test_a_signal_checkpoints_and_the_run_resumes_with_nothing_redone(celeba, tm
         pytest.skip("the run finished before the signal arrived (a machine too fast for 30 smoke steps)")
     assert proc.returncode == EXIT_STOPPED, err
     assert "stopped by SIGUSR1" in out and "--resume" in out and "Traceback" not in err
-    stopped_at = ck.read_state(find_checkpoint(run))["step"]
+    stopped_at = ck.read_state(RunFolder(run).latest())["step"]
     assert stopped_at < 30 and not (run / "result.json").exists()
     r = _train(celeba, run, "--resume", *steps)
     assert r.returncode == 0, r.stderr
-    state = ck.read_state(find_checkpoint(run))
+    state = ck.read_state(RunFolder(run).latest())
     assert state["step"] == 30 and state["images"] == 30 * 4  # a redone step would count its images twice
     assert json.loads((run / "result.json").read_text())["finished"]
 
@@ -81,7 +81,7 @@ def test_resume_refuses_a_changed_config_unless_allowed(celeba, tmp_path):
     assert r.returncode == 0, r.stderr  # speed, not weights: free to change
     r = _train(celeba, run, "--resume", "train.stage_steps=[4, 4, 4]", "--allow-config-change")
     assert r.returncode == 0, r.stderr
-    assert ck.read_state(find_checkpoint(run))["step"] == 4
+    assert ck.read_state(RunFolder(run).latest())["step"] == 4
 
 
 def test_stages_chain_only_from_finished_runs(celeba, tmp_path):

@@ -20,7 +20,8 @@ from facecomp.data.pipeline import EpochBatchSampler, FaceDataset, collate
 from facecomp.layout import Augment
 from facecomp.train import checkpoint as ck
 from facecomp.train import loop
-from facecomp.weights import find_checkpoint, load_tensors, save_tensors
+from facecomp.weights import RunFolder, load_tensors, save_tensors
+from facecomp.weights.run_folder import EXIT_DISK_FULL
 
 
 def _cfg(cfg, celeba, steps: int):
@@ -84,7 +85,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_last_good_one_and_stops_with_on
     _resize(small_disk, _used(small_disk) + _size(first) // 2)
     r = _cli("train", "--stage", 1, "--run-dir", run, "--resume", "--no-progress")
     lines = _facecomp_lines(r.stderr)
-    assert r.returncode == ck.EXIT_DISK_FULL, r.stderr[-3000:]
+    assert r.returncode == EXIT_DISK_FULL, r.stderr[-3000:]
     assert "Traceback" not in r.stderr and len(lines) == 1, r.stderr[-3000:]
     assert "disk is full" in lines[0] and "step 4" in lines[0] and str(first) in lines[0]
     assert f"--run-dir {run} --resume" in lines[0]
@@ -96,7 +97,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_last_good_one_and_stops_with_on
     _resize(small_disk, 64 << 20)
     result = loop.train(cfg, 1, celeba, run, resume=True, progress=False)
     assert result.finished and result.steps == 6
-    assert ck.read_state(find_checkpoint(run))["restarts"] == [2]
+    assert ck.read_state(RunFolder(run).latest())["restarts"] == [2]
 
 
 # --- a damaged newest checkpoint on --resume ---------------------------------------------------------
@@ -107,7 +108,7 @@ def three_checkpoints(celeba, tmp_path_factory) -> Path:
     cfg = _cfg(load_config("smoke", ["train.log_every=1000", "train.image_every=1000"]), celeba, 8)
     run = tmp_path_factory.mktemp("ckpts") / "run"
     loop.train(cfg, 1, celeba, run, progress=False, stop_at=6)
-    assert ck.checkpoint_steps(run) == {2, 4, 6}
+    assert RunFolder(run).steps() == {2, 4, 6}
     return run
 
 
@@ -176,7 +177,7 @@ def test_train_resume_goes_on_from_the_previous_complete_checkpoint(three_checkp
     with caplog.at_level(logging.WARNING):
         result = loop.train(_cfg(smoke_cfg, celeba, 8), 1, celeba, run, resume=True, progress=False)
     assert result.finished and result.steps == 8
-    state = ck.read_state(find_checkpoint(run))
+    state = ck.read_state(RunFolder(run).latest())
     assert state["restarts"] == [4] and state["finite"] is True
     passed = [r.getMessage() for r in caplog.records if "passing over" in r.getMessage()]
     assert len(passed) == 1 and "step_0000006" in passed[0] and passed[0].endswith("step_0000004")
@@ -191,7 +192,7 @@ def test_cli_resume_reads_its_config_from_the_checkpoint_it_resumes(three_checkp
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
     passed = [ln for ln in r.stderr.splitlines() if "passing over" in ln]
     assert len(passed) == 1 and "step_0000006" in passed[0] and "resuming from" in passed[0], r.stderr[-3000:]
-    assert ck.read_state(find_checkpoint(run))["restarts"] == [4]
+    assert ck.read_state(RunFolder(run).latest())["restarts"] == [4]
 
 
 # --- training images deleted or garbled mid-epoch ----------------------------------------------------
@@ -220,7 +221,7 @@ def test_images_deleted_or_garbled_mid_epoch_are_skipped_counted_and_warned(cele
     with caplog.at_level(logging.WARNING):
         result = loop.train(cfg, 1, faces, tmp_path / "run", progress=False)
     assert result.finished and result.steps == 12
-    state = ck.read_state(find_checkpoint(tmp_path / "run"))
+    state = ck.read_state(RunFolder(tmp_path / "run").latest())
     assert state["skipped"] == 4 and state["images"] == 12 * cfg.train.batch_size - 4
     text = caplog.text
     assert f"{deleted}: no such file" in text and f"{garbled}:" in text
@@ -262,7 +263,7 @@ def test_pruning_keeps_the_newest_finite_and_the_protected_checkpoint(tmp_path):
     for step in (3, 4):
         save(step, float("nan"), keep=0)  # the run went non-finite (a loop without the divergence guard)
     save(5, float("inf"), keep=1)
-    assert ck.checkpoint_steps(tmp_path) == {1, 2, 5}
+    assert RunFolder(tmp_path).steps() == {1, 2, 5}
     finite = {s: ck.read_state(tmp_path / "checkpoints" / f"step_{s:07d}")["finite"] for s in (1, 2, 5)}
     assert finite == {1: True, 2: True, 5: False}
     # and a resume goes on from the last good one, not from the newest

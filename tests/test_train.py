@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from facecomp.train.loop import train
-from facecomp.weights import convert_weights, find_checkpoint, load_module, load_tensors, read_metadata, save_module
+from facecomp.weights import RunFolder, convert_weights, load_module, load_tensors, read_metadata, save_module
 
 
 def _cli(*args):
@@ -27,7 +27,7 @@ def test_three_stages_on_real_faces(celeba, parsing_weights, tmp_path):
              "--no-progress", f"parsing.weights={parsing_weights}")
     assert r.returncode == 0, r.stderr
     for i, run in enumerate(runs, start=1):
-        state = json.loads((find_checkpoint(run) / "state.json").read_text())
+        state = json.loads((RunFolder(run).latest() / "state.json").read_text())
         assert state["stage"] == i and state["step"] == 4
         assert (run / "generator.safetensors").is_file() and (run / "config.toml").is_file()
         assert list((run / "tb").glob("events.*"))
@@ -62,8 +62,8 @@ def test_resume_equals_uninterrupted(celeba, smoke_cfg, parsing_weights, tmp_pat
     result = train(smoke_cfg, 3, celeba, tmp_path / "split", resume=True, progress=False)
     assert result.steps == 6
     for name in ("generator", "d_local", "d_global", "optim_generator", "optim_d_local"):
-        a = load_file(find_checkpoint(tmp_path / "straight") / f"{name}.safetensors")
-        b = load_file(find_checkpoint(tmp_path / "split") / f"{name}.safetensors")
+        a = load_file(RunFolder(tmp_path / "straight").latest() / f"{name}.safetensors")
+        b = load_file(RunFolder(tmp_path / "split").latest() / f"{name}.safetensors")
         assert a.keys() == b.keys()
         for k in a:
             assert torch.equal(a[k], b[k]), f"{name}:{k} differs after resume"

@@ -22,7 +22,7 @@ from facecomp.train.ema import EMA
 from facecomp.train.loop import build_models, build_optimizers, build_updaters, train
 from facecomp.train.schedule import lr_factor
 from facecomp.train.step import train_step
-from facecomp.weights import find_checkpoint, read_metadata
+from facecomp.weights import RunFolder, read_metadata
 
 
 def _celeba_folder(root, names, partition):
@@ -158,7 +158,7 @@ def test_best_checkpoint_survives_pruning(tmp_path):
     for step in (1, 2, 3, 4):
         ck.save_checkpoint(tmp_path, {"generator": (mod, {})}, {}, ck.RunState(stage=1, step=step), keep=2,
                            protect=frozenset({2}))
-    assert ck.checkpoint_steps(tmp_path) == {2, 3, 4}
+    assert RunFolder(tmp_path).steps() == {2, 3, 4}
 
 
 def test_validation_scores_are_reproducible(celeba, smoke_cfg):
@@ -207,8 +207,8 @@ def test_a_run_validates_chooses_and_records_its_result(celeba, smoke_cfg, tmp_p
     result = json.loads((run / "result.json").read_text())
     chosen = val.choose(history, "hole_psnr", 0)
     assert result["finished"] and result["steps"] == 6 and result["chosen"] == chosen
-    assert ck.checkpoint_steps(run) == {chosen["step"], 6}  # newest one + the best
-    state = ck.read_state(find_checkpoint(run))
+    assert RunFolder(run).steps() == {chosen["step"], 6}  # newest one + the best
+    state = ck.read_state(RunFolder(run).latest())
     assert state["validation"] == history and state["best"] == chosen
     name = "generator_ema" if chosen["variant"] == "ema" else "generator"
     picked = load_file(run / "checkpoints" / f"step_{chosen['step']:07d}" / f"{name}.safetensors")
@@ -228,8 +228,8 @@ def test_resume_with_ema_and_decay_equals_uninterrupted(celeba, smoke_cfg, tmp_p
     assert stopped.steps == 1 and not (tmp_path / "split" / "result.json").exists()
     train(smoke_cfg, 1, celeba, tmp_path / "split", resume=True, progress=False)
     for name in ("generator", "generator_ema", "optim_generator"):
-        a = load_file(find_checkpoint(tmp_path / "straight") / f"{name}.safetensors")
-        b = load_file(find_checkpoint(tmp_path / "split") / f"{name}.safetensors")
+        a = load_file(RunFolder(tmp_path / "straight").latest() / f"{name}.safetensors")
+        b = load_file(RunFolder(tmp_path / "split").latest() / f"{name}.safetensors")
         assert all(torch.equal(a[k], b[k]) for k in a), f"{name} differs after resume"
     assert (json.loads((tmp_path / "straight" / "validation.json").read_text())
             == json.loads((tmp_path / "split" / "validation.json").read_text()))

@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     launch = LaunchConfig(num_workers=args.num_workers, gpus_per_worker=args.gpus_per_worker, storage=args.storage,
                           name=args.name, address=args.address)
     from facecomp.train.guard import EXIT_DIVERGED, Diverged
+    from facecomp.weights import RunFolder
 
     try:
         result = train_stage(cfg, args.stage, launch, init=args.init, init_unfinished=args.init_unfinished,
@@ -70,6 +71,6 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_STOPPED
     print(f"stage {args.stage}: {s.step} steps on {s.world_size} workers ({cfg.cluster.deepspeed}), "
           f"{s.images} images, restarts from steps {s.restarts}; checkpoint: {result.checkpoint}; "
-          f"generator: {result.run_dir / 'generator.safetensors'}")
+          f"generator: {RunFolder(result.run_dir).published()}")
     return 0
 

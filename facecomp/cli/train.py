@@ -38,8 +38,9 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(common.roots_override(args.data))
     if args.loader:
         overrides.append(f"data.loader={args.loader}")
-    from facecomp.train import runs
+    from facecomp.weights import RunFolder
 
+    run = RunFolder(args.run_dir)
     if args.resume and args.init:
         raise ValueError("--resume continues a run; --init starts a new one: pick one")
     if args.resume and args.overwrite:
@@ -53,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
         if args.config:  # a config named again on resume: it is the candidate, compared below
             cfg = config_mod.load_config(args.config)
         config_mod.apply_overrides(cfg, overrides)
-        changes = runs.config_changes(config_mod.to_dict(config_mod.from_dict(started)), config_mod.to_dict(cfg))
+        from facecomp.train.config_changes import config_changes
+
+        changes = config_changes(config_mod.to_dict(config_mod.from_dict(started)), config_mod.to_dict(cfg))
         if changes and not args.allow_config_change:
             raise ValueError(f"{args.run_dir} was started with another config ({'; '.join(changes[:4])}"
                              f"{' ...' if len(changes) > 4 else ''}); resume without overrides, or pass "
@@ -68,21 +71,21 @@ def run(args: argparse.Namespace) -> int:
     if args.init and not Path(args.init).exists():
         raise ValueError(f"--init {args.init}: no such run directory, checkpoint or weights file")
     if args.init:
-        runs.check_init_source(args.init, args.init_unfinished)
+        RunFolder(args.init).check_finished(args.init_unfinished)
     elif args.stage > 1 and not args.resume and not args.from_scratch:
         raise ValueError(f"stage {args.stage} starts from the previous stage: pass --init RUN_DIR "
                          "(or --from-scratch to train it from random weights)")
     if not args.resume:
         if args.overwrite:
-            runs.clear(args.run_dir)
-        runs.refuse_started(args.run_dir)
+            run.clear()
+        run.refuse_started()
     if cfg.data.loader == "dali":  # fail before building models when the extra is missing (MissingExtra: one line)
         from facecomp.data import dali  # noqa: F401
 
-    from facecomp.train import checkpoint as ck
     from facecomp.train.guard import EXIT_DIVERGED, Diverged
     from facecomp.train.loop import train
     from facecomp.train.preempt import EXIT_STOPPED, StopRequest
+    from facecomp.weights.run_folder import EXIT_DISK_FULL, is_disk_full
 
     try:
         with StopRequest().installed() as stop:
@@ -93,11 +96,11 @@ def run(args: argparse.Namespace) -> int:
               "lower the learning rate with --allow-config-change optim.lr_g=...)", file=sys.stderr)
         return EXIT_DIVERGED
     except OSError as e:
-        if not ck.is_disk_full(e):
+        if not is_disk_full(e):
             raise
-        print(f"facecomp: {disk_full_line(e, Path(args.run_dir))}; free some space, then continue with: "
+        print(f"facecomp: {disk_full_line(e, run)}; free some space, then continue with: "
               f"facecomp train --stage {args.stage} --run-dir {args.run_dir} --resume", file=sys.stderr)
-        return ck.EXIT_DISK_FULL
+        return EXIT_DISK_FULL
     rate = result.images / max(result.seconds, 1e-9)
     if not result.finished:
         why = stop.name or ("--stop-at" if args.stop_at is not None else "request")
@@ -105,17 +108,17 @@ def run(args: argparse.Namespace) -> int:
               f"continue with: facecomp train --stage {args.stage} --run-dir {args.run_dir} --resume")
         return EXIT_STOPPED
     print(f"stage {args.stage}: {result.steps} steps, {result.images} images in this session "
-          f"({rate:.1f} images/s); generator: {result.run_dir / 'generator.safetensors'}")
+          f"({rate:.1f} images/s); generator: {RunFolder(result.run_dir).published()}")
     return 0
 
 
-def disk_full_line(e: OSError, run_dir: Path) -> str:
+def disk_full_line(e: OSError, run) -> str:
     """What a full disk did to the run: a checkpoint's save says so itself (DiskFull); any other write that
     hit it (TensorBoard's events, validation.json) is named, with the checkpoint the run can go on from."""
-    from facecomp.train import checkpoint as ck
+    from facecomp.weights.run_folder import DiskFull
 
-    if isinstance(e, ck.DiskFull):
+    if isinstance(e, DiskFull):
         return str(e)
-    good = ck.last_good(run_dir / "checkpoints")
+    good = run.last_good()
     return (f"the disk is full ({e}); " +
             (f"the last good checkpoint is {good}" if good else "no checkpoint of this run was written yet"))

@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from facecomp.weights import RunFolder
+
 EXIT_DIVERGED = 3  # `facecomp train` / `facecomp cluster train` exit status of a run the guard stopped
-DIVERGED_FILE = "diverged.json"  # a cluster run's marker: its workers stopped on a divergence
 
 
 class Diverged(RuntimeError):
@@ -88,12 +89,13 @@ def _finite(v: float) -> bool:
 def write_diverged(run_dir: str | Path, error: Diverged) -> None:
     """The marker a cluster run's rank 0 leaves for the driver (workers cannot raise to it without Ray
     Train restarting them)."""
-    Path(run_dir, DIVERGED_FILE).write_text(json.dumps({"stage": error.stage, "step": error.step, "what": error.what}))
+    marker = {"stage": error.stage, "step": error.step, "what": error.what}
+    RunFolder(run_dir).diverged_file.write_text(json.dumps(marker))
 
 
 def read_diverged(run_dir: str | Path) -> Diverged | None:
     """The divergence a cluster run's workers stopped on, if they did."""
-    path = Path(run_dir, DIVERGED_FILE)
+    path = RunFolder(run_dir).diverged_file
     if not path.is_file():
         return None
     data = json.loads(path.read_text())

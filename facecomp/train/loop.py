@@ -13,7 +13,6 @@ order and noise, so the result equals an uninterrupted run's.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -36,7 +35,6 @@ from facecomp.train import validation as val
 from facecomp.train.checkpoint import RunState
 from facecomp.train.ema import EMA, calibration_inputs
 from facecomp.train.guard import DivergenceGuard
-from facecomp.train.runs import RESULT_FILE, read_result
 from facecomp.train.schedule import lr_factor, set_lr
 from facecomp.train.stages import STAGES, check_stage
 from facecomp.train.step import (
@@ -51,7 +49,7 @@ from facecomp.train.step import (
     read_metrics,
     train_step,
 )
-from facecomp.weights import copy_file, find_checkpoint, load_module, write_json
+from facecomp.weights import RunFolder, load_module, write_json
 
 log = logging.getLogger(__name__)
 
@@ -133,19 +131,13 @@ def init_from(models: Models, source: str | Path) -> Path:
     takes every weight the source has; its new parts keep their zero-start init."""
     source = Path(source)
     fresh = models.generator.fresh_keys()
-    if source.is_file() and source.suffix == ".safetensors" and not (source.parent / "state.json").is_file():
+    if source.is_file() and not RunFolder.is_checkpoint(source.parent):  # a bare weights file
         load_module(source, models.generator, "generator", fresh)
         return source
-    result = read_result(source) if source.is_dir() else None
-    if result is not None and result.get("chosen"):
-        chosen = result["chosen"]
-        ckpt = source / "checkpoints" / f"step_{chosen['step']:07d}"
-        weights = "generator_ema.safetensors" if chosen["variant"] == "ema" else "generator.safetensors"
-    else:
-        ckpt, weights = find_checkpoint(source), "generator.safetensors"
-    load_module(ckpt / weights, models.generator, "generator", fresh)
+    ckpt, weights = RunFolder(source).chosen()
+    load_module(weights, models.generator, "generator", fresh)
     for name in ("d_local", "d_global"):
-        path = ckpt / f"{name}.safetensors"
+        path = RunFolder.weights_file(ckpt, name)
         if path.is_file():
             load_module(path, getattr(models, name), name)
     return ckpt
@@ -328,7 +320,7 @@ class _PlainStage(StageHooks):
                  vset: val.ValidationSet | None, loader, writer, bar, log_lines: bool):
         super().__init__(cfg, stage, models, build_updaters(models, optimizers, cfg), device, writer=writer, bar=bar,
                          log_lines=log_lines)
-        self.run_dir, self.optimizers, self.ema, self.vset, self.loader = run_dir, optimizers, ema, vset, loader
+        self.run, self.optimizers, self.ema, self.vset, self.loader = RunFolder(run_dir), optimizers, ema, vset, loader
 
     def step(self, batch: dict, step: int) -> StepResult:
         result = super().step(batch, step)
@@ -345,7 +337,7 @@ class _PlainStage(StageHooks):
     def best(self, state: RunState) -> dict | None:
         """The best (step, variant) among checkpoints on disk and the one being written at this step."""
         v = self.cfg.validation
-        return val.choose(state.validation, v.select, v.select_after, ck.checkpoint_steps(self.run_dir) | {state.step})
+        return val.choose(state.validation, v.select, v.select_after, self.run.steps() | {state.step})
 
     def validate(self, state: RunState) -> None:
         step, device = state.step, self.device
@@ -356,7 +348,7 @@ class _PlainStage(StageHooks):
         for variant in ("raw", "ema"):
             for key, value in record.get(variant, {}).items():
                 self.writer.add_scalar(f"stage{self.stage}/val_{variant}/{key}", value, step)
-        write_json(self.run_dir / "validation.json", state.validation)
+        write_json(self.run.validation_file, state.validation)
         log.info("validation at step %d: %s", step,
                  {k: round(record["raw"][k], 3) for k in ("hole_psnr", "ssim", "identity") if k in record["raw"]})
 
@@ -371,10 +363,10 @@ class _PlainStage(StageHooks):
             state.loader_state = self.loader.state()
         mods = {n: (getattr(self.models, n), weights_meta(cfg, n, stage, step)) for n in TRAINED}
         if self.ema is not None:
-            mods["generator_ema"] = (self.ema.module, {**weights_meta(cfg, "generator", stage, step),
+            mods[RunFolder.EMA] = (self.ema.module, {**weights_meta(cfg, "generator", stage, step),
                                                        "kind": "generator", "ema_decay": self.ema.decay})
         protect = frozenset([state.best["step"]] if state.best else [])
-        ck.save_checkpoint(self.run_dir, mods, self.optimizers, state, keep=cfg.train.keep_checkpoints,
+        ck.save_checkpoint(self.run.root, mods, self.optimizers, state, keep=cfg.train.keep_checkpoints,
                            protect=protect)
 
 
@@ -392,7 +384,7 @@ def train(cfg: Config, stage: int, data_root: str | Path | list[str], run_dir: s
     device = runtime.start(cfg.runtime)
 
     # the newest checkpoint that verifies: a damaged newest one is passed over for the one before, said in a line
-    needs = [*TRAINED, *(f"optim_{name}" for name in TRAINED)]
+    needs = [*TRAINED, *(RunFolder.optimizer_stem(name) for name in TRAINED)]
     ckpt = ck.resume_checkpoint(run_dir, needs) if resume else None
     state = resume_state(ckpt, stage) if ckpt is not None else RunState(stage=stage)
     state.config = config_mod.to_dict(cfg)
@@ -400,7 +392,7 @@ def train(cfg: Config, stage: int, data_root: str | Path | list[str], run_dir: s
     optimizers = build_optimizers(models, cfg)
     if ckpt is not None:
         for name in TRAINED:
-            load_module(ckpt / f"{name}.safetensors", getattr(models, name), name)
+            load_module(RunFolder.weights_file(ckpt, name), getattr(models, name), name)
         ck.load_optimizers(ckpt, optimizers)
         log.info("resumed stage %d at step %d from %s", stage, state.step, ckpt)
     elif init is not None:
@@ -411,15 +403,13 @@ def train(cfg: Config, stage: int, data_root: str | Path | list[str], run_dir: s
     ema = (EMA(models.generator, cfg.train.ema, calibration=calibration_inputs(cfg, files, device))
            if cfg.train.ema > 0 else None)
     if ema is not None and ckpt is not None:
-        if (ckpt / "generator_ema.safetensors").is_file():
-            load_module(ckpt / "generator_ema.safetensors", ema.module, "generator")
+        if RunFolder.variant_file(ckpt, "ema").is_file():
+            load_module(RunFolder.variant_file(ckpt, "ema"), ema.module, "generator")
         else:  # a checkpoint from before train.ema was set: the average starts here
             log.warning("%s has no generator_ema.safetensors; the EMA starts from the current weights", ckpt)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / RESULT_FILE).unlink(missing_ok=True)  # written again when this run finishes
-    (run_dir / "config.toml").write_text(config_mod.to_toml(cfg))
-    (run_dir / "config.json").write_text(json.dumps({"stage": stage, "config": config_mod.to_dict(cfg)}, indent=2))
+    run = RunFolder(run_dir)
+    run.begin(config_mod.to_toml(cfg), {"stage": stage, "config": config_mod.to_dict(cfg)})
 
     vset = val.load_validation_set(cfg)
     total = cfg.train.stage_steps[stage - 1]
@@ -428,7 +418,7 @@ def train(cfg: Config, stage: int, data_root: str | Path | list[str], run_dir: s
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
-    writer = SummaryWriter(str(run_dir / "tb"), purge_step=state.step + 1 if resume else None)
+    writer = SummaryWriter(str(run.tb), purge_step=state.step + 1 if resume else None)
     for mod in (models.generator, models.d_local, models.d_global):
         mod.train()
     bar = tqdm(total=total, initial=state.step, desc=f"stage {stage}", disable=not progress, unit="step")
@@ -442,22 +432,17 @@ def train(cfg: Config, stage: int, data_root: str | Path | list[str], run_dir: s
         writer.close()
     if not finished:  # stopped early: a checkpoint to resume from, and no result
         return RunResult(run_dir, state.step, state.images, state.seconds, hooks.read_now(), finished=False)
-    _write_result(run_dir, state, hooks.best(state) if vset is not None else None, cfg)
+    _write_result(run, state, hooks.best(state) if vset is not None else None, cfg)
     return RunResult(run_dir, state.step, state.images, state.seconds, hooks.read_now())
 
 
-def _write_result(run_dir: Path, state: RunState, chosen: dict | None, cfg: Config) -> None:
-    """The finished stage: its chosen generator copied to ``run_dir/generator.safetensors``, and result.json."""
-    if chosen is not None:
-        final = run_dir / "checkpoints" / f"step_{chosen['step']:07d}"
-        weights = final / ("generator_ema.safetensors" if chosen["variant"] == "ema" else "generator.safetensors")
-    else:
-        weights = find_checkpoint(run_dir) / "generator.safetensors"
-    copy_file(weights, run_dir / "generator.safetensors")
+def _write_result(run: RunFolder, state: RunState, chosen: dict | None, cfg: Config) -> None:
+    """The finished stage: its chosen generator published in the run folder, and result.json."""
+    weights = (RunFolder.variant_file(run.checkpoint(chosen["step"]), chosen["variant"]) if chosen is not None
+               else RunFolder.weights_file(run.latest(), "generator"))
     scores = next((r[chosen["variant"]] for r in state.validation if chosen and r["step"] == chosen["step"]), None)
     v = cfg.validation
-    result = {"finished": True, "stage": state.stage, "steps": state.step, "images": state.images,
-              "seconds": state.seconds, "wall_seconds": state.wall_seconds, "chosen": chosen, "scores": scores,
-              "rule": f"max {v.select} over O1-O6 (raw or EMA) among checkpoints at step >= {v.select_after}"
-              if chosen else "latest checkpoint (no validation)", "generator": "generator.safetensors"}
-    write_json(run_dir / RESULT_FILE, result)
+    run.finish({"finished": True, "stage": state.stage, "steps": state.step, "images": state.images,
+                "seconds": state.seconds, "wall_seconds": state.wall_seconds, "chosen": chosen, "scores": scores,
+                "rule": f"max {v.select} over O1-O6 (raw or EMA) among checkpoints at step >= {v.select_after}"
+                if chosen else "latest checkpoint (no validation)"}, weights)

@@ -29,7 +29,7 @@ from facecomp.train import checkpoint as ck
 from facecomp.train.checkpoint import RunState
 from facecomp.train.loop import Hooks, drive, resume_state
 from facecomp.train.step import autocast
-from facecomp.weights import copy_file, find_checkpoint, load_module
+from facecomp.weights import RunFolder, load_module
 
 log = logging.getLogger(__name__)
 SIZE = 128
@@ -115,21 +115,21 @@ def train_parsing(cfg: Config, data_root: str | Path, run_dir: str | Path, resum
     opt = torch.optim.AdamW(net.parameters(), lr=pt.lr, weight_decay=pt.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=pt.lr, total_steps=pt.steps, pct_start=0.1)
 
-    ckpt = find_checkpoint(run_dir) if resume else None
+    run = RunFolder(run_dir)
+    ckpt = run.latest() if resume else None
     state = resume_state(ckpt, None) if ckpt is not None else RunState(stage=None)
     state.config = config_mod.to_dict(cfg)
     if ckpt is not None:
-        load_module(ckpt / "parsing.safetensors", net, "parsing")
+        load_module(RunFolder.weights_file(ckpt, "parsing"), net, "parsing")
         ck.load_optimizers(ckpt, {"parsing": opt})
         sched.load_state_dict(state.scheduler)
         log.info("resumed %s at step %d", ckpt, state.step)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.toml").write_text(config_mod.to_toml(cfg))
+    run.begin(config_mod.to_toml(cfg))
 
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
-    writer = SummaryWriter(str(run_dir / "tb"), purge_step=state.step + 1 if resume else None)
+    writer = SummaryWriter(str(run.tb), purge_step=state.step + 1 if resume else None)
     loader = train_loader(pairs, SIZE, Augment.from_config(cfg.data), pt.batch_size, cfg.train.seed, state.step,
                           cfg.data.workers)
     bar = tqdm(total=pt.steps, initial=state.step, desc="parsing", unit="step", disable=not progress)
@@ -137,5 +137,7 @@ def train_parsing(cfg: Config, data_root: str | Path, run_dir: str | Path, resum
     drive(state, iter(loader), hooks, total=pt.steps, ckpt_every=pt.ckpt_every, saved=state.step)
     bar.close()
     writer.close()
-    copy_file(find_checkpoint(run_dir) / "parsing.safetensors", run_dir / "parsing.safetensors")
+    result = {"finished": True, "stage": None, "steps": state.step, "images": state.images, "seconds": state.seconds,
+              "loss": hooks.loss}
+    run.finish(result, RunFolder.weights_file(run.latest(), "parsing"), "parsing")
     return ParsingRun(run_dir, state.step, state.images, state.seconds, hooks.loss)

@@ -29,13 +29,13 @@ class IdentityReference:
     """The originals' identity, computed once: each face's 5-point alignment (found on the original and
     reused for its completions, as facecomp eval does) and its embedding."""
 
-    embedder: object  # facecomp.identity.IdentityEmbedder
+    embedder: object  # facecomp.identity_embedding.IdentityEmbedder
     alignments: list
     embeddings: np.ndarray  # [N, 128]
 
     @classmethod
     def of(cls, originals: np.ndarray) -> IdentityReference:
-        from facecomp.identity import IdentityEmbedder
+        from facecomp.identity_embedding import IdentityEmbedder
 
         embedder = IdentityEmbedder()
         alignments = [embedder.alignment(o) for o in originals]

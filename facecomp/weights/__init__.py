@@ -9,8 +9,8 @@ not by the bytes of one file.
 
 ``resolve(source, kind)`` is the one place that turns what a user typed into a file: ``shipped`` (or
 nothing) for the weights in this package, a weights file, a checkpoint folder, or a run folder (a
-finished run's chosen weights, else its newest checkpoint; plain ``checkpoints/step_*`` and the
-cluster's ``step_*`` layouts alike). Models are built from a file by ``facecomp.models.load``.
+finished run's chosen weights, else its newest checkpoint: the run folder's layout is
+:class:`~facecomp.weights.run_folder.RunFolder`'s). Models are built from a file by ``facecomp.models.load``.
 
 This package is a leaf: it imports torch and safetensors, and nothing of facecomp.
 """
@@ -21,8 +21,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
+
+from .files import atomic_write, copy_file, write_json
+from .run_folder import RunFolder
+
+__all__ = ["SHIPPED", "SHIPPED_NAME", "RunFolder", "convert_weights", "copy_file", "identity", "load_into",
+           "load_module", "load_tensors", "read_metadata", "resolve", "save_module", "save_tensors", "write_json"]
 
 HERE = Path(__file__).resolve().parent
 SHIPPED = {"generator": HERE / "generator.safetensors", "parsing": HERE / "parsing.safetensors"}
@@ -48,27 +52,12 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], kind: str,
                  meta: dict[str, Any] | None = None) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     metadata = {"format": FORMAT, "kind": kind, "sha256": _digest(tensors)}
     metadata.update({k: json.dumps(v) for k, v in (meta or {}).items()})
-    _atomic_write(Path(path), lambda tmp: _save_file(tensors, tmp, metadata, Path(path)))
+    atomic_write(Path(path), lambda tmp: _save_file(tensors, tmp, metadata, Path(path)))
 
 
 _OS_ERROR = re.compile(r"\(os error (\d+)\)")
@@ -150,16 +139,6 @@ def load_module(path: str | Path, module: nn.Module, kind: str, fresh: frozenset
 
 
 
-def copy_file(src: str | Path, dst: str | Path) -> None:
-    """Copy a file atomically (a reader never sees half of it)."""
-    _atomic_write(Path(dst), lambda tmp: shutil.copyfile(src, tmp))
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write a JSON file atomically."""
-    _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2)))
-
-
 def convert_weights(src: str | Path, dst: str | Path, dtype: torch.dtype) -> None:
     """Re-save a weights file with its floating-point tensors in ``dtype`` (e.g. fp16 to ship).
 
@@ -182,28 +161,6 @@ def identity(path: str | Path) -> str:
 
 # --- where a path leads ---------------------------------------------------------------------------
 
-def find_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder from itself, a run directory (its latest), or a weights file's folder.
-
-    Plain runs keep ``checkpoints/step_*`` with ``checkpoints/latest`` naming the newest complete one;
-    cluster runs keep Ray Train's ``step_*`` folders directly under the run.
-    """
-    path = Path(path)
-    if path.is_file():
-        path = path.parent
-    if (path / "state.json").is_file():
-        return path
-    latest = path / "checkpoints" / "latest"
-    if latest.is_file():
-        ckpt = path / "checkpoints" / latest.read_text().strip()
-        if (ckpt / "state.json").is_file():
-            return ckpt
-    found = sorted(p for p in path.glob("step_*") if (p / "state.json").is_file())
-    if found:
-        return found[-1]
-    raise ValueError(f"{path}: no checkpoint here (expected a run directory or a checkpoint folder)")
-
-
 def resolve(source: str | Path | None = None, kind: str = "generator") -> Path:
     """The ``kind`` weights file that ``source`` names (see the module docstring)."""
     if kind not in SHIPPED:
@@ -217,6 +174,4 @@ def resolve(source: str | Path | None = None, kind: str = "generator") -> Path:
         return path
     if not path.is_dir():
         raise ValueError(f"{path}: no such weights file, checkpoint or run directory ({kind} weights do not exist)")
-    if (path / f"{kind}.safetensors").is_file():  # a finished run's chosen weights, or a checkpoint folder
-        return path / f"{kind}.safetensors"
-    return find_checkpoint(path) / f"{kind}.safetensors"
+    return RunFolder(path).resolve(kind)
