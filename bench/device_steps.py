@@ -254,7 +254,7 @@ def deepspeed_engines(ctx: Context) -> dict:
     try:
         import deepspeed  # noqa: F401
     except ImportError:
-        raise Skip("deepspeed is not importable here: carry its wheel (README, 'Device check')") from None
+        raise Skip("deepspeed is not importable here: carry its wheel (docs/device-check.md)") from None
     import torch.distributed as dist
 
     from facecomp.cluster.deepspeed_models import make_agree, wrap_models

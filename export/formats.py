@@ -91,7 +91,7 @@ class AotiFormat:
         raise ExportUnavailable(
             f"the AOTInductor package was built, but loading it {how} in a test process"
             + (f": {last}" if last else "") + f" (torch {torch.__version__}). This is a known problem of "
-            "AOTInductor on CUDA (README, 'Known problem: AOTInductor on CUDA'); use --format onnx, or serve "
+            "AOTInductor on CUDA (docs/export.md, 'Known problem: AOTInductor on CUDA'); use --format onnx, or serve "
             "the eager model")
 
     def load(self, folder: Path, meta: ArtifactMeta) -> ArtifactFn:
