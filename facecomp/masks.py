@@ -145,6 +145,30 @@ def from_spec(spec: str, width: int, height: int) -> np.ndarray:
     return m
 
 
+def check_spec(spec: str) -> None:
+    """Raise now, before any model is loaded, for a spec that can never give a mask: neither O1-O6, nor a
+    box, nor an existing file or folder."""
+    if not (spec.upper() in OCCLUSIONS or spec.startswith("box:") or Path(spec).exists()):
+        from_spec(spec, 1, 1)
+
+
+def spec_for_image(image: Path, spec: str) -> str:
+    """The mask spec of one image: ``spec`` itself, or, when it names a folder, the mask image there with the
+    image's stem (face.jpg <- FOLDER/face.png, any image suffix: the pairing inpainting tools use, IOPaint's
+    ``--image DIR --mask DIR``)."""
+    from facecomp.images import list_images
+
+    folder = Path(spec)
+    if not folder.is_dir():
+        return spec
+    found = [p for p in list_images(folder) if p.stem == image.stem]
+    if not found:
+        raise ValueError(f"{image}: no mask named {image.stem}.* in {folder}")
+    if len(found) > 1:
+        raise ValueError(f"{image}: several masks named {image.stem}.* in {folder}: {', '.join(p.name for p in found)}")
+    return str(found[0])
+
+
 # Training-mask registry: name -> (mask config size, crop size, rng) -> mask.
 TRAIN_MASKS: dict[str, Callable[[int, int, np.random.Generator], np.ndarray]] = {
     "square": square,

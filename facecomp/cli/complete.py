@@ -68,20 +68,6 @@ def _outputs(path: Path, args: argparse.Namespace) -> list[Path]:
     return [folder / f"{path.stem}_s{k}{ext}" for k in range(args.samples)]
 
 
-def _mask_for(path: Path, spec: str) -> str:
-    """The mask of one input: ``spec`` itself, or, when it is a folder, the image there with the input's
-    stem (the pairing inpainting tools use: IOPaint's ``--image DIR --mask DIR``)."""
-    folder = Path(spec)
-    if not folder.is_dir():
-        return spec
-    found = [p for p in images.list_images(folder) if p.stem == path.stem]
-    if not found:
-        raise ValueError(f"{path}: no mask named {path.stem}.* in {folder}")
-    if len(found) > 1:
-        raise ValueError(f"{path}: several masks named {path.stem}.* in {folder}: {', '.join(p.name for p in found)}")
-    return str(found[0])
-
-
 def run(args: argparse.Namespace) -> int:
     from facecomp.complete import Completer
     from facecomp.contract import MAX_SEED
@@ -93,9 +79,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--samples must be in 1..64, got {args.samples}")
     if not 0 <= args.seed < MAX_SEED:
         raise ValueError(f"--seed must be in 0..2**64-1, got {args.seed}")
-    # Fail fast on a mask name that can never work, before loading the model.
-    if not (args.mask.upper() in masks.OCCLUSIONS or args.mask.startswith("box:") or Path(args.mask).exists()):
-        masks.from_spec(args.mask, 1, 1)
+    masks.check_spec(args.mask)
     generator = args.model
     if args.engine:  # the compiled artifact runs the generator; Completer does the rest
         from facecomp.export import open_generator
@@ -106,8 +90,8 @@ def run(args: argparse.Namespace) -> int:
     for path in paths:
         try:
             image = images.read_rgb(path)
-            done = completer._complete(image, _mask_for(path, args.mask), seed=args.seed, samples=args.samples,
-                                       blends=(args.blend,), align=args.align)
+            done = completer._complete(image, masks.spec_for_image(path, args.mask), seed=args.seed,
+                                       samples=args.samples, blends=(args.blend,), align=args.align)
             results = done.images
             if done.faces > 1:
                 print(f"{path}: {done.faces} faces found", file=sys.stderr)
