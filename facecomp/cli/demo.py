@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
 from facecomp.contract import BLENDS, DEFAULT_BLEND
 
 
@@ -23,32 +21,15 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def portrait() -> np.ndarray:
-    from skimage import data
-
-    return np.ascontiguousarray(data.astronaut())  # [512, 512, 3] uint8
-
-
 def run(args: argparse.Namespace) -> int:
-    from facecomp import masks
-    from facecomp.complete import Completer
+    from facecomp import demo
     from facecomp.images import write_png
+    from facecomp.masks import OCCLUSION_NAMES
 
-    photo = portrait()
-    completer = Completer(args.model)
-    rows = []
-    for name in masks.OCCLUSIONS:
-        done = completer._complete(photo, name, seed=args.seed, blends=(args.blend,), align=True)
-        x0, y0, x1, y1 = done.boxes[0]
-        pad = (x1 - x0) // 8
-        x0, y0 = max(0, x0 - pad), max(0, y0 - pad)
-        x1, y1 = min(photo.shape[1], x1 + pad), min(photo.shape[0], y1 + pad)
-        masked = np.where(done.mask[..., None], 255, photo).astype(np.uint8)
-        rows.append(np.concatenate([v[y0:y1, x0:x1] for v in (photo, masked, done.images[0])], axis=1))
-        print(f"{name} ({masks.OCCLUSION_NAMES[name]}): completed {int(done.mask.sum())} pixels")
-    height = min(r.shape[0] for r in rows)
-    width = min(r.shape[1] for r in rows)
+    result = demo.figure(args.model, args.blend, args.seed)
+    for name, pixels in result.completed.items():
+        print(f"{name} ({OCCLUSION_NAMES[name]}): completed {pixels} pixels")
     out = Path(args.out_dir) / "demo.png"
-    write_png(out, np.concatenate([r[:height, :width] for r in rows], axis=0))
+    write_png(out, result.grid)
     print(f"wrote {out} (rows O1-O6; columns original | masked | completed)")
     return 0
