@@ -32,38 +32,20 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def api_key_for(args: argparse.Namespace) -> str | None:
-    """The key from --api-key, else $FACECOMP_API_KEY (empty = none); refused when a non-loopback host would be
-    served without one and --insecure was not given."""
-    import os
-
-    from facecomp.serve import auth
-
-    key = args.api_key or os.environ.get(auth.API_KEY_ENV) or None
-    if key is not None:
-        auth.check_api_key(key)
-    elif not auth.is_loopback(args.host):
-        if not args.insecure:
-            raise ValueError(f"--host {args.host} is reachable from other machines: set an API key "
-                             f"(--api-key or ${auth.API_KEY_ENV}) or pass --insecure to serve it open")
-        print(f"facecomp: warning: serving {args.host} with no API key (--insecure)", file=sys.stderr)
-    return key
-
-
 def run(args: argparse.Namespace) -> int:
-    import os
+    require("uvicorn", "serve", "facecomp serve")  # the missing extra, before any other complaint
+    from facecomp.serve import auth, main
+    from facecomp.serve.app import ServeConfig
 
-    uvicorn = require("uvicorn", "serve", "facecomp serve")
     if args.workers < 1 or args.max_pending < 1 or args.max_batch < 1:
         raise ValueError("--workers, --max-pending and --max-batch must be at least 1")
-    api_key = api_key_for(args)
-    # uvicorn's workers import the app by name; the settings travel in the environment.
-    os.environ["FACECOMP_SERVE"] = repr({"model": args.model, "engine": args.engine, "device": args.device,
-                                         "max_pending": args.max_pending, "max_batch": args.max_batch,
-                                         "max_upload_bytes": int(args.max_upload_mb * 1024 * 1024),
-                                         "api_key": api_key})
+    api_key = auth.server_key(args.api_key, args.host, args.insecure)
+    if api_key is None and not auth.is_loopback(args.host):  # open beyond this machine: --insecure said so
+        print(f"facecomp: warning: serving {args.host} with no API key (--insecure)", file=sys.stderr)
+    config = ServeConfig(model=args.model, engine=args.engine, device=args.device, max_pending=args.max_pending,
+                         max_batch=args.max_batch, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+                         api_key=api_key)
     key_note = "; API key required on /v1" if api_key else ""
     print(f"facecomp: serving on http://{args.host}:{args.port}/ (API docs at /docs{key_note})")
-    uvicorn.run("facecomp.serve.main:app", host=args.host, port=args.port, workers=args.workers,
-                factory=True, log_level="info")
+    main.run(config, args.host, args.port, args.workers)
     return 0

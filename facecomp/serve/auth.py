@@ -6,13 +6,14 @@ the key itself), ``/healthz`` (load balancers and orchestrators probe it without
 API's description (``/docs``, ``/redoc``, ``/openapi.json`` and their assets), which a browser loads by
 navigation, where no header can be added; its Swagger UI has an "Authorize" button for the key.
 
-Without a key the server must stay on loopback: the CLI refuses any other ``--host`` unless ``--insecure``.
+Without a key the server must stay on loopback: :func:`server_key` refuses any other host unless ``--insecure``.
 The key travels in a header in clear text, so beyond localhost it belongs behind a TLS reverse proxy.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import secrets
 
 from fastapi import Depends, HTTPException
@@ -39,6 +40,18 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def server_key(given: str | None, host: str, insecure: bool = False) -> str | None:
+    """The key a server bound to ``host`` wants: ``given`` (``--api-key``), else $FACECOMP_API_KEY (empty =
+    none), checked. Without one, a host other than loopback is refused unless ``insecure``."""
+    key = given or os.environ.get(API_KEY_ENV) or None
+    if key is not None:
+        check_api_key(key)
+    elif not is_loopback(host) and not insecure:
+        raise ValueError(f"--host {host} is reachable from other machines: set an API key "
+                         f"(--api-key or ${API_KEY_ENV}) or pass --insecure to serve it open")
+    return key
 
 
 def keys_match(given: str, expected: str) -> bool:

@@ -1,12 +1,17 @@
-"""The app factory uvicorn imports in each worker process (settings from FACECOMP_SERVE)."""
+"""Starting the server: uvicorn's worker processes, and the app factory each of them imports (settings from
+FACECOMP_SERVE)."""
 
 from __future__ import annotations
 
 import ast
 import ctypes
+import dataclasses
 import os
 
+from facecomp.runtime import require
 from facecomp.serve.app import ServeConfig, create_app
+
+SETTINGS_ENV = "FACECOMP_SERVE"
 
 _M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
 MALLOC_ARENAS = 2
@@ -31,5 +36,13 @@ def cap_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
 
 def app():
     cap_malloc_arenas()  # before the request threads exist: arenas are bound to threads as they first allocate
-    settings = ast.literal_eval(os.environ.get("FACECOMP_SERVE", "{}"))
+    settings = ast.literal_eval(os.environ.get(SETTINGS_ENV, "{}"))
     return create_app(ServeConfig(**settings))
+
+
+def run(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
+    """Serve ``config`` on ``host:port`` with ``workers`` processes, each with its own model (blocks)."""
+    uvicorn = require("uvicorn", "serve", "facecomp serve")
+    # uvicorn's workers import the app by name; the settings travel in the environment.
+    os.environ[SETTINGS_ENV] = repr(dataclasses.asdict(config))
+    uvicorn.run("facecomp.serve.main:app", host=host, port=port, workers=workers, factory=True, log_level="info")
