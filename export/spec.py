@@ -41,6 +41,11 @@ class BatchRange:
         return f"{self.min}:{self.opt}:{self.max}"
 
 
+def default_device(fmt: str) -> str:
+    """Where an artifact of format ``fmt`` runs unless told: TensorRT engines on CUDA only, the others on the CPU."""
+    return "cuda" if fmt == "tensorrt" else "cpu"
+
+
 @dataclass(frozen=True)
 class ExportConfig:
     format: str = "aoti"

@@ -30,10 +30,10 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from facecomp.export import BatchRange, ExportConfig, export_artifact
+    from facecomp.export.spec import default_device
 
-    device = args.device or ("cuda" if args.format == "tensorrt" else "cpu")
     cfg = ExportConfig(format=args.format, precision=args.precision, batch=BatchRange.parse(args.batch),
-                       device=device, channels_last=not args.no_channels_last)
+                       device=args.device or default_device(args.format), channels_last=not args.no_channels_last)
     meta = export_artifact(args.output, cfg, args.model)
     worst = max(meta.parity.values(), key=lambda p: p["max_abs"])
     print(json.dumps({"artifact": args.output, "format": meta.format, "precision": meta.precision,
