@@ -89,18 +89,11 @@ def run_init(args: argparse.Namespace) -> int:
 
 
 def run_label(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from facecomp.data.parsing_labels import label_celeba
 
-    from facecomp.data.celeba import CelebAIndex
-    from facecomp.data.parsing_labels import label_folder
-    from facecomp.faces import LandmarkDetector
-
-    LandmarkDetector(cnn_fallback=False)  # fail now, with the install hint, if dlib or its weights are missing
-    index = CelebAIndex.open(args.data)
-    files = [f for part in args.partition.split(",") for f in index.files(part.strip(), args.limit)]
-    report = label_folder(files, Path(args.out), workers=args.workers, overwrite=args.overwrite,
-                          progress=not args.no_progress)
-    print(f"{len(files)} faces: {report.labelled} labelled, {report.cached} already labelled, "
+    faces, report = label_celeba(args.data, [p.strip() for p in args.partition.split(",")], args.out, args.limit,
+                                 workers=args.workers, overwrite=args.overwrite, progress=not args.no_progress)
+    print(f"{faces} faces: {report.labelled} labelled, {report.cached} already labelled, "
           f"{len(report.failed)} without landmarks (skipped), {len(report.unreadable)} unreadable; "
           f"{report.cnn_fallback} found by the CNN detector after HOG missed; labels in {args.out}")
     return 0
@@ -127,16 +120,12 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from facecomp.eval.parsing_eval import evaluate_parsing, write_scores
+    from facecomp.eval.parsing_eval import evaluate_parsing, scores_markdown, write_scores
 
     scores = evaluate_parsing(args.weights, args.data, args.labels, args.partition, args.limit)
     if args.out:
-        print(write_scores(scores, args.out))
-    else:
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            print(write_scores(scores, tmp))
+        write_scores(scores, args.out)
+    print(scores_markdown(scores))
     return 0
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -307,3 +308,17 @@ def label_folder(files: list[Path], out: Path, workers: int = 1, overwrite: bool
         summary["failed"] = sorted(set(old.get("failed", [])) | set(report.failed))
     (out / "labels.json").write_text(json.dumps(summary, indent=1))
     return report
+
+
+def label_celeba(data: str | Path, partitions: Sequence[str], out: str | Path, limit: int = 0, workers: int = 1,
+                 overwrite: bool = False, progress: bool = True) -> tuple[int, LabelReport]:
+    """``label_folder`` over the first ``limit`` faces (0 = all) of each of ``partitions`` of the CelebA folder
+    ``data``: (faces, report). dlib and its weights are loaded first, so a missing 'faces' extra fails with
+    its install hint before any face is read."""
+    from facecomp.data.celeba import CelebAIndex
+    from facecomp.faces import LandmarkDetector
+
+    LandmarkDetector(cnn_fallback=False)
+    index = CelebAIndex.open(data)
+    files = [f for part in partitions for f in index.files(part, limit)]
+    return len(files), label_folder(files, Path(out), workers=workers, overwrite=overwrite, progress=progress)

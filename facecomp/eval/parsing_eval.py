@@ -71,15 +71,20 @@ def evaluate_parsing(weights: str | Path | None, data_root: str | Path, labels: 
             "confusion": conf.tolist()}
 
 
-def write_scores(scores: dict, out: str | Path) -> str:
-    """scores.json and a markdown table; returns the table."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "scores.json").write_text(json.dumps(scores, indent=1))
+def scores_markdown(scores: dict) -> str:
+    """The per-class F-scores of ``evaluate_parsing`` beside the prior's, as a markdown table."""
     rows = ["| class | network F | per-pixel prior F |", "|---|---|---|"]
     for name in [*LABELS, "overall", "mean_components", "mIoU"]:
         rows.append(f"| {name} | {scores['network'][name]:.3f} | {scores['prior_baseline'][name]:.3f} |")
-    table = "\n".join(rows) + f"\n\n{scores['faces']} faces of the {scores['partition']} partition; " \
+    return "\n".join(rows) + f"\n\n{scores['faces']} faces of the {scores['partition']} partition; " \
         "'overall' = brows, eyes, nose, lips and inner mouth merged into one class (Helen convention).\n"
+
+
+def write_scores(scores: dict, out: str | Path) -> str:
+    """scores.json and scores.md (the markdown table); returns the table."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scores.json").write_text(json.dumps(scores, indent=1))
+    table = scores_markdown(scores)
     (out / "scores.md").write_text(table)
     return table
