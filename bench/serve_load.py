@@ -107,7 +107,7 @@ def main() -> None:
     ap.add_argument("--cnn-requests", type=int, default=8, help="requests per level for those (seconds each)")
     ap.add_argument("--out")
     args = ap.parse_args()
-    from facecomp.serve.timing import parse_header
+    from facecomp.serve.timing import read_header
 
     tmp = tempfile.TemporaryDirectory()
     servers = {}
@@ -136,7 +136,7 @@ def main() -> None:
             if r.status_code == 503:  # a well-behaved client: wait as told before its next request
                 time.sleep(float(r.headers.get("retry-after", "1")))
             timing = r.headers.get("server-timing")
-            return r.status_code, dt, parse_header(timing) if timing else None
+            return r.status_code, dt, read_header(timing) if timing else None
 
         return one
 

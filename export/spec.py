@@ -1,4 +1,4 @@
-"""What to export: a small typed config, parsed from the command line and recorded in the artifact."""
+"""What to export: a small typed config, read from the command line and recorded in the artifact."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class BatchRange:
     max: int = 32
 
     @classmethod
-    def parse(cls, text: str) -> BatchRange:
+    def from_text(cls, text: str) -> BatchRange:
         """'MIN:OPT:MAX' or a single 'N' (a fixed batch)."""
         parts = text.split(":")
         try:

@@ -217,8 +217,8 @@ def write_repository(repo: str | Path, model_file: Path, signature: Signature, p
     return folder
 
 
-def parse_config(text: str):
-    """Parse config.pbtxt with Triton's own ModelConfig schema (tritonclient); raises on any unknown field."""
+def read_config(text: str):
+    """Read config.pbtxt with Triton's own ModelConfig schema (tritonclient); raises on any unknown field."""
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 

@@ -417,7 +417,7 @@ def _first_path(d: dict[str, Any]) -> list[str]:
     return [key, *_first_path(value)] if isinstance(value, dict) and value else [key]
 
 
-def _parse_value(text: str) -> Any:
+def _read_value(text: str) -> Any:
     """TOML value syntax (numbers, booleans, lists, quoted strings); anything else is a bare string."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
@@ -425,7 +425,7 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
+def read_overrides(items: list[str]) -> dict[str, Any]:
     """['train.batch_size=8', ...] -> nested dict."""
     out: dict[str, Any] = {}
     for item in items:
@@ -436,7 +436,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         parts = key.strip().split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = _parse_value(text.strip())
+        node[parts[-1]] = _read_value(text.strip())
     return out
 
 
@@ -465,7 +465,7 @@ def load_config(name: str | None = None, overrides: list[str] | None = None) -> 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     """Apply dotted ``key=value`` overrides to an existing config (validated)."""
-    _merge(cfg, parse_overrides(overrides))
+    _merge(cfg, read_overrides(overrides))
     validate(cfg)
     return cfg
 

@@ -117,7 +117,7 @@ def from_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndar
     return m
 
 
-def parse_box(spec: str) -> tuple[int, int, int, int]:
+def read_box(spec: str) -> tuple[int, int, int, int]:
     """'box:x0,y0,x1,y1' -> (x0, y0, x1, y1)."""
     try:
         x0, y0, x1, y1 = (int(v) for v in spec.split(":", 1)[1].split(","))
@@ -134,7 +134,7 @@ def from_spec(spec: str, width: int, height: int) -> np.ndarray:
     if spec.upper() in OCCLUSIONS:
         return occlusion(spec, width, height)
     if spec.startswith("box:"):
-        return box(width, height, *parse_box(spec))
+        return box(width, height, *read_box(spec))
     path = Path(spec)
     if not path.exists():
         valid = ", ".join(OCCLUSIONS)

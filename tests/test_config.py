@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from facecomp.config import load_config, parse_overrides
+from facecomp.config import load_config, read_overrides
 
 
 @pytest.mark.parametrize("preset", ["paper", "cpu", "smoke"])
@@ -43,7 +43,7 @@ def test_wrong_type_is_an_error():
     with pytest.raises(ValueError, match="train.batch_size"):
         load_config("smoke", ["train.batch_size=big"])
     with pytest.raises(ValueError, match="key=value"):
-        parse_overrides(["justakey"])
+        read_overrides(["justakey"])
 
 
 def test_unknown_preset():

@@ -58,7 +58,7 @@ def other_weights(tmp_path_factory):
 
 def _build(tmp_path_factory, fmt: str, precision: str, batch: str = "1:2:8"):
     out = tmp_path_factory.mktemp(f"{fmt}_{precision}") / "artifact"
-    cfg = ExportConfig(format=fmt, precision=precision, batch=BatchRange.parse(batch))
+    cfg = ExportConfig(format=fmt, precision=precision, batch=BatchRange.from_text(batch))
     export_artifact(out, cfg, check_batches=(2,))
     return out
 
@@ -172,7 +172,7 @@ def test_onnx_is_valid_and_triton_config_matches_its_real_signature(onnx_fp32):
     onnx.checker.check_model(str(model), full_check=True)
     meta = ArtifactMeta.read(onnx_fp32)
     folder = onnx_fp32 / "triton" / triton.MODEL_NAME
-    config = triton.parse_config((folder / "config.pbtxt").read_text())  # Triton's own schema
+    config = triton.read_config((folder / "config.pbtxt").read_text())  # Triton's own schema
     assert config.platform == "onnxruntime_onnx" and config.max_batch_size == meta.batch["max"]
     assert (folder / "1" / "model.onnx").read_bytes() == model.read_bytes()
 
@@ -204,8 +204,8 @@ def test_fixed_batch_onnx_gets_a_fixed_batch_triton_config(tmp_path):
     save_module(weights, gen, "generator", {"config": config_mod.to_dict(cfg)})
     c = gen.in_channels
     out = tmp_path / "fixed"
-    export_artifact(out, ExportConfig(format="onnx", batch=BatchRange.parse("4")), weights)
-    config = triton.parse_config((out / "triton" / triton.MODEL_NAME / "config.pbtxt").read_text())
+    export_artifact(out, ExportConfig(format="onnx", batch=BatchRange.from_text("4")), weights)
+    config = triton.read_config((out / "triton" / triton.MODEL_NAME / "config.pbtxt").read_text())
     assert config.max_batch_size == 0 and not config.HasField("dynamic_batching")
     assert list(config.input[0].dims) == [4, c, 128, 128]
     engine = load_engine(out)
@@ -244,7 +244,7 @@ def test_tensorrt_config_names_the_engine_tensors_not_the_graph_nodes(eager):
     meta = ArtifactMeta(format="tensorrt", precision="fp16", device="cuda", batch={"min": 1, "opt": 4, "max": 16},
                         input=None, output=None, generator_config={}, weights_sha256="0" * 64,
                         weights_name="generator.safetensors", files={})
-    config = triton.parse_config(triton.config_text(triton.engine_signature(reported), "tensorrt_plan", meta))
+    config = triton.read_config(triton.config_text(triton.engine_signature(reported), "tensorrt_plan", meta))
     assert config.platform == "tensorrt_plan" and config.max_batch_size == 16
     assert config.instance_group[0].kind == 1  # KIND_GPU
     assert [i.name for i in config.input] == ["filled"] and [o.name for o in config.output] == ["output0"]
@@ -332,7 +332,7 @@ def test_tensorrt_fp16_matches_eager(tmp_path):
     engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(plan)
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
     is_in = {n: engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
-    config = triton.parse_config((out / "triton" / triton.MODEL_NAME / "config.pbtxt").read_text())
+    config = triton.read_config((out / "triton" / triton.MODEL_NAME / "config.pbtxt").read_text())
     assert config.platform == "tensorrt_plan"
     # The names Triton will look up are the plan's own (read here with TensorRT, not our reader).
     assert [i.name for i in config.input] == [n for n in names if is_in[n]]

@@ -129,9 +129,9 @@ def test_unaligned_photo_and_no_face(server, celeba):
     photo = read_rgb(wild[0])
     r = post(url, png(photo), preset="O6", format="json")
     assert r.status_code == 200 and r.json()["faces"] >= 1, r.text
-    from facecomp.serve.timing import parse_header
+    from facecomp.serve.timing import read_header
 
-    timing = parse_header(r.headers["server-timing"])
+    timing = read_header(r.headers["server-timing"])
     assert timing["detect"] > 0 and timing["align"] > 0 and timing["paste"] > 0, timing
     r = post(url, png(np.full((300, 400, 3), 200, np.uint8)), preset="O3")
     assert r.status_code == 422 and "no face found" in r.json()["error"]
@@ -325,11 +325,11 @@ def test_body_kinds_and_limits(server):
 def test_server_timing_header(server, face):
     """Every completion says where its time went (Server-Timing, milliseconds): the six stages add up to total;
     an aligned face spends nothing in detection."""
-    from facecomp.serve.timing import STAGES, parse_header
+    from facecomp.serve.timing import STAGES, read_header
 
     url, _ = server
     r = post(url, png(face[1]), preset="O3", format="json")
-    timing = parse_header(r.headers["server-timing"])
+    timing = read_header(r.headers["server-timing"])
     assert list(timing) == [*STAGES, "total"]
     assert timing["detect"] == 0 and timing["generator"] > 0 and timing["decode"] > 0 and timing["encode"] > 0
     assert abs(sum(timing[s] for s in STAGES) - timing["total"]) < 0.5

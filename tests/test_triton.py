@@ -31,14 +31,14 @@ MAX_LEVELS = 1  # fp32 ONNX vs eager can flip one rounding (tests/test_contract.
 
 def test_complete_model_config_against_triton_schema(onnx_artifact):
     repo = onnx_artifact / "triton"
-    config = triton.parse_config((repo / triton.COMPLETE_NAME / "config.pbtxt").read_text())
+    config = triton.read_config((repo / triton.COMPLETE_NAME / "config.pbtxt").read_text())
     assert config.backend == "python" and config.max_batch_size == 0
     assert [(i.name, list(i.dims), i.optional) for i in config.input] == \
         [("IMAGE", [-1, -1, 3], False), ("MASK", [-1, -1], False), ("SEED", [1], True), ("BLEND", [1], True)]
     assert [(o.name, list(o.dims)) for o in config.output] == [("COMPLETED", [-1, -1, 3])]
     assert config.instance_group[0].kind == 2  # KIND_CPU: the artifact's device
     params = {k: v.string_value for k, v in config.parameters.items()}
-    generator = triton.parse_config((repo / triton.MODEL_NAME / "config.pbtxt").read_text())
+    generator = triton.read_config((repo / triton.MODEL_NAME / "config.pbtxt").read_text())
     assert params["generator_model"] == generator.name
     assert params["generator_input"] == generator.input[0].name
     assert params["generator_output"] == generator.output[0].name
@@ -51,10 +51,10 @@ def test_instance_kind_follows_the_export_device(onnx_artifact):
     signature = triton.onnx_signature(onnx_artifact / "generator.onnx")
     meta.device = "cuda"
     for text in (triton.config_text(signature, "onnxruntime_onnx", meta), triton.complete_config_text(signature, meta)):
-        assert triton.parse_config(text).instance_group[0].kind == 1  # KIND_GPU
+        assert triton.read_config(text).instance_group[0].kind == 1  # KIND_GPU
     fixed = triton.Signature(tuple(triton.Tensor(t.name, t.dtype, t.dims, 4) for t in signature.inputs),
                              tuple(triton.Tensor(t.name, t.dtype, t.dims, 4) for t in signature.outputs))
-    params = triton.parse_config(triton.complete_config_text(fixed, meta)).parameters
+    params = triton.read_config(triton.complete_config_text(fixed, meta)).parameters
     assert params["generator_fixed_batch"].string_value == "4"  # a --batch N generator gets N samples
 
 

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from facecomp.export import BatchRange, ExportConfig, export_artifact
     from facecomp.export.spec import default_device
 
-    cfg = ExportConfig(format=args.format, precision=args.precision, batch=BatchRange.parse(args.batch),
+    cfg = ExportConfig(format=args.format, precision=args.precision, batch=BatchRange.from_text(args.batch),
                        device=args.device or default_device(args.format), channels_last=not args.no_channels_last)
     meta = export_artifact(args.output, cfg, args.model)
     worst = max(meta.parity.values(), key=lambda p: p["max_abs"])

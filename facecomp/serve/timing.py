@@ -46,7 +46,7 @@ class StageClock:
         return ", ".join(f"{k};dur={v:.1f}" for k, v in (*self.ms.items(), ("total", self.total_ms)))
 
 
-def parse_header(value: str) -> dict[str, float]:
+def read_header(value: str) -> dict[str, float]:
     """A ``Server-Timing`` header back to {stage: milliseconds} (what bench/serve_load.py reads)."""
     out = {}
     for part in value.split(","):
