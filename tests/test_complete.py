@@ -76,13 +76,13 @@ def test_every_front_door_defaults_to_the_validated_blend(completer, aligned_fac
     the blend that wins on validation is the default everywhere, the other one flag away)."""
     import inspect
 
-    from facecomp.cli import build_parser
+    from facecomp.cli import build_command_line
     from facecomp.complete import Completer
     from facecomp.contract import DEFAULT_BLEND
     from facecomp.serve.schema import CompleteForm, CompleteJSON
 
-    parser = build_parser()
-    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    command_line = build_command_line()
+    sub = next(a for a in command_line._actions if a.__class__.__name__ == "_SubParsersAction")
     for command in ("complete", "demo"):
         assert sub.choices[command].get_default("blend") == DEFAULT_BLEND, command
     assert inspect.signature(Completer.complete).parameters["blend"].default == DEFAULT_BLEND

@@ -93,49 +93,49 @@ def test_config_choices_are_the_components_registries():
     for rule in ValidationConfig.SELECT:
         assert validation.choose(hist, rule, 0)["step"] == 1
     # the CLI offers exactly those choices
-    from facecomp.cli import build_parser
+    from facecomp.cli import build_command_line
 
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["train", "--stage", "1", "--run-dir", "x", "--loader", "tf"])
+        build_command_line().parse_args(["train", "--stage", "1", "--run-dir", "x", "--loader", "tf"])
 
 
-def _choices(parser, *path: str) -> dict:
-    """{flag: choices} of a subcommand's parser (``facecomp export`` -> path ("export",))."""
+def _choices(command_line, *path: str) -> dict:
+    """{flag: choices} of a subcommand (``facecomp export`` -> path ("export",))."""
     import argparse
 
     for name in path:
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        parser = sub.choices[name]
-    return {a.option_strings[0]: tuple(a.choices) for a in parser._actions if a.choices and a.option_strings}
+        sub = next(a for a in command_line._actions if isinstance(a, argparse._SubParsersAction))
+        command_line = sub.choices[name]
+    return {a.option_strings[0]: tuple(a.choices) for a in command_line._actions if a.choices and a.option_strings}
 
 
 def test_cli_choices_come_from_the_components():
-    from facecomp.cli import build_parser
+    from facecomp.cli import build_command_line
     from facecomp.contract import BLENDS
     from facecomp.data.celeba import PARTITIONS
     from facecomp.export.formats import FORMATS
     from facecomp.export.spec import PRECISIONS
     from facecomp.train.stages import STAGES
 
-    parser = build_parser()
+    command_line = build_command_line()
     for path in (("train",), ("cluster", "train")):
-        assert _choices(parser, *path)["--stage"] == tuple(STAGES)
-    assert _choices(parser, "export")["--format"] == tuple(FORMATS)
-    assert _choices(parser, "export")["--precision"] == tuple(PRECISIONS)
+        assert _choices(command_line, *path)["--stage"] == tuple(STAGES)
+    assert _choices(command_line, "export")["--format"] == tuple(FORMATS)
+    assert _choices(command_line, "export")["--precision"] == tuple(PRECISIONS)
     for path in (("complete",), ("demo",), ("eval", "table")):
-        assert _choices(parser, *path)["--blend"] == BLENDS
-    assert _choices(parser, "eval", "table")["--partition"] == tuple(PARTITIONS)
+        assert _choices(command_line, *path)["--blend"] == BLENDS
+    assert _choices(command_line, "eval", "table")["--partition"] == tuple(PARTITIONS)
 
 
 def test_one_default_data_folder(monkeypatch, tmp_path):
     """$FACECOMP_DATA is the folder holding celeba/ (celeba_extra/, celeba_wild/) for every default."""
-    from facecomp.cli import build_parser
+    from facecomp.cli import build_command_line
     from facecomp.config import DataConfig, data_home, default_data_root
 
     monkeypatch.setenv("FACECOMP_DATA", str(tmp_path))
     assert data_home() == tmp_path and default_data_root("celeba_wild") == str(tmp_path / "celeba_wild")
     assert DataConfig().roots == [str(tmp_path / "celeba")]
-    assert build_parser().parse_args(["eval", "identity"]).data == str(tmp_path / "celeba")
+    assert build_command_line().parse_args(["eval", "identity"]).data == str(tmp_path / "celeba")
     monkeypatch.delenv("FACECOMP_DATA")
     assert data_home() == data_home("../shared/data") and data_home("/x") == type(tmp_path)("/x")
 

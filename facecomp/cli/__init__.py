@@ -1,4 +1,5 @@
-"""`facecomp` command line: one module per subcommand, each with a parser and a command function."""
+"""`facecomp` command line: one module per subcommand, each with ``add_command`` (its flags) and the function
+that runs it."""
 
 from __future__ import annotations
 
@@ -20,19 +21,19 @@ from facecomp.runtime import MissingCapability, MissingExtra
 SUBCOMMANDS = (train_cli, complete_cli, eval_cli, parsing_cli, demo_cli, serve_cli, cluster_cli, export_cli)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="facecomp", description="Generative face completion (Li et al., CVPR 2017)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("--version", action="version", version=f"facecomp {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+def build_command_line() -> argparse.ArgumentParser:
+    command_line = argparse.ArgumentParser(prog="facecomp",
+                                           description="Generative face completion (Li et al., CVPR 2017)")
+    command_line.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    command_line.add_argument("--version", action="version", version=f"facecomp {__version__}")
+    sub = command_line.add_subparsers(dest="command", required=True)
     for module in SUBCOMMANDS:
-        module.add_parser(sub)
-    return parser
+        module.add_command(sub)
+    return command_line
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_command_line().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:

@@ -10,7 +10,7 @@ from facecomp import images, masks
 from facecomp.contract import BLENDS, DEFAULT_BLEND
 
 
-def add_parser(sub) -> None:
+def add_command(sub) -> None:
     p = sub.add_parser("complete", help="complete faces under a mask",
                        description="Complete the masked region of faces. Pixels outside the mask are kept.")
     p.add_argument("inputs", nargs="+", help="image files or folders")

@@ -8,7 +8,7 @@ from pathlib import Path
 from facecomp.contract import BLENDS, DEFAULT_BLEND
 
 
-def add_parser(sub) -> None:
+def add_command(sub) -> None:
     p = sub.add_parser("demo", help="complete scikit-image's public-domain astronaut portrait under O1-O6",
                        description="Finds the face in scikit-image's 'astronaut' (Eileen Collins, NASA, public "
                        "domain), completes it under each of the paper's masks O1-O6 with the shipped model, and "

@@ -22,7 +22,7 @@ def _common(p: argparse.ArgumentParser, baselines: bool = True) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
-def add_parser(sub) -> None:
+def add_command(sub) -> None:
     p = sub.add_parser("eval", help="evaluate models and baselines like the paper")
     esub = p.add_subparsers(dest="eval_command", required=True)
     t = esub.add_parser("table", help="SSIM / PSNR / identity distance on O1-O6 (the paper's Tables 1-3)",

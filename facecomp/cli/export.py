@@ -8,7 +8,7 @@ from facecomp.export.formats import FORMATS
 from facecomp.export.spec import PRECISIONS
 
 
-def add_parser(sub) -> None:
+def add_command(sub) -> None:
     p = sub.add_parser("export", help="compile the generator: AOTInductor, ONNX or TensorRT",
                        description="Export the generator once with torch.export and compile it to an artifact folder "
                        "that `facecomp complete --engine` and `facecomp serve --engine` run (ONNX and TensorRT "

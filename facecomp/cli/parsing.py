@@ -11,7 +11,7 @@ from facecomp.cli import common
 from facecomp.config import ParsingTrainConfig
 
 
-def add_parser(sub) -> None:
+def add_command(sub) -> None:
     p = sub.add_parser("parsing", help="face-parsing network tools")
     psub = p.add_subparsers(dest="parsing_command", required=True)
     init = psub.add_parser("init", help="write an UNTRAINED parsing network (for testing the stage-3 plumbing only)",

@@ -8,7 +8,7 @@ import sys
 from facecomp.runtime import require
 
 
-def add_parser(sub) -> None:
+def add_command(sub) -> None:
     p = sub.add_parser("serve", help="web page to brush a mask on your photo, and an HTTP API",
                        description="Serves a page (open a photo, brush or pick O1-O6, complete) and the API: "
                        "POST /v1/complete, GET /healthz, GET /v1/model, OpenAPI at /docs and /openapi.json. "
