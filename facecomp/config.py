@@ -162,7 +162,7 @@ class ValidationConfig:
     select_after: int = 0  # checkpoints before this step are not candidates (e.g. the adversarial warm-up)
     # Also score identity distance: dlib's 128-D embedding of each completed face against its original's
     # (facecomp.identity_embedding; needs the 'faces' extra). Pixels and structure can improve while the completed
-    # halves drift away from the person (issue 16's recognition criterion), which SSIM does not see.
+    # halves drift away from the person, which recognition of the completed faces notices and SSIM does not.
     identity: bool = False
 
     def __post_init__(self) -> None:

@@ -29,7 +29,7 @@ from facecomp.layout import ALIGNED_SIZE, CROP_BOX, CROP_SIZE, face_box
 
 BLENDS = ("none", "poisson")
 # What every front door does unless told otherwise (facecomp complete, Completer.complete, serve, demo, and
-# this contract's finish): the blend that wins on the validation partition (issue 16). Poisson blending
+# this contract's finish): the blend that wins on the validation partition. Poisson blending
 # (the paper's M5) beats the plain paste on SSIM, PSNR, hole PSNR, parsing agreement and identity distance
 # for every mask (MODEL_CARD.md, "The default blend"); "none" stays one argument away. Stated here because
 # an engine's client imports this module alone.

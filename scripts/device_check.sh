@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The device check (issue 17): proves the GPU paths on a lent machine in <= 8 minutes, and runs the same
-# code on a CPU in CI (--device cpu --quick). Runs from source: no install, any python3 that has torch.
+# The device check: proves the GPU paths on a lent machine in <= 8 minutes (its time is short and every
+# try counts against it), and runs the same code on a CPU in CI (--device cpu --quick). Runs from source:
+# no install, any python3 that has torch.
 #
 #   scripts/device_check.sh --prepare                       # here: real validation faces -> device_faces/
 #   OUT=/some/dir scripts/device_check.sh [--device cuda|cpu] [--quick] [--budget-s S]

@@ -1,4 +1,5 @@
-"""training/acceptance.py: issue 16's criteria read from eval table / recognition results."""
+"""training/acceptance.py: whether a new generator beats the baselines and the shipped model, read from
+eval table / recognition results."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 19: ``Completer.complete`` takes what users have (arrays, PIL images, paths), finds and aligns the
+"""``Completer.complete`` takes what users have (arrays, PIL images, paths), finds and aligns the
 faces of unaligned photos as ``facecomp complete`` does, refuses a photo with no face in one named error,
 and gives back what it was given."""
 

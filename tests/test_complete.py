@@ -72,8 +72,8 @@ def test_face_box_layout():
 
 
 def test_every_front_door_defaults_to_the_validated_blend(completer, aligned_face):
-    """facecomp complete, demo, Completer.complete and serve all default to contract.DEFAULT_BLEND (issue 16:
-    the blend that wins on validation is the default everywhere, the other one flag away)."""
+    """facecomp complete, demo, Completer.complete and serve all default to contract.DEFAULT_BLEND (the
+    blend that wins on validation is the default everywhere, the other one flag away)."""
     import inspect
 
     from facecomp.cli import build_command_line

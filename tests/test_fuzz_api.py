@@ -1,4 +1,4 @@
-"""Fuzzing the Python API (issue 21): ``images.decode``, ``Completer`` and ``facecomp.wild`` either complete
+"""Fuzzing the Python API: ``images.decode``, ``Completer`` and ``facecomp.wild`` either complete
 (the input's size, every pixel outside the mask unchanged) or raise one ``ValueError`` of one line."""
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def _complete_and_check(completer, image, mask, seed, samples, blends):
 
 
 def test_stroke_partly_off_the_face_box_is_completed_and_counted(completer):
-    """Issue 21: a brush stroke that strays past the face box onto the neck used to be refused whole."""
+    """A brush stroke that strays past the face box onto the neck is completed, not refused whole as it once was."""
     image = pixels(*ALIGNED, 1, "smooth")
     m = np.zeros((218, 178), np.float32)
     m[190:210, 60:120] = 1  # rows 190-200 inside the box (y1 = 201), the rest below it
@@ -179,7 +179,7 @@ def test_wild_entry_completes_or_refuses(completer, detector, data):
 # the live server found it: the server died)
 @pytest.mark.parametrize("size", [(1, 1), (40, 30), (39, 500), (2, 300), (1, 200), (300, 2)])
 def test_tiny_photos_are_refused_with_the_reason_or_done_with_align_none(completer, size):
-    """Issue 21: a 1x1 PNG crashed in dlib's CNN ("Filter windows must be small enough..."); a 40x30 photo is
+    """A 1x1 PNG once crashed dlib's CNN ("Filter windows must be small enough..."); a 40x30 photo is
     below what the detectors can search."""
     w, h = size
     image = pixels(w, h, 0, "noise")

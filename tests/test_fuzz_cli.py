@@ -1,4 +1,4 @@
-"""Fuzzing `facecomp complete` (issue 21): a completion at the input's size with every pixel outside the mask
+"""Fuzzing `facecomp complete`: a completion at the input's size with every pixel outside the mask
 unchanged, or a non-zero exit with one line on stderr, never a traceback. Run in-process through
 ``facecomp.cli.main`` (the same code as the console script, without a Python start per example), plus real
 subprocess runs with the shipped model."""
@@ -140,8 +140,8 @@ def _subprocess(*args) -> subprocess.CompletedProcess:
 
 
 def test_shipped_model_one_pixel_png_and_a_stroke_off_the_face_box(tmp_path):
-    """Issue 21's two reports through the real console command and the shipped model: the 1x1 PNG (a dlib
-    traceback before) is one line; a stroke past the face box (refused whole before) is completed, and the
+    """The two inputs users reported, through the real console command and the shipped model: the 1x1 PNG (once
+    a dlib traceback) is one line; a stroke past the face box (refused whole before) is completed, and the
     part the model cannot see is inpainted and counted."""
     one = tmp_path / "one_pixel.png"
     one.write_bytes(mask_file(np.ones((1, 1)), "RGB"))

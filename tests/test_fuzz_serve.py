@@ -1,4 +1,4 @@
-"""Fuzzing `POST /v1/complete` of a live `facecomp serve` (issue 21): a 200 with a completion at the photo's
+"""Fuzzing `POST /v1/complete` of a live `facecomp serve`: a 200 with a completion at the photo's
 size and every pixel outside the mask unchanged, or a 4xx with a JSON reason of one line — never a 500 or
 a hang. Afterwards the same server process (no restart) answers /healthz, has logged no traceback, and
 its memory is within 10% of where it was after warm-up."""
@@ -233,8 +233,8 @@ def test_live_server_survives_the_fuzz(live):
     assert after <= before * 1.10, record
 
 
-def test_issue_cases_over_http(live):
-    """Issue 21 over HTTP: the 1x1 PNG (a 500 before) and a 40x30 photo are 422s that say why, and complete
+def test_tiny_photos_and_strokes_off_the_face_box_over_http(live):
+    """Over HTTP: the 1x1 PNG (once a 500) and a 40x30 photo are 422s that say why, and complete
     with align=none where the mask leaves something to complete from; a stroke off the face box is
     completed, its unseen part inpainted and counted."""
     url, _, _ = live

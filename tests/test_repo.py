@@ -12,7 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 # The device tool sends the tracked tree plus carried files, 64 MiB in all; the tree keeps 12 MiB of
-# that for carried wheels and the device check's faces (issue 17).
+# that for carried wheels and the device check's faces.
 TREE_LIMIT = 52 * 1024 * 1024
 
 

@@ -140,7 +140,7 @@ def test_cli_wild_and_demo(tmp_path, wild_photos, generator_weights):  # noqa: F
 
 
 def test_the_detector_is_built_once_per_process():
-    """Issue 19: dlib's models (about half a second) were loaded for every unaligned photo."""
+    """dlib's models take about half a second to load: once per process, not for every unaligned photo."""
     if not faces.available():
         pytest.skip("needs the 'faces' extra")
     faces.shared_detector.cache_clear()
