@@ -1,4 +1,4 @@
-"""The house's rooms import only downward (DESIGN.md, Layers): read from the code's own imports."""
+"""The house's rooms import only downward (docs/architecture.md, "The layers"): read from the code's own imports."""
 
 import ast
 from collections import defaultdict
