@@ -142,7 +142,7 @@ def slurm(tmp_path_factory):
 
 
 def test_slurm_headers_are_accepted(slurm):
-    """sbatch parses each script's #SBATCH header (sized for a GPU cluster: this node can't run it as is)."""
+    """sbatch reads each script's #SBATCH header (sized for a GPU cluster: this node can't run it as is)."""
     for script in SLURM_SCRIPTS:
         header = script.read_text()
         assert "#SBATCH --signal=B:USR1@" in header and "#SBATCH --requeue" in header

@@ -119,7 +119,7 @@ def _truncate(path: Path) -> None:
 
 def _flip_a_byte(path: Path) -> None:
     data = bytearray(path.read_bytes())
-    data[-100] ^= 0xFF  # inside the last tensor: the file parses, its checksum does not match
+    data[-100] ^= 0xFF  # inside the last tensor: the file still reads as safetensors, its checksum does not match
     path.write_bytes(bytes(data))
 
 
