@@ -11,7 +11,7 @@ from facecomp.cli import common
 from facecomp.runtime import MissingExtra
 
 
-def add_parser(sub) -> None:
+def add_command(sub) -> None:
     p = sub.add_parser("cluster", help="train on a Ray cluster with DeepSpeed (needs the 'cluster' extra)",
                        description="Ray Train launches the workers, DeepSpeed steps the generator and the "
                        "discriminators. Needs the 'cluster' extra.")

@@ -10,7 +10,7 @@ from facecomp import config as config_mod
 from facecomp.cli import common
 
 
-def add_parser(sub) -> None:
+def add_command(sub) -> None:
     p = sub.add_parser("train", help="train one stage (1: Lr, 2: +La1, 3: +La2 +Lp)",
                        description="Train one stage. Each stage starts from the previous one (--init).")
     p.add_argument("--config", help="preset (smoke, cpu, paper) or a TOML file; with --resume, the run's own")
