@@ -107,15 +107,16 @@ def run_train(args: argparse.Namespace) -> int:
         overrides.append(f"data.root={args.data}")
     if args.labels:
         overrides.append(f"parsing_train.labels={args.labels}")
-    if args.resume:
-        from pathlib import Path
+    from facecomp.weights import RunFolder
 
-        cfg = config_mod.load_config(str(Path(args.run_dir) / "config.toml"), overrides)
+    run_folder = RunFolder(args.run_dir)
+    if args.resume:
+        cfg = config_mod.load_config(str(run_folder.config_toml), overrides)
     else:
         cfg = config_mod.load_config(args.config, overrides)
     run = train_parsing(cfg, cfg.data.root, args.run_dir, resume=args.resume, progress=not args.no_progress)
     print(f"trained {run.steps} steps ({run.images} images, {run.images / max(run.seconds, 1e-9):.1f} images/s); "
-          f"final loss {run.loss:.3f}; weights in {run.run_dir / 'parsing.safetensors'}")
+          f"final loss {run.loss:.3f}; weights in {run_folder.published('parsing')}")
     return 0
 
 

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from facecomp.kernels import reference
+from facecomp.weights import RunFolder
 
 Method = Callable[[np.ndarray, np.ndarray], np.ndarray]
 INPAINT_RADIUS = 5  # pixels of context OpenCV's inpainting looks at around each missing pixel
@@ -53,7 +54,8 @@ def model_name(spec: str) -> tuple[str, str]:
         name, path = spec.split("=", 1)
         return name, path
     p = Path(spec)
-    return (p.parent.name if p.name == "generator.safetensors" else p.stem if p.is_file() else p.name), spec
+    published = p == RunFolder(p.parent).published()
+    return (p.parent.name if published else p.stem if p.is_file() else p.name), spec
 
 
 def model(path: str | None, blend: str = "none", seed: int = 0) -> Method:
