@@ -8,7 +8,7 @@ REPO = Path(__file__).resolve().parent.parent
 # folders installed under facecomp by setuptools' package-dir
 MAPPED = {"kernels": "facecomp.kernels", "export": "facecomp.export", "cluster": "facecomp.cluster"}
 INFERENCE = {"facecomp.complete", "facecomp.parsing", "facecomp.wild", "facecomp.serve", "facecomp.export",
-             "facecomp.contract"}
+             "facecomp.contract", "facecomp.demo"}
 LEAVES = {"facecomp.config", "facecomp.masks", "facecomp.layout", "facecomp.images", "facecomp.labels",
           "facecomp.weights", "facecomp.metrics", "facecomp.contract", "facecomp.runtime"}
 

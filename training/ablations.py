@@ -1,4 +1,4 @@
-"""The table of issue 16's recipe ablations (`training/ablations.sh`): one row per variant and weights.
+"""The table of the recipe ablations (`training/ablations.sh`): one row per variant and weights.
 
 For each run folder OUT/VARIANT it reads the eval table of its last checkpoint (raw and EMA weights,
 `table/results.json`) and the run's own validation at that step (`validation.json`), and prints the

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 16's recipe ablations: short stage-2 runs from one stage-1 result, one knob changed each, then
+# The recipe ablations: short stage-2 runs from one stage-1 result, one knob changed each, then
 # each run's last checkpoint (raw and EMA) scored on the first FACES validation faces:
 #   bash training/ablations.sh STAGE1_RUN OUT [STEPS] [FACES] [VARIANT...]
 # Variants (default: all), each against `base` (the cpu preset: cosine decay over the second half, no R1,

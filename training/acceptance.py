@@ -1,4 +1,4 @@
-"""Issue 16's acceptance check: does a new generator beat the baselines and the shipped model?
+"""The acceptance check: does a new generator beat the baselines and the shipped model?
 
 Reads what `facecomp eval table` and `facecomp eval recognition` wrote (see `training/acceptance.sh`)
 and prints one line per criterion with the figures behind it, for each blend the table scored

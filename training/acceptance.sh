@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 16's acceptance check of a new generator on all 780 validation faces (masks at 178x218):
+# The acceptance check of a new generator on all 780 validation faces (masks at 178x218):
 #   bash training/acceptance.sh NEW_WEIGHTS_OR_RUN OUT [LIMIT] [OLD_WEIGHTS]
 # OLD_WEIGHTS is the model to beat, by default the shipped one; name a copy of it when the new weights
 # are to replace facecomp/weights/ while this runs (or to check again after they have).

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 32's equal-compute comparison of generator/loss changes: short stage-3 runs from one start (the
+# The equal-compute comparison of generator/loss changes: short stage-3 runs from one start (the
 # shipped generator, fresh discriminators), each given the same training FLOPs, two at a time with one
 # thread each, then `facecomp eval table` (with the sharpness ratio) on the validation faces:
 #   bash training/candidates.sh OUT [PAPER_STEPS] [VARIANT...]

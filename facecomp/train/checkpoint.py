@@ -12,7 +12,7 @@ and a ``state.json`` of the earlier plain, cluster and parsing schemas reads as 
 
 What long runs meet: a full disk while saving leaves the previous checkpoint as it was and raises
 :class:`~facecomp.weights.run_folder.DiskFull`; ``--resume`` takes the newest checkpoint that verifies
-(:func:`resume_checkpoint`: checksums, a parsable ``state.json``, finite weights) and says which it
+(:func:`resume_checkpoint`: checksums, a readable ``state.json``, finite weights) and says which it
 passed over; keep-k pruning never deletes a protected checkpoint nor the newest one whose weights were
 finite when written (``RunState.finite``).
 """
@@ -166,7 +166,7 @@ def save_checkpoint(run_dir: str | Path, modules: dict[str, tuple[nn.Module, dic
 # --- resuming -------------------------------------------------------------------------------------
 
 def verify_checkpoint(ckpt: Path, needs: Iterable[str] = ()) -> str | None:
-    """Why a checkpoint folder cannot be resumed from (None: it can): ``state.json`` must parse as a
+    """Why a checkpoint folder cannot be resumed from (None: it can): ``state.json`` must read as a
     RunState not marked non-finite, each ``needs`` file (stems, e.g. ``generator``, ``optim_generator``)
     must be there, and every weights file must load with its checksum and hold only finite numbers."""
     def within(e: Exception) -> str:  # the reason without the folder's path, which the caller names
