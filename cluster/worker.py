@@ -13,6 +13,7 @@ scalars and image grids of ``facecomp train``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -26,11 +27,10 @@ import torch
 from facecomp import config as config_mod
 from facecomp import runtime
 from facecomp.config import Config
-from facecomp.data.celeba import partition_files
-from facecomp.data.loaders import make_loader
 from facecomp.train.checkpoint import RunState
 from facecomp.train.guard import Diverged, write_diverged
-from facecomp.train.loop import StageHooks, build_models, drive, init_from, resume_state
+from facecomp.train.loop import StageHooks, StageSetup, drive, setup_stage
+from facecomp.train.step import Models
 from facecomp.weights import RunFolder
 
 from . import checkpoints
@@ -73,52 +73,27 @@ def run_stage(cfg: Config, stage: int, run_dir: Path, rank: int, world: int, dev
     """One rank of a stage, inside an initialised process group: DeepSpeed engines (restored from
     ``restore``, this run's own checkpoint as Ray Train hands it back: anything with ``as_directory()``;
     else initialised from ``init``), then the loop driver. Rank 0 logs."""
-    from .deepspeed_models import make_agree, wrap_models
+    from .deepspeed_models import make_agree
     from .stop import STOP_FILE, StopAgreement, max_reduce, stop_group
 
     _accelerator(device)
     cfg.runtime.device = str(device)
-    models = build_models(cfg, stage, device)
-    if restore is None and init:
-        # weights only (safetensors), before DeepSpeed broadcasts rank 0's parameters
-        source = init_from(models, init)
-        if rank == 0:
-            log.info("stage %d initialised from %s", stage, source)
-    wrapped = wrap_models(models, cfg, device)
-
-    state, position = RunState(stage=stage), None
-    if restore is not None:
-        with restore.as_directory() as d:
-            state = resume_state(Path(d), stage)
-            checkpoints.restore(wrapped, Path(d))
-            position = checkpoints.loader_state(Path(d), rank, world, state)
-        if rank == 0:
-            log.info("resumed stage %d at step %d from %s", stage, state.step, getattr(restore, "path", restore))
-    state = dataclasses.replace(state, world_size=world, deepspeed=cfg.cluster.deepspeed,
-                                config=config_mod.to_dict(cfg))
-
-    files = partition_files(cfg.data.roots, cfg.data.partition, cfg.data.limit)
-    loader = make_loader(cfg, files, start_step=state.step, rank=rank, world_size=world, device=device,
-                         loader_state=position)
+    # Ray Train hands this run's own checkpoint back as a folder that exists only inside the context
+    with restore.as_directory() if restore is not None else contextlib.nullcontext() as ckpt:
+        setup = setup_stage(cfg, stage, run_dir, device, _DeepSpeedWrap, roots=cfg.data.roots,
+                            ckpt=Path(ckpt) if ckpt else None, init=init, rank=rank, world=world)
+    state = dataclasses.replace(setup.state, deepspeed=cfg.cluster.deepspeed)
+    if restore is not None and rank == 0:
+        log.info("(checkpoint %s of Ray Train's storage)", getattr(restore, "path", restore))
     # one gloo all_reduce(MAX) per check on every rank, so all ranks take the same decision
     reduce = max_reduce(stop_group()) if world > 1 else None
     stop = StopAgreement(run_dir / STOP_FILE, reduce)
-    updaters = wrapped.updaters()
-    for engine in updaters.values():
-        engine.train()
-    writer = None
-    if rank == 0:
-        from torch.utils.tensorboard import SummaryWriter
-
-        # purge_step: events logged past the checkpoint a restart resumes from are dropped (step N's
-        # scalars were written before checkpoint N, so they stay)
-        writer = SummaryWriter(str(RunFolder(run_dir).tb), purge_step=state.step + 1 if restore is not None else None)
-
-    hooks = _ClusterStage(cfg, stage, wrapped, models.parsing, device, rank=rank, loader=loader, report=report,
-                          writer=writer, agree=make_agree(world), any_rank=reduce)
+    writer = setup.writer
+    hooks = _ClusterStage(cfg, stage, setup, device, rank=rank, report=report, agree=make_agree(world),
+                          any_rank=reduce)
     total = cfg.train.stage_steps[stage - 1]
     try:
-        finished = drive(state, iter(loader), hooks, total=total, ckpt_every=cfg.train.ckpt_every, stop=stop,
+        finished = drive(state, iter(setup.loader), hooks, total=total, ckpt_every=cfg.train.ckpt_every, stop=stop,
                          saved=state.step if restore is not None else None)
     except Diverged as e:
         # Every rank stops at the same check (the guard agrees over ranks) and returns normally: a raised
@@ -138,15 +113,37 @@ def run_stage(cfg: Config, stage: int, run_dir: Path, rank: int, world: int, dev
     return state
 
 
+class _DeepSpeedWrap:
+    """The cluster's wrap of the one setup (facecomp.train.loop.setup_stage): a DeepSpeed engine per trained
+    module, restored from (and saved to) the engines' own checkpoint files, with each rank's input position."""
+
+    def __init__(self, models: Models, cfg: Config, device: torch.device):
+        from .deepspeed_models import wrap_models
+
+        self.engines = wrap_models(models, cfg, device)
+
+    def updaters(self) -> dict[str, Any]:
+        return self.engines.updaters()
+
+    def models(self, parsing: torch.nn.Module | None) -> Models:
+        return self.engines.models(parsing)
+
+    def restore(self, ckpt: Path) -> None:
+        checkpoints.restore(self.engines, ckpt)
+
+    def loader_position(self, ckpt: Path, state: RunState, rank: int, world: int) -> str | None:
+        return checkpoints.loader_state(ckpt, rank, world, state)
+
+
 class _ClusterStage(StageHooks):
     """DeepSpeed engines on this rank's shard; checkpoints reported to Ray Train by every rank."""
 
-    def __init__(self, cfg: Config, stage: int, wrapped, parsing: torch.nn.Module | None, device: torch.device, *,
-                 rank: int, loader, report: Report, writer, agree,
-                 any_rank: Callable[[torch.Tensor], torch.Tensor] | None):
-        super().__init__(cfg, stage, wrapped.models(parsing), wrapped.updaters(), device, writer=writer,
+    def __init__(self, cfg: Config, stage: int, setup: StageSetup, device: torch.device, *, rank: int,
+                 report: Report, agree, any_rank: Callable[[torch.Tensor], torch.Tensor] | None):
+        super().__init__(cfg, stage, setup.models, setup.wrapped.updaters(), device, writer=setup.writer,
                          log_lines=rank == 0, agree=agree)
-        self.wrapped, self.rank, self.loader, self.report, self.any_rank = wrapped, rank, loader, report, any_rank
+        self.wrapped, self.rank, self.loader = setup.wrapped.engines, rank, setup.loader
+        self.report, self.any_rank = report, any_rank
 
     def empty(self, batch: dict) -> bool:
         # The engines' collectives need every rank in every update: a step passes on all ranks or on none.

@@ -13,12 +13,13 @@ order and noise, so the result equals an uninterrupted run's.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -141,6 +142,100 @@ def init_from(models: Models, source: str | Path) -> Path:
         if path.is_file():
             load_module(path, getattr(models, name), name)
     return ckpt
+
+
+# --- one setup, two wraps ---------------------------------------------------------------------------
+
+class Wrap(Protocol):
+    """How a stage's models are trained (torchtitan's ``parallelize_fn``): the plain loop's torch optimizers
+    (:class:`TorchOptimizers`) or the cluster's DeepSpeed engines (facecomp.cluster.worker). Everything
+    around it, :func:`setup_stage`, is the same for both."""
+
+    def updaters(self) -> dict[str, Updater]:
+        """The step's updaters, keyed like :data:`TRAINED`."""
+
+    def models(self, parsing: nn.Module | None) -> Models:
+        """The modules the step runs."""
+
+    def restore(self, ckpt: Path) -> None:
+        """Weights and optimizer state from a checkpoint of this run."""
+
+    def loader_position(self, ckpt: Path, state: RunState, rank: int, world: int) -> str | None:
+        """This rank's input position saved in ``ckpt`` (a DALI reader's), if any."""
+
+
+class TorchOptimizers:
+    """One process: a torch Adam per trained module (optim.*, optim.grad_clip) over the plain modules."""
+
+    def __init__(self, models: Models, cfg: Config, device: torch.device | None = None):
+        self._models = models
+        self.optimizers = build_optimizers(models, cfg)
+        self._updaters = build_updaters(models, self.optimizers, cfg)
+
+    def updaters(self) -> dict[str, OptimizerUpdater]:
+        return self._updaters
+
+    def models(self, parsing: nn.Module | None) -> Models:
+        return self._models
+
+    def restore(self, ckpt: Path) -> None:
+        for name in TRAINED:
+            load_module(RunFolder.weights_file(ckpt, name), getattr(self._models, name), name)
+        ck.load_optimizers(ckpt, self.optimizers)
+
+    def loader_position(self, ckpt: Path, state: RunState, rank: int, world: int) -> str | None:
+        return state.loader_state
+
+
+@dataclass
+class StageSetup:
+    """A stage's run, built: what the loop's hooks and :func:`drive` take."""
+
+    models: Models  # the modules the step runs (through the wrap)
+    wrapped: Wrap
+    state: RunState
+    files: list[Path]  # the training images of this run (all ranks')
+    loader: Any  # this rank's batches, from ``state.step`` on
+    writer: Any  # TensorBoard's SummaryWriter on rank 0, else None
+    resumed: bool
+
+
+def setup_stage(cfg: Config, stage: int, run_dir: str | Path, device: torch.device,
+                wrap: Callable[[Models, Config, torch.device], Wrap], *, roots: list[str],
+                ckpt: Path | None = None, init: str | Path | None = None, rank: int = 0, world: int = 1
+                ) -> StageSetup:
+    """The run of ``stage`` on this rank, built once for the plain loop and the cluster alike: fresh models,
+    started from ``init`` (weights only, before the wrap, so every rank starts from rank 0's) or continued
+    from ``ckpt``, this run's own checkpoint (after the wrap, which holds the optimizer state); the state;
+    this rank's data from the step reached; TensorBoard on rank 0."""
+    models = build_models(cfg, stage, device)
+    for name in TRAINED:
+        getattr(models, name).train()
+    if ckpt is None and init is not None:
+        source = init_from(models, init)
+        if rank == 0:
+            log.info("stage %d initialised from %s", stage, source)
+    wrapped = wrap(models, cfg, device)
+    state, position = RunState(stage=stage), None
+    if ckpt is not None:
+        state = resume_state(ckpt, stage)
+        wrapped.restore(ckpt)
+        position = wrapped.loader_position(ckpt, state, rank, world)
+        if rank == 0:
+            log.info("resumed stage %d at step %d from %s", stage, state.step, ckpt)
+    state = dataclasses.replace(state, world_size=world, config=config_mod.to_dict(cfg))
+    files = partition_files(roots, cfg.data.partition, cfg.data.limit)
+    loader = make_loader(cfg, files, start_step=state.step, rank=rank, world_size=world, device=device,
+                         loader_state=position)
+    writer = None
+    if rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+
+        # purge_step: events logged past the checkpoint a restart resumes from are dropped (step N's
+        # scalars were written before checkpoint N, so they stay)
+        writer = SummaryWriter(str(RunFolder(run_dir).tb), purge_step=state.step + 1 if ckpt is not None else None)
+    return StageSetup(models=wrapped.models(models.parsing), wrapped=wrapped, state=state, files=files,
+                      loader=loader, writer=writer, resumed=ckpt is not None)
 
 
 # --- the driver -----------------------------------------------------------------------------------
@@ -315,12 +410,12 @@ class RunResult:
 class _PlainStage(StageHooks):
     """One process: torch optimizers, the EMA of G, validation and the checkpoint rule, atomic checkpoints."""
 
-    def __init__(self, cfg: Config, stage: int, run_dir: Path, models: Models,
-                 optimizers: dict[str, torch.optim.Optimizer], device: torch.device, *, ema: EMA | None,
-                 vset: val.ValidationSet | None, loader, writer, bar, log_lines: bool):
-        super().__init__(cfg, stage, models, build_updaters(models, optimizers, cfg), device, writer=writer, bar=bar,
+    def __init__(self, cfg: Config, stage: int, run_dir: Path, setup: StageSetup, device: torch.device, *,
+                 ema: EMA | None, vset: val.ValidationSet | None, bar, log_lines: bool):
+        super().__init__(cfg, stage, setup.models, setup.wrapped.updaters(), device, writer=setup.writer, bar=bar,
                          log_lines=log_lines)
-        self.run, self.optimizers, self.ema, self.vset, self.loader = RunFolder(run_dir), optimizers, ema, vset, loader
+        self.run, self.optimizers = RunFolder(run_dir), setup.wrapped.optimizers
+        self.ema, self.vset, self.loader = ema, vset, setup.loader
 
     def step(self, batch: dict, step: int) -> StepResult:
         result = super().step(batch, step)
@@ -380,60 +475,41 @@ def train(cfg: Config, stage: int, data_root: str | Path | list[str], run_dir: s
     continued with ``resume``, and ``RunResult.finished`` is False.
     """
     check_stage(stage)
-    run_dir = Path(run_dir)
+    run = RunFolder(run_dir)
     device = runtime.start(cfg.runtime)
 
     # the newest checkpoint that verifies: a damaged newest one is passed over for the one before, said in a line
     needs = [*TRAINED, *(RunFolder.optimizer_stem(name) for name in TRAINED)]
     ckpt = ck.resume_checkpoint(run_dir, needs) if resume else None
-    state = resume_state(ckpt, stage) if ckpt is not None else RunState(stage=stage)
-    state.config = config_mod.to_dict(cfg)
-    models = build_models(cfg, stage, device)
-    optimizers = build_optimizers(models, cfg)
-    if ckpt is not None:
-        for name in TRAINED:
-            load_module(RunFolder.weights_file(ckpt, name), getattr(models, name), name)
-        ck.load_optimizers(ckpt, optimizers)
-        log.info("resumed stage %d at step %d from %s", stage, state.step, ckpt)
-    elif init is not None:
-        log.info("stage %d initialised from %s", stage, init_from(models, init))
-    roots = data_root if isinstance(data_root, list | tuple) else [data_root]
-    files = partition_files(roots, cfg.data.partition, cfg.data.limit)
+    roots = list(data_root) if isinstance(data_root, list | tuple) else [data_root]
+    setup = setup_stage(cfg, stage, run_dir, device, TorchOptimizers, roots=roots, ckpt=ckpt, init=init)
+    state = setup.state
     # the average's BatchNorm statistics are re-estimated on these whenever it is scored or saved
-    ema = (EMA(models.generator, cfg.train.ema, calibration=calibration_inputs(cfg, files, device))
+    ema = (EMA(setup.models.generator, cfg.train.ema, calibration=calibration_inputs(cfg, setup.files, device))
            if cfg.train.ema > 0 else None)
     if ema is not None and ckpt is not None:
         if RunFolder.variant_file(ckpt, "ema").is_file():
             load_module(RunFolder.variant_file(ckpt, "ema"), ema.module, "generator")
         else:  # a checkpoint from before train.ema was set: the average starts here
             log.warning("%s has no generator_ema.safetensors; the EMA starts from the current weights", ckpt)
-
-    run = RunFolder(run_dir)
     run.begin(config_mod.to_toml(cfg), {"stage": stage, "config": config_mod.to_dict(cfg)})
 
-    vset = val.load_validation_set(cfg)
-    total = cfg.train.stage_steps[stage - 1]
-    loader = make_loader(cfg, files, start_step=state.step, device=device, loader_state=state.loader_state)
-
-    from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
-    writer = SummaryWriter(str(run.tb), purge_step=state.step + 1 if resume else None)
-    for mod in (models.generator, models.d_local, models.d_global):
-        mod.train()
+    total = cfg.train.stage_steps[stage - 1]
     bar = tqdm(total=total, initial=state.step, desc=f"stage {stage}", disable=not progress, unit="step")
-    hooks = _PlainStage(cfg, stage, run_dir, models, optimizers, device, ema=ema, vset=vset, loader=loader,
-                        writer=writer, bar=bar, log_lines=not progress)
+    hooks = _PlainStage(cfg, stage, run.root, setup, device, ema=ema, vset=val.load_validation_set(cfg), bar=bar,
+                        log_lines=not progress)
     try:
-        finished = drive(state, iter(loader), hooks, total=total, ckpt_every=cfg.train.ckpt_every, until=stop_at,
-                         stop=stop, saved=state.step if ckpt is not None else None)
+        finished = drive(state, iter(setup.loader), hooks, total=total, ckpt_every=cfg.train.ckpt_every,
+                         until=stop_at, stop=stop, saved=state.step if ckpt is not None else None)
     finally:
         bar.close()
-        writer.close()
+        setup.writer.close()
     if not finished:  # stopped early: a checkpoint to resume from, and no result
-        return RunResult(run_dir, state.step, state.images, state.seconds, hooks.read_now(), finished=False)
-    _write_result(run, state, hooks.best(state) if vset is not None else None, cfg)
-    return RunResult(run_dir, state.step, state.images, state.seconds, hooks.read_now())
+        return RunResult(run.root, state.step, state.images, state.seconds, hooks.read_now(), finished=False)
+    _write_result(run, state, hooks.best(state) if hooks.vset is not None else None, cfg)
+    return RunResult(run.root, state.step, state.images, state.seconds, hooks.read_now())
 
 
 def _write_result(run: RunFolder, state: RunState, chosen: dict | None, cfg: Config) -> None:
