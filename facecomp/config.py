@@ -277,6 +277,10 @@ class TrainConfig:
     # training faces the average's BatchNorm statistics are re-estimated on before it is scored or saved
     # (facecomp.train.ema); 0 = copy the raw weights' statistics (worse: ~1 dB hole PSNR at 28k faces)
     ema_bn_images: int = 512
+    # A diverged run (facecomp.train.guard) goes back to its last finite checkpoint and on with the
+    # learning rates times rollback_lr, at most this many times a stage; 0 = stop (exit 3) instead.
+    rollbacks: int = 0
+    rollback_lr: float = 0.5
 
     def __post_init__(self) -> None:
         self.check()
@@ -290,6 +294,10 @@ class TrainConfig:
             raise ValueError(f"train.ema is a decay in [0, 1), got {self.ema}")
         if self.ema_bn_images < 0:
             raise ValueError(f"train.ema_bn_images must be >= 0, got {self.ema_bn_images}")
+        if self.rollbacks < 0:
+            raise ValueError(f"train.rollbacks must be >= 0, got {self.rollbacks}")
+        if not 0.0 < self.rollback_lr < 1.0:
+            raise ValueError(f"train.rollback_lr lowers the rates: it must be in (0, 1), got {self.rollback_lr}")
 
 
 @dataclass(kw_only=True)

@@ -67,6 +67,8 @@ class RunState:
     # every float weight of the checkpoint's modules was finite when written (None: written before this was
     # recorded); pruning keeps the newest finite checkpoint, resume passes over non-finite ones
     finite: bool | None = None
+    lr_scale: float = 1.0  # every learning rate times this: lowered by each rollback (train.rollbacks)
+    rollbacks: list[dict] = field(default_factory=list)  # each: the step that diverged, the step gone back to, why
 
     def to_json(self) -> dict[str, Any]:
         return {"format": STATE_FORMAT, **dataclasses.asdict(self)}

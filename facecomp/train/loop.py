@@ -14,6 +14,7 @@ order and noise, so the result equals an uninterrupted run's.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -35,7 +36,7 @@ from facecomp.train import checkpoint as ck
 from facecomp.train import validation as val
 from facecomp.train.checkpoint import RunState
 from facecomp.train.ema import EMA, calibration_inputs
-from facecomp.train.guard import DivergenceGuard
+from facecomp.train.guard import Diverged, DivergenceGuard
 from facecomp.train.schedule import lr_factor, set_lr
 from facecomp.train.stages import STAGES, check_stage
 from facecomp.train.step import (
@@ -315,7 +316,8 @@ class StageHooks(Hooks):
         self.writer, self.bar, self.log_lines, self.agree = writer, bar, log_lines, agree
         self.total = cfg.train.stage_steps[stage - 1]
         self.base_lr = base_lrs(cfg.optim)
-        self.factor = 1.0
+        self.factor = 1.0  # the schedule's factor at this step
+        self.lr_scale = 1.0  # a rollback's lowering (RunState.lr_scale), set by the loop
         self.fns = StepFunctions.of(cfg)
         self.guard = DivergenceGuard(stage, agree)
         self._checked: int | None = None  # the step the guard last passed
@@ -329,7 +331,7 @@ class StageHooks(Hooks):
                  "mask": batch["mask"].to(self.device, non_blocking=True)}
         self.factor = lr_factor(self.cfg.optim, step, self.total)
         for name, updater in self.updaters.items():
-            set_lr(updater.optimizer, self.base_lr[name] * self.factor)
+            set_lr(updater.optimizer, self.base_lr[name] * self.factor * self.lr_scale)
         return train_step(self.models, self.updaters, batch, self.cfg, self.stage, step, agree=self.agree,
                           fns=self.fns)
 
@@ -378,13 +380,14 @@ class StageHooks(Hooks):
             for k, v in m.items():
                 self.writer.add_scalar(f"stage{s}/{k}", v, state.step)
             self.writer.add_scalar(f"stage{s}/images_per_s", recent, state.step)
-            self.writer.add_scalar(f"stage{s}/lr_factor", self.factor, state.step)
+            self.writer.add_scalar(f"stage{s}/lr_factor", self.factor * self.lr_scale, state.step)
+            self.writer.add_scalar(f"stage{s}/lr_scale", self.lr_scale, state.step)
             self.writer.add_scalar(f"stage{s}/adv_ramp", adversarial_ramp(self.cfg, state.step - 1), state.step)
         if self.bar is not None:
             self.bar.set_postfix(recon=f"{m['recon']:.1f}", total=f"{m['total']:.1f}")
         if self.log_lines:  # a run in the background (nohup, a batch job, a cluster worker): a line in its log
             log.info("stage %d step %d/%d recon %.2f total %.2f lr x%.3f %.1f images/s (run average %.1f)",
-                     s, state.step, self.total, m["recon"], m["total"], self.factor, recent, rate)
+                     s, state.step, self.total, m["recon"], m["total"], self.factor * self.lr_scale, recent, rate)
 
 
 def _grid(x: torch.Tensor, m: torch.Tensor, y: torch.Tensor, n: int = 8) -> torch.Tensor:
@@ -465,6 +468,56 @@ class _PlainStage(StageHooks):
                            protect=protect)
 
 
+class _PlainSession:
+    """One go of the plain loop over a stage, from ``ckpt`` (or the stage's start): the one setup with torch
+    optimizers, the EMA, validation, the progress bar. A rollback starts a new one from the last finite
+    checkpoint, with ``rollbacks`` (this session's, not yet in any checkpoint) and their lowered rates."""
+
+    def __init__(self, cfg: Config, stage: int, run: RunFolder, roots: list[str], device: torch.device,
+                 ckpt: Path | None, init: str | Path | None, progress: bool, rollbacks: list[dict]):
+        from tqdm import tqdm
+
+        setup = setup_stage(cfg, stage, run.root, device, TorchOptimizers, roots=roots, ckpt=ckpt, init=init)
+        self.state, self.ckpt = setup.state, ckpt
+        if rollbacks:
+            self.state.rollbacks, self.state.lr_scale = rollbacks, rollbacks[-1]["lr_scale"]
+            setup.writer.add_text(f"stage{stage}/rollback", json.dumps(rollbacks[-1]), self.state.step)
+        # the average's BatchNorm statistics are re-estimated on these whenever it is scored or saved
+        ema = (EMA(setup.models.generator, cfg.train.ema, calibration=calibration_inputs(cfg, setup.files, device))
+               if cfg.train.ema > 0 else None)
+        if ema is not None and ckpt is not None:
+            if RunFolder.variant_file(ckpt, "ema").is_file():
+                load_module(RunFolder.variant_file(ckpt, "ema"), ema.module, "generator")
+            else:  # a checkpoint from before train.ema was set: the average starts here
+                log.warning("%s has no generator_ema.safetensors; the EMA starts from the current weights", ckpt)
+        run.begin(config_mod.to_toml(cfg), {"stage": stage, "config": config_mod.to_dict(cfg)})
+        self.total = cfg.train.stage_steps[stage - 1]
+        self.ckpt_every = cfg.train.ckpt_every
+        self.bar = tqdm(total=self.total, initial=self.state.step, desc=f"stage {stage}", disable=not progress,
+                        unit="step")
+        self.hooks = _PlainStage(cfg, stage, run.root, setup, device, ema=ema, vset=val.load_validation_set(cfg),
+                                 bar=self.bar, log_lines=not progress)
+        self.hooks.lr_scale = self.state.lr_scale
+        self.setup = setup
+
+    def drive(self, stop_at: int | None, stop: Callable[[], bool] | None) -> bool:
+        return drive(self.state, iter(self.setup.loader), self.hooks, total=self.total, ckpt_every=self.ckpt_every,
+                     until=stop_at, stop=stop, saved=self.state.step if self.ckpt is not None else None)
+
+    def close(self) -> None:
+        self.bar.close()
+        self.setup.writer.close()
+
+
+def _last_finite(run_dir: str | Path, needs: list[str]) -> Path | None:
+    """The checkpoint a rollback goes back to (the guard saves none after a divergence: the newest that
+    verifies), or None: none yet, the stage starts again."""
+    try:
+        return ck.resume_checkpoint(run_dir, needs, warn=False)
+    except ValueError:
+        return None
+
+
 def train(cfg: Config, stage: int, data_root: str | Path | list[str], run_dir: str | Path,
           init: str | Path | None = None, resume: bool = False, progress: bool = True,
           stop_at: int | None = None, stop: Callable[[], bool] | None = None) -> RunResult:
@@ -472,7 +525,9 @@ def train(cfg: Config, stage: int, data_root: str | Path | list[str], run_dir: s
 
     ``stop_at`` (a step) or ``stop`` (checked between steps; e.g. a :class:`~facecomp.train.preempt.
     StopRequest`) end this session early with a checkpoint at the step reached: an interrupted run,
-    continued with ``resume``, and ``RunResult.finished`` is False.
+    continued with ``resume``, and ``RunResult.finished`` is False. A run the divergence guard stops
+    raises :class:`~facecomp.train.guard.Diverged`, unless ``train.rollbacks`` allows it to go back to its
+    last finite checkpoint with lowered learning rates (``RunState.rollbacks`` says each time).
     """
     check_stage(stage)
     run = RunFolder(run_dir)
@@ -482,30 +537,24 @@ def train(cfg: Config, stage: int, data_root: str | Path | list[str], run_dir: s
     needs = [*TRAINED, *(RunFolder.optimizer_stem(name) for name in TRAINED)]
     ckpt = ck.resume_checkpoint(run_dir, needs) if resume else None
     roots = list(data_root) if isinstance(data_root, list | tuple) else [data_root]
-    setup = setup_stage(cfg, stage, run_dir, device, TorchOptimizers, roots=roots, ckpt=ckpt, init=init)
-    state = setup.state
-    # the average's BatchNorm statistics are re-estimated on these whenever it is scored or saved
-    ema = (EMA(setup.models.generator, cfg.train.ema, calibration=calibration_inputs(cfg, setup.files, device))
-           if cfg.train.ema > 0 else None)
-    if ema is not None and ckpt is not None:
-        if RunFolder.variant_file(ckpt, "ema").is_file():
-            load_module(RunFolder.variant_file(ckpt, "ema"), ema.module, "generator")
-        else:  # a checkpoint from before train.ema was set: the average starts here
-            log.warning("%s has no generator_ema.safetensors; the EMA starts from the current weights", ckpt)
-    run.begin(config_mod.to_toml(cfg), {"stage": stage, "config": config_mod.to_dict(cfg)})
-
-    from tqdm import tqdm
-
-    total = cfg.train.stage_steps[stage - 1]
-    bar = tqdm(total=total, initial=state.step, desc=f"stage {stage}", disable=not progress, unit="step")
-    hooks = _PlainStage(cfg, stage, run.root, setup, device, ema=ema, vset=val.load_validation_set(cfg), bar=bar,
-                        log_lines=not progress)
-    try:
-        finished = drive(state, iter(setup.loader), hooks, total=total, ckpt_every=cfg.train.ckpt_every,
-                         until=stop_at, stop=stop, saved=state.step if ckpt is not None else None)
-    finally:
-        bar.close()
-        setup.writer.close()
+    rollbacks: list[dict] = []  # made in this session, carried into the state of the checkpoint gone back to
+    while True:
+        session = _PlainSession(cfg, stage, run, roots, device, ckpt, init, progress, rollbacks)
+        try:
+            finished = session.drive(stop_at, stop)
+            break
+        except Diverged as e:
+            if len(session.state.rollbacks) >= cfg.train.rollbacks:
+                raise
+            ckpt = _last_finite(run_dir, needs)
+            rollbacks = [*session.state.rollbacks, {
+                "step": e.step, "to": RunFolder.step_of(ckpt) if ckpt is not None else 0, "what": e.what,
+                "lr_scale": session.state.lr_scale * cfg.train.rollback_lr}]
+            log.warning("%s; rollback %d of %d: back to %s with the learning rates x%g", e, len(rollbacks),
+                        cfg.train.rollbacks, ckpt or "the stage's start", rollbacks[-1]["lr_scale"])
+        finally:
+            session.close()
+    hooks, state = session.hooks, session.state
     if not finished:  # stopped early: a checkpoint to resume from, and no result
         return RunResult(run.root, state.step, state.images, state.seconds, hooks.read_now(), finished=False)
     _write_result(run, state, hooks.best(state) if hooks.vset is not None else None, cfg)
