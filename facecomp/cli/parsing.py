@@ -100,23 +100,18 @@ def run_label(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from facecomp.train.parsing import train_parsing
+    from facecomp.train.parsing import parsing_run_config, train_parsing
+    from facecomp.weights import RunFolder
 
     overrides = list(args.overrides)
     if args.data:
         overrides.append(f"data.root={args.data}")
     if args.labels:
         overrides.append(f"parsing_train.labels={args.labels}")
-    from facecomp.weights import RunFolder
-
-    run_folder = RunFolder(args.run_dir)
-    if args.resume:
-        cfg = config_mod.load_config(str(run_folder.config_toml), overrides)
-    else:
-        cfg = config_mod.load_config(args.config, overrides)
+    cfg = parsing_run_config(args.config, overrides, args.run_dir, args.resume)
     run = train_parsing(cfg, cfg.data.root, args.run_dir, resume=args.resume, progress=not args.no_progress)
     print(f"trained {run.steps} steps ({run.images} images, {run.images / max(run.seconds, 1e-9):.1f} images/s); "
-          f"final loss {run.loss:.3f}; weights in {run_folder.published('parsing')}")
+          f"final loss {run.loss:.3f}; weights in {RunFolder(run.run_dir).published('parsing')}")
     return 0
 
 

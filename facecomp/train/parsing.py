@@ -96,6 +96,13 @@ class _ParsingHooks(Hooks):
                            {"parsing": self.opt}, state, keep=self.cfg.train.keep_checkpoints)
 
 
+def parsing_run_config(preset: str | None, overrides: list[str], run_dir: str | Path, resume: bool) -> Config:
+    """The config of a parsing-network run: a resumed run trains on with the config it started with (its
+    ``config.toml``), a new one with ``preset``; ``overrides`` on top of either."""
+    source = RunFolder(run_dir).config_toml if resume else preset
+    return config_mod.load_config(str(source) if source is not None else None, overrides)
+
+
 def train_parsing(cfg: Config, data_root: str | Path, run_dir: str | Path, resume: bool = False,
                   progress: bool = True) -> ParsingRun:
     pt = cfg.parsing_train
