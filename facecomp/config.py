@@ -160,6 +160,8 @@ class ValidationConfig:
     seed: int = 1234  # noise of the holes, fixed so every validation sees the same input
     select: str = "hole_psnr"  # "hole_psnr" | "ssim" | "identity" (means over the masks) | "last"
     select_after: int = 0  # checkpoints before this step are not candidates (e.g. the adversarial warm-up)
+    # weights whose mean sharpness (hole gradients over the original's) is below this are not candidates
+    min_sharpness: float = 0.0
     # Also score identity distance: dlib's 128-D embedding of each completed face against its original's
     # (facecomp.identity_embedding; needs the 'faces' extra). Pixels and structure can improve while the completed
     # halves drift away from the person, which recognition of the completed faces notices and SSIM does not.

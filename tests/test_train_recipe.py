@@ -173,6 +173,36 @@ def test_validation_scores_are_reproducible(celeba, smoke_cfg):
     assert a["hole_psnr"] == pytest.approx(np.mean([a[f"hole_psnr/O{i}"] for i in range(1, 7)]))
 
 
+def test_validation_scores_sharpness_the_measure_blur_cannot_pass(celeba, smoke_cfg):
+    """Each mask's sharpness (hole gradients over the original's): 1 for a generator that puts the original
+    back, far below 1 for one that fills the hole with a flat grey, whatever their PSNR."""
+    smoke_cfg.data.root = str(celeba)
+    smoke_cfg.validation.batch_size = 64  # one batch: the oracle below
+    vset = val.load_validation_set(smoke_cfg)
+
+    class Oracle(nn.Module):
+        def forward(self, x_in):
+            return vset.faces[: len(x_in)].to(x_in.dtype)
+
+    class Flat(nn.Module):
+        def forward(self, x_in):
+            return torch.zeros_like(vset.faces[: len(x_in)]).to(x_in.dtype)
+
+    perfect = val.score(Oracle(), vset, smoke_cfg, torch.device("cpu"))
+    flat = val.score(Flat(), vset, smoke_cfg, torch.device("cpu"))
+    assert perfect["sharpness"] == pytest.approx(1.0) and flat["sharpness"] < 0.3
+    assert flat["sharpness"] == pytest.approx(np.mean([flat[f"sharpness/O{i}"] for i in range(1, 7)]))
+
+
+def test_choose_leaves_out_weights_below_the_sharpness_floor():
+    hist = [{"step": 2, "raw": {"hole_psnr": 18.0, "sharpness": 0.6}, "ema": {"hole_psnr": 17.5, "sharpness": 0.9}},
+            {"step": 4, "raw": {"hole_psnr": 17.0, "sharpness": 0.95}},
+            {"step": 6, "raw": {"hole_psnr": 19.0}}]  # scored before sharpness was: not known to pass
+    assert val.choose(hist, "hole_psnr", 0)["step"] == 6
+    assert val.choose(hist, "hole_psnr", 0, min_sharpness=0.85) == {"step": 2, "variant": "ema", "score": 17.5}
+    assert val.choose(hist, "hole_psnr", 0, min_sharpness=0.99) is None
+
+
 @pytest.mark.skipif(not __import__("facecomp.faces").faces.available(),
                     reason="needs the 'faces' extra (dlib-bin, face-recognition-models)")
 def test_validation_scores_identity_distance(celeba, smoke_cfg):

@@ -435,7 +435,8 @@ class _PlainStage(StageHooks):
     def best(self, state: RunState) -> dict | None:
         """The best (step, variant) among checkpoints on disk and the one being written at this step."""
         v = self.cfg.validation
-        return val.choose(state.validation, v.select, v.select_after, self.run.steps() | {state.step})
+        return val.choose(state.validation, v.select, v.select_after, self.run.steps() | {state.step},
+                          v.min_sharpness)
 
     def validate(self, state: RunState) -> None:
         step, device = state.step, self.device
@@ -448,7 +449,7 @@ class _PlainStage(StageHooks):
                 self.writer.add_scalar(f"stage{self.stage}/val_{variant}/{key}", value, step)
         write_json(self.run.validation_file, state.validation)
         log.info("validation at step %d: %s", step,
-                 {k: round(record["raw"][k], 3) for k in ("hole_psnr", "ssim", "identity") if k in record["raw"]})
+                 {k: round(record["raw"][k], 3) for k in ("hole_psnr", "ssim", "sharpness", "identity") if k in record["raw"]})
 
     def watched(self) -> list[nn.Module]:
         return super().watched() + ([self.ema.module] if self.ema is not None else [])
@@ -570,4 +571,5 @@ def _write_result(run: RunFolder, state: RunState, chosen: dict | None, cfg: Con
     run.finish({"finished": True, "stage": state.stage, "steps": state.step, "images": state.images,
                 "seconds": state.seconds, "wall_seconds": state.wall_seconds, "chosen": chosen, "scores": scores,
                 "rule": f"max {v.select} over O1-O6 (raw or EMA) among checkpoints at step >= {v.select_after}"
+                + (f" with mean sharpness >= {v.min_sharpness}" if v.min_sharpness > 0 else "")
                 if chosen else "latest checkpoint (no validation)"}, weights)

@@ -71,15 +71,17 @@ def load_validation_set(cfg: Config) -> ValidationSet | None:
 
 @torch.no_grad()
 def score(generator: nn.Module, vset: ValidationSet, cfg: Config, device: torch.device) -> dict[str, float]:
-    """``hole_psnr/O1`` .. ``ssim/O6`` and their means over the masks, ``hole_psnr`` and ``ssim``; with an
-    identity reference also ``identity/O1`` .. and ``identity`` (mean embedding distance, lower is better)."""
+    """``hole_psnr/O1`` .. ``ssim/O6`` .. ``sharpness/O6`` and their means over the masks, ``hole_psnr``,
+    ``ssim`` and ``sharpness`` (the hole's gradient magnitude over the original's: PSNR and SSIM reward a
+    blurred fill, this does not); with an identity reference also ``identity/O1`` .. and ``identity``
+    (mean embedding distance, lower is better)."""
     was_training = generator.training
     generator.eval()
     v, out = cfg.validation, {}
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.runtime.amp)
     try:
         for name, mask in vset.masks.items():
-            psnrs, ssims, dists = [], [], []
+            psnrs, ssims, sharp, dists = [], [], [], []
             for i in range(0, len(vset.faces), v.batch_size):
                 x = vset.faces[i:i + v.batch_size].to(device)
                 m = torch.from_numpy(mask)[None, None].expand(len(x), 1, *mask.shape).to(device)
@@ -91,10 +93,12 @@ def score(generator: nn.Module, vset: ValidationSet, cfg: Config, device: torch.
                                                                strict=True)):
                     psnrs.append(metrics.psnr_hole(original, completed, mask))
                     ssims.append(metrics.ssim(original, completed))
+                    sharp.append(metrics.sharpness(completed, original, mask))
                     if vset.identity is not None:
                         dists.append(vset.identity.distance(i + j, completed))
             out[f"hole_psnr/{name}"] = float(np.mean(np.minimum(psnrs, 100.0)))  # identical holes: cap, not inf
             out[f"ssim/{name}"] = float(np.mean(ssims))
+            out[f"sharpness/{name}"] = float(np.nanmean(sharp))
             if dists:
                 out[f"identity/{name}"] = float(np.mean(dists))
     finally:
@@ -102,6 +106,7 @@ def score(generator: nn.Module, vset: ValidationSet, cfg: Config, device: torch.
     names = list(vset.masks)
     out["hole_psnr"] = float(np.mean([out[f"hole_psnr/{n}"] for n in names]))
     out["ssim"] = float(np.mean([out[f"ssim/{n}"] for n in names]))
+    out["sharpness"] = float(np.mean([out[f"sharpness/{n}"] for n in names]))
     if vset.identity is not None:
         out["identity"] = float(np.mean([out[f"identity/{n}"] for n in names]))
     return out
@@ -119,19 +124,22 @@ def selection_score(record: dict, variant: str, select: str) -> float:
     return -value if select in LOWER_IS_BETTER else value
 
 
-def choose(history: list[dict], select: str, select_after: int, candidates: set[int] | None = None) -> dict | None:
+def choose(history: list[dict], select: str, select_after: int, candidates: set[int] | None = None,
+           min_sharpness: float = 0.0) -> dict | None:
     """The best (step, variant) of a validation history: ``{"step", "variant", "score"}``.
 
     history entries are ``{"step": s, "raw": {...scores}, "ema": {...scores}?}``; only steps in
-    ``candidates`` (those with a checkpoint on disk) and >= ``select_after`` compete. Ties go to the
-    earlier step and to the raw weights, so the rule is deterministic.
+    ``candidates`` (those with a checkpoint on disk) and >= ``select_after`` compete, and with
+    ``min_sharpness`` > 0 only weights whose mean sharpness reaches it (a record without one does not):
+    the best PSNR is otherwise often the blurriest checkpoint. Ties go to the earlier step and to the raw
+    weights, so the rule is deterministic.
     """
     best = None
     for rec in history:
         if rec["step"] < select_after or (candidates is not None and rec["step"] not in candidates):
             continue
         for variant in ("raw", "ema"):
-            if variant not in rec:
+            if variant not in rec or rec[variant].get("sharpness", 0.0) < min_sharpness:
                 continue
             s = selection_score(rec, variant, select)
             if best is None or s > best["score"]:
