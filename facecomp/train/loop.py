@@ -448,8 +448,9 @@ class _PlainStage(StageHooks):
             for key, value in record.get(variant, {}).items():
                 self.writer.add_scalar(f"stage{self.stage}/val_{variant}/{key}", value, step)
         write_json(self.run.validation_file, state.validation)
-        log.info("validation at step %d: %s", step,
-                 {k: round(record["raw"][k], 3) for k in ("hole_psnr", "ssim", "sharpness", "identity") if k in record["raw"]})
+        raw = record["raw"]
+        shown = {k: round(raw[k], 3) for k in ("hole_psnr", "ssim", "sharpness", "identity") if k in raw}
+        log.info("validation at step %d: %s", step, shown)
 
     def watched(self) -> list[nn.Module]:
         return super().watched() + ([self.ema.module] if self.ema is not None else [])
@@ -572,4 +573,5 @@ def _write_result(run: RunFolder, state: RunState, chosen: dict | None, cfg: Con
                 "seconds": state.seconds, "wall_seconds": state.wall_seconds, "chosen": chosen, "scores": scores,
                 "rule": f"max {v.select} over O1-O6 (raw or EMA) among checkpoints at step >= {v.select_after}"
                 + (f" with mean sharpness >= {v.min_sharpness}" if v.min_sharpness > 0 else "")
-                if chosen else "latest checkpoint (no validation)"}, weights)
+                if chosen else "latest checkpoint (no validation)" if not v.faces
+                else "latest checkpoint (no checkpoint passed the rule)"}, weights)
