@@ -164,7 +164,7 @@ def wrap_models(models: Models, cfg: Config, device: torch.device) -> DeepSpeedM
             # DeepSpeed casts only the parameters; BatchNorm then meets bf16 weights and fp32 running
             # statistics, which CPU batch_norm refuses. Cast the buffers with them.
             mod = mod.to(dtype)
-        engine, *_ = deepspeed.initialize(model=mod, model_parameters=[p for p in mod.parameters()],
+        engine, *_ = deepspeed.initialize(model=mod, model_parameters=[p for p in mod.parameters() if p.requires_grad],
                                           config=deepspeed_config(cfg, lrs[name], device))
         wrapped[name] = engine
     return DeepSpeedModels(**wrapped, dtype=dtype)

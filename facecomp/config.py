@@ -283,6 +283,11 @@ class TrainConfig:
     # learning rates times rollback_lr, at most this many times a stage; 0 = stop (exit 3) instead.
     rollbacks: int = 0
     rollback_lr: float = 0.5
+    # Parameters the stage leaves as they start, by name prefix within a trained module
+    # ("generator.fc_in" holds fc_in's weight and bias; facecomp.train.loop.freeze). A generator
+    # fine-tuned with the paper generator's bottleneck frozen can publish only what it changed and
+    # borrow the rest from the file it started from (facecomp.weights, a file's base).
+    frozen: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.check()
@@ -300,6 +305,11 @@ class TrainConfig:
             raise ValueError(f"train.rollbacks must be >= 0, got {self.rollbacks}")
         if not 0.0 < self.rollback_lr < 1.0:
             raise ValueError(f"train.rollback_lr lowers the rates: it must be in (0, 1), got {self.rollback_lr}")
+        for prefix in self.frozen:
+            module, _, rest = prefix.partition(".")
+            if module not in ("generator", "d_local", "d_global") or not rest:
+                raise ValueError(f"train.frozen names parameters as <generator|d_local|d_global>.<name prefix>, "
+                                 f"got {prefix!r}")
 
 
 @dataclass(kw_only=True)

@@ -107,12 +107,29 @@ def build_optimizers(models: Models, cfg: Config) -> dict[str, torch.optim.Optim
     lrs, betas = base_lrs(cfg.optim), (cfg.optim.beta1, cfg.optim.beta2)
     optimizers = {}
     for name in TRAINED:
-        params = list(getattr(models, name).parameters())
+        params = [p for p in getattr(models, name).parameters() if p.requires_grad]  # not train.frozen
         # on a GPU, one fused kernel for the whole update instead of a dozen per tensor; it also keeps
         # the step count on the device, which the gated D update (train.step.OptimizerUpdater) needs
         fused = params[0].device.type == "cuda"
         optimizers[name] = torch.optim.Adam(params, lr=lrs[name], betas=betas, fused=fused or None)
     return optimizers
+
+
+def freeze(models: Models, prefixes: list[str]) -> int:
+    """Leave the parameters ``train.frozen`` names as they are: no gradient, so no optimizer updates
+    them and the EMA average keeps them bit for bit (its lerp towards an equal value is exact).
+    Returns how many tensors were frozen; a prefix that names nothing is an error, not a silent no-op."""
+    count = 0
+    for prefix in prefixes:
+        module_name, _, rest = prefix.partition(".")
+        params = [p for key, p in getattr(models, module_name).named_parameters()
+                  if key == rest or key.startswith(rest + ".")]
+        if not params:
+            raise ValueError(f"train.frozen: {prefix!r} names no parameter of the {module_name}")
+        for p in params:
+            p.requires_grad_(False)
+        count += len(params)
+    return count
 
 
 def build_updaters(models: Models, optimizers: dict[str, torch.optim.Optimizer], cfg: Config
@@ -216,6 +233,8 @@ def setup_stage(cfg: Config, stage: int, run_dir: str | Path, device: torch.devi
         source = init_from(models, init)
         if rank == 0:
             log.info("stage %d initialised from %s", stage, source)
+    if cfg.train.frozen and freeze(models, cfg.train.frozen) and rank == 0:
+        log.info("stage %d leaves %s as they start (train.frozen)", stage, ", ".join(cfg.train.frozen))
     wrapped = wrap(models, cfg, device)
     state, position = RunState(stage=stage), None
     if ckpt is not None:
