@@ -52,3 +52,15 @@ def test_frozen_is_named_module_first():
         config_mod.apply_overrides(config_mod.load_config(), ['train.frozen=["fc_in"]'])
     cfg = config_mod.apply_overrides(config_mod.load_config(), ['train.frozen=["generator.fc_in"]'])
     assert cfg.train.frozen == ["generator.fc_in"]
+
+
+def test_a_stage_starts_from_a_shipped_generator_by_name():
+    """`--init paper-generator`: the grown generator takes every weight of the shipped paper generator."""
+    from facecomp.weights import NAMED, load_tensors
+
+    cfg = config_mod.load_config("cpu", ["generator.skips=4"])
+    models = loop.build_models(cfg, 1, torch.device("cpu"))
+    assert loop.init_from(models, "paper-generator") == NAMED["paper-generator"][1]
+    shipped, _ = load_tensors(NAMED["paper-generator"][1])
+    assert torch.equal(models.generator.fc_in.weight, shipped["fc_in.weight"].float())
+    assert not models.generator.skips["3"].weight.any()  # the new parts start at zero

@@ -16,7 +16,7 @@ def test_shipped_generator_is_the_default_and_small():
     DEFAULT_WEIGHTS = SHIPPED["generator"]
     from facecomp.weights import read_metadata
 
-    assert DEFAULT_WEIGHTS.is_file(), "facecomp/weights/generator.safetensors is missing"
+    assert DEFAULT_WEIGHTS.is_file(), f"{DEFAULT_WEIGHTS} is missing"
     assert DEFAULT_WEIGHTS.stat().st_size <= 42 * 1024 * 1024
     meta = read_metadata(DEFAULT_WEIGHTS)
     assert meta["kind"] == "generator" and meta["stage"] == 3

@@ -1,5 +1,7 @@
 """One resolver and one loader for weights of any kind; one identity for a weights file."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -81,3 +83,92 @@ def test_the_shipped_model_has_a_name_everywhere(tmp_path):
     assert completer.complete(img, mask)[0].shape == img.shape
     r = subprocess.run([sys.executable, "-m", "facecomp", "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == f"facecomp {facecomp.__version__}"
+
+
+def _tiny_generator(smoke_cfg, seed):
+    torch.manual_seed(seed)
+    return models.Generator(smoke_cfg.generator)
+
+
+def _tuned(base_model, kept):
+    """A copy of ``base_model`` with every floating-point tensor moved except those under ``kept``."""
+    import copy
+
+    tuned = copy.deepcopy(base_model)
+    with torch.no_grad():
+        for key, t in tuned.state_dict().items():
+            if t.is_floating_point() and not key.startswith(kept):
+                t.add_(0.01 * torch.randn_like(t) + 0.01)
+    return tuned
+
+
+def test_a_file_borrows_what_it_shares_with_its_base_and_loads_whole(tmp_path, smoke_cfg):
+    """A generator with its bottleneck frozen stores only what changed; it loads to the same tensors
+    (and the same identity) as a self-contained copy, from its base beside it."""
+    base_model = _tiny_generator(smoke_cfg, 0)
+    base = tmp_path / "paper.safetensors"
+    weights.save_module(base, base_model, "generator", {"config": {}})
+    tuned = _tuned(base_model, ("fc_in.", "fc_out."))
+    whole, small = tmp_path / "whole.safetensors", tmp_path / "tuned.safetensors"
+    weights.save_module(whole, tuned, "generator", {"config": {}})
+    weights.save_tensors(small, tuned.state_dict(), "generator", {"config": {}}, base=base)
+    meta = weights.read_metadata(small)
+    assert sorted(meta["base"]["keys"]) == ["fc_in.bias", "fc_in.weight", "fc_out.bias", "fc_out.weight"]
+    assert meta["base"]["sha256"] == weights.identity(base) and meta["base"]["name"] == "paper.safetensors"
+    fc_bytes = sum(t.numel() * t.element_size() for n in ("fc_in", "fc_out") for t in getattr(tuned, n).state_dict().values())
+    assert small.stat().st_size < whole.stat().st_size - fc_bytes * 0.99
+    assert weights.identity(small) == weights.identity(whole)
+    got, _ = weights.load_tensors(small, "generator")
+    want, _ = weights.load_tensors(whole, "generator")
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_a_borrowing_file_without_its_base_or_with_a_changed_one_is_refused(tmp_path, smoke_cfg):
+    base_model = _tiny_generator(smoke_cfg, 0)
+    base = tmp_path / "paper.safetensors"
+    weights.save_module(base, base_model, "generator")
+    tuned = _tuned(base_model, ("fc_in.",))
+    small = tmp_path / "tuned.safetensors"
+    weights.save_tensors(small, tuned.state_dict(), "generator", base=base)
+    alone = tmp_path / "elsewhere" / "tuned.safetensors"
+    alone.parent.mkdir()
+    copy_file(small, alone)
+    with pytest.raises(ValueError, match="borrows 2 tensors from paper.safetensors .*neither beside it nor shipped"):
+        weights.load_tensors(alone)
+    other = _tuned(base_model, ())  # a different file under the base's name is not the base
+    weights.save_module(alone.parent / "paper.safetensors", other, "generator")
+    with pytest.raises(ValueError, match="neither beside it nor shipped"):
+        weights.load_tensors(alone)
+    with pytest.raises(ValueError, match="nothing to borrow"):
+        weights.save_tensors(tmp_path / "x.safetensors", other.state_dict(), "generator", base=base)
+
+
+def test_the_paper_generator_is_one_name_away(tmp_path, smoke_cfg, capsys):
+    from facecomp.cli import main
+
+    path = weights.resolve("paper-generator")
+    assert path == weights.NAMED["paper-generator"][1] and path.is_file()
+    assert weights.read_metadata(path)["config"]["bottleneck"] == 512
+    with pytest.raises(ValueError, match="names shipped generator weights, not parsing"):
+        weights.resolve("paper-generator", "parsing")
+    assert main(["weights", "show", "paper-generator"]) == 0
+    out = capsys.readouterr().out
+    assert f"sha256    {weights.identity(path)}" in out and "verified  yes" in out
+
+
+def test_weights_convert_borrows_from_a_base_by_command(tmp_path, smoke_cfg, capsys):
+    from facecomp.cli import main
+
+    base_model = _tiny_generator(smoke_cfg, 0)
+    base, src = tmp_path / "base.safetensors", tmp_path / "run.safetensors"
+    meta = {"config": dataclasses.asdict(smoke_cfg.generator)}
+    weights.save_module(base, base_model.half(), "generator", meta)
+    tuned = _tuned(base_model, ("fc_out.",)).float()  # fp32 in the run, fp16 shipped
+    weights.save_module(src, tuned, "generator", meta)
+    dst = tmp_path / "ship.safetensors"
+    assert main(["weights", "convert", str(src), str(dst), "--dtype", "fp16", "--base", str(base)]) == 0
+    assert "2 tensors borrowed from base.safetensors" in capsys.readouterr().out
+    got, meta = weights.load_tensors(dst)
+    assert meta["dtype"] == "float16" and torch.equal(got["fc_out.weight"], base_model.fc_out.weight.detach())
+    loaded = models.load("generator", dst)
+    assert torch.equal(loaded.fc_out.weight, base_model.fc_out.weight.float())

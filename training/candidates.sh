@@ -49,7 +49,7 @@ run() {
   [ -f "$dir/result.json" ] && return 0
   # shellcheck disable=SC2046
   "$bin/facecomp" train --config cpu --stage 3 --data "$data/celeba" --data "$data/celeba_extra" \
-      --run-dir "$dir" --init facecomp/weights/generator.safetensors --no-progress "${resume[@]}" \
+      --run-dir "$dir" --init paper-generator --no-progress "${resume[@]}" \
       "${common[@]}" "train.stage_steps=[1, 1, $steps]" "train.ckpt_every=$steps" $(overrides "$v") \
       > "$dir.log" 2>&1
 }
@@ -61,7 +61,7 @@ for ((i = 0; i < ${#variants[@]}; i += 2)); do
   wait
 done
 echo "trained: ${variants[*]}"
-models=(--model "shipped=facecomp/weights/generator.safetensors")
+models=(--model "shipped=paper-generator")
 for v in "${variants[@]}"; do models+=(--model "$v=$out/$v"); done
 OMP_NUM_THREADS=1 "$bin/facecomp" eval table "${models[@]}" --baselines "" --partition val --limit "${FACES:-120}" \
     --resolution input --blend none --metrics identity,parsing,landmarks --grid-faces 16 --workers 0 \

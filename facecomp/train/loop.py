@@ -51,7 +51,7 @@ from facecomp.train.step import (
     read_metrics,
     train_step,
 )
-from facecomp.weights import RunFolder, load_module, write_json
+from facecomp.weights import NAMED, SHIPPED_NAME, RunFolder, load_module, resolve, write_json
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,10 @@ def init_from(models: Models, source: str | Path) -> Path:
     """Start a stage from a previous stage: a run directory (its chosen checkpoint when it finished,
     else its latest), a checkpoint (its generator, and its discriminators where it has them), or a
     bare generator weights file. A generator grown beyond the source's (``generator.skips``, ``.context``)
-    takes every weight the source has; its new parts keep their zero-start init."""
+    takes every weight the source has; its new parts keep their zero-start init. A shipped generator's
+    name (``shipped``, ``paper-generator``) names its file."""
+    if str(source) in (SHIPPED_NAME, *NAMED):
+        source = resolve(source, "generator")
     source = Path(source)
     fresh = models.generator.fresh_keys()
     if source.is_file() and not RunFolder.is_checkpoint(source.parent):  # a bare weights file

@@ -7,6 +7,13 @@ pickle. That SHA-256 of the tensors is *the* identity of a weights file everywhe
 the same weights saved twice, or converted to another dtype and back, are named by their tensors,
 not by the bytes of one file.
 
+A file may **borrow** tensors from a base file (``save_tensors(..., base=...)``): a generator fine-tuned
+with part of it frozen (``train.frozen``) stores only what it changed, and names its base by identity
+and file name. Loading finds the base beside the file or among the shipped weights, verifies it, and
+checks the SHA-256 of the whole (own and borrowed tensors), which is also the file's identity: a
+borrowing file and a self-contained copy of it are the same weights. This is how two generators ship
+within the tracked tree's budget: the default one borrows the paper generator's 33.6 MB bottleneck.
+
 ``resolve(source, kind)`` is the one place that turns what a user typed into a file: ``shipped`` (or
 nothing) for the weights in this package, a weights file, a checkpoint folder, or a run folder (a
 finished run's chosen weights, else its newest checkpoint: the run folder's layout is
@@ -32,12 +39,15 @@ from torch import nn
 from .files import atomic_write, copy_file, write_json
 from .run_folder import RunFolder
 
-__all__ = ["SHIPPED", "SHIPPED_NAME", "RunFolder", "convert_weights", "copy_file", "identity", "load_into",
+__all__ = ["NAMED", "SHIPPED", "SHIPPED_NAME", "RunFolder", "convert_weights", "copy_file", "identity", "load_into",
            "load_module", "load_tensors", "read_metadata", "resolve", "save_module", "save_tensors", "write_json"]
 
 HERE = Path(__file__).resolve().parent
-SHIPPED = {"generator": HERE / "generator.safetensors", "parsing": HERE / "parsing.safetensors"}
-SHIPPED_NAME = "shipped"  # `--model shipped`, Completer("shipped")
+# The default weights of each kind. The default generator is the paper's until its successor ships.
+SHIPPED = {"generator": HERE / "paper_generator.safetensors", "parsing": HERE / "parsing.safetensors"}
+SHIPPED_NAME = "shipped"  # `--model shipped`, Completer("shipped"): the default of its kind
+# Further shipped weights by the name `--model` takes (beside "shipped"), each with its kind
+NAMED = {"paper-generator": ("generator", HERE / "paper_generator.safetensors")}
 
 FORMAT = "facecomp/1"
 
@@ -53,11 +63,26 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], kind: str,
-                 meta: dict[str, Any] | None = None) -> None:
+                 meta: dict[str, Any] | None = None, base: str | Path | None = None) -> None:
+    """Write a weights file. With ``base`` (a weights file of the same kind), every floating-point
+    tensor equal to the base's (same dtype, shape and values) is borrowed: left out of the file and
+    named in its ``base`` metadata; the file's SHA-256 stays that of all its tensors. (Integer buffers,
+    BatchNorm's batch counters, are a few bytes: they stay, rather than tie the file to a counter.)"""
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     metadata = {"format": FORMAT, "kind": kind, "sha256": _digest(tensors)}
     metadata.update({k: json.dumps(v) for k, v in (meta or {}).items()})
+    if base is not None:
+        base_tensors, base_meta = load_tensors(base, kind)
+        borrowed = sorted(k for k, t in tensors.items() if t.is_floating_point() and _same(t, base_tensors.get(k)))
+        if not borrowed:
+            raise ValueError(f"{path}: no tensor is equal to {base}'s; nothing to borrow")
+        metadata["base"] = json.dumps({"name": Path(base).name, "sha256": base_meta["sha256"], "keys": borrowed})
+        tensors = {k: t for k, t in tensors.items() if k not in set(borrowed)}
     atomic_write(Path(path), lambda tmp: _save_file(tensors, tmp, metadata, Path(path)))
+
+
+def _same(a: torch.Tensor, b: torch.Tensor | None) -> bool:
+    return b is not None and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
 
 
 _OS_ERROR = re.compile(r"\(os error (\d+)\)")
@@ -108,9 +133,24 @@ def load_tensors(path: str | Path, kind: str | None = None) -> tuple[dict[str, t
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f"{path}: corrupt weights file ({e})") from None
+    if "base" in meta:
+        tensors.update(_borrowed(Path(path), meta))
     if _digest(tensors) != meta["sha256"]:
         raise ValueError(f"{path}: checksum mismatch, the file was modified or damaged")
     return tensors, meta
+
+
+def _borrowed(path: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensors a file borrows, from its base: the file of that name beside it, else whichever
+    shipped weights file has the base's identity."""
+    base = meta["base"]
+    candidates = [path.parent / base["name"], *SHIPPED.values(), *(p for _, p in NAMED.values())]
+    for candidate in candidates:
+        if candidate.is_file() and candidate.resolve() != path.resolve() and identity(candidate) == base["sha256"]:
+            tensors, _ = load_tensors(candidate, meta["kind"])
+            return {k: tensors[k] for k in base["keys"]}
+    raise ValueError(f"{path}: borrows {len(base['keys'])} tensors from {base['name']} (sha256 "
+                     f"{base['sha256'][:12]}), which is neither beside it nor shipped; copy that file next to it")
 
 
 def load_into(module: nn.Module, tensors: dict[str, torch.Tensor], source: str | Path,
@@ -139,19 +179,22 @@ def load_module(path: str | Path, module: nn.Module, kind: str, fresh: frozenset
 
 
 
-def convert_weights(src: str | Path, dst: str | Path, dtype: torch.dtype) -> None:
-    """Re-save a weights file with its floating-point tensors in ``dtype`` (e.g. fp16 to ship).
+def convert_weights(src: str | Path, dst: str | Path, dtype: torch.dtype | None = None,
+                    base: str | Path | None = None) -> None:
+    """Re-save a weights file with its floating-point tensors in ``dtype`` (e.g. fp16 to ship), and/or
+    borrowing what it shares with ``base`` (``facecomp weights convert``).
 
     Integer buffers (BatchNorm's batch counter) keep their type; the metadata is carried over.
     Loading converts back to the model's dtype.
     """
     tensors, meta = load_tensors(src)
     kind = meta.pop("kind")
-    for key in ("format", "sha256"):
-        meta.pop(key)
-    out = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in tensors.items()}
-    meta["dtype"] = str(dtype).removeprefix("torch.")
-    save_tensors(dst, out, kind, meta)
+    for key in ("format", "sha256", "base"):
+        meta.pop(key, None)
+    if dtype is not None:
+        tensors = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in tensors.items()}
+        meta["dtype"] = str(dtype).removeprefix("torch.")
+    save_tensors(dst, tensors, kind, meta, base=base)
 
 
 def identity(path: str | Path) -> str:
@@ -169,6 +212,11 @@ def resolve(source: str | Path | None = None, kind: str = "generator") -> Path:
         if not SHIPPED[kind].is_file():
             raise ValueError(f"no shipped {kind} weights in this install; name a weights file or run")
         return SHIPPED[kind]
+    if str(source) in NAMED:
+        named_kind, path = NAMED[str(source)]
+        if named_kind != kind:
+            raise ValueError(f"'{source}' names shipped {named_kind} weights, not {kind} weights")
+        return path
     path = Path(source)
     if path.is_file():
         return path
