@@ -20,31 +20,40 @@ def _table(tmp: Path, value) -> Path:
     """value(metric, mask, method) -> mean."""
     summary = {metric: {m: {meth: {"mean": value(metric, m, meth), "ci95": 0.0, "n": 4, "non_finite": 0}
                             for meth in METHODS} for m in MASKS}
-               for metric in ("ssim", "psnr", "psnr_hole", "landmark_error", "face_found", "parsing_miou", "identity")}
+               for metric in ("ssim", "psnr", "psnr_hole", "landmark_error", "face_found", "parsing_miou", "identity",
+                              "sharpness")}
     (tmp / "table").mkdir()
     (tmp / "table" / "results.json").write_text(json.dumps(
         {"faces": 4, "resolution": "input", "methods": METHODS, "masks": MASKS, "summary": summary}))
     return tmp / "table"
 
 
-def _recognition(tmp: Path, new_top1: float, poisson_top1: float | None = None) -> Path:
+def _recognition(tmp: Path, new_top1: float, poisson_top1: float | None = None, significant: int = 6) -> Path:
+    """Top-1 per method; the probe-by-probe split against noise fill significant on ``significant`` masks."""
     (tmp / "rec").mkdir()
     poisson_top1 = new_top1 if poisson_top1 is None else poisson_top1
     summary = {m: {"new": {"top1": new_top1}, "new+poisson": {"top1": poisson_top1}, "noise": {"top1": 0.5},
                    "telea": {"top1": 0.6}} for m in MASKS}
     methods = ["original", "noise", "telea", "new", "new+poisson"]
-    # the probe-by-probe split against noise fill, as facecomp.eval.recognition writes it, for one mask
-    vs_noise = {"O3": {"new+poisson": {"k": 1, "a_only": 3, "b_only": 13, "p": 0.0213}}}
+    # the probe-by-probe split against noise fill, as facecomp.eval.recognition writes it
+    split = [{"k": 1, "a_only": 20, "b_only": 5, "p": 0.004}] * significant + [{"k": 1, "a_only": 9, "b_only": 7,
+                                                                                 "p": 0.80}] * (6 - significant)
+    vs_noise = {m: {"new": c, "new+poisson": c} for m, c in zip(MASKS, split)}
+    if poisson_top1 < 0.5:
+        vs_noise["O3"]["new+poisson"] = {"k": 1, "a_only": 3, "b_only": 13, "p": 0.0213}
     (tmp / "rec" / "results.json").write_text(json.dumps({"masks": MASKS, "methods": methods, "summary": summary,
                                                            "vs_noise": vs_noise}))
     return tmp / "rec"
 
 
-def test_a_model_better_everywhere_passes_and_one_worse_somewhere_misses(tmp_path, capsys):
-    def good(metric, mask, method):
-        rank = {"telea": 0, "ns": 0, "shipped": 1, "shipped+poisson": 1, "new": 2, "new+poisson": 2}[method]
-        return -rank if metric in ("landmark_error", "identity") else rank  # lower error and distance is better
+def good(metric, mask, method):
+    if metric == "sharpness":
+        return {"telea": 0.4, "ns": 0.4, "shipped": 0.7, "shipped+poisson": 0.7}.get(method, 0.9)
+    rank = {"telea": 0, "ns": 0, "shipped": 1, "shipped+poisson": 1, "new": 2, "new+poisson": 2}[method]
+    return -rank if metric in ("landmark_error", "identity") else rank  # lower error and distance is better
 
+
+def test_a_model_better_everywhere_passes_and_one_worse_somewhere_misses(tmp_path, capsys):
     assert acceptance.main([str(_table(tmp_path, good)), str(_recognition(tmp_path, 0.7))]) == 0
     assert "blends passing every criterion: none, poisson" in capsys.readouterr().out
 
@@ -66,11 +75,28 @@ def test_a_model_better_everywhere_passes_and_one_worse_somewhere_misses(tmp_pat
 
 
 def test_recognition_is_checked_for_each_blend_on_its_own_output(tmp_path, capsys):
-    def good(metric, mask, method):
-        rank = {"telea": 0, "ns": 0, "shipped": 1, "shipped+poisson": 1, "new": 2, "new+poisson": 2}[method]
-        return -rank if metric in ("landmark_error", "identity") else rank
-
     assert acceptance.main([str(_table(tmp_path, good)), str(_recognition(tmp_path, 0.7, poisson_top1=0.4))]) == 0
     out = capsys.readouterr().out
     assert "MISS  4. new+poisson recognition top-1" in out and "O3: 0.400 vs 0.500 (+3/-13 probes, p 0.02)" in out
     assert out.rstrip().endswith("blends passing every criterion: none")
+
+
+def test_a_blurred_mask_or_too_few_significant_splits_miss(tmp_path, capsys):
+    """Issue 32's bar: sharpness >= 0.85 on every mask, and recognition significant on >= 4 masks."""
+    def soft_o6(metric, mask, method):
+        return 0.84 if (metric, mask, method) == ("sharpness", "O6", "new") else good(metric, mask, method)
+
+    assert acceptance.main([str(_table(tmp_path, soft_o6)), str(_recognition(tmp_path, 0.7))]) == 0
+    out = capsys.readouterr().out
+    assert "MISS  3. new sharpness ratio >= 0.85 on every mask" in out and "O6: 0.840" in out
+    assert "blends passing every criterion: poisson" in out
+
+    other = tmp_path / "b"
+    other.mkdir()
+    assert acceptance.main([str(_table(other, good)), str(_recognition(other, 0.7, significant=3))]) == 1
+    out = capsys.readouterr().out
+    assert "MISS  4. new recognition top-1" in out and "significant on 3" in out
+    third = tmp_path / "c"
+    third.mkdir()
+    assert acceptance.main([str(_table(third, good)), str(_recognition(third, 0.7, significant=4))]) == 0
+    assert "parsing mIoU (no verdict): O1 2.0000 vs 1.0000" in capsys.readouterr().out
