@@ -39,3 +39,14 @@ def test_shipped_generator_beats_noise_fill_on_validation_faces(face_files):
             gains_ssim.append(metrics.ssim(ours, img) - metrics.ssim(noise, img))
     assert min(gains_psnr) > 3.0, gains_psnr  # dB inside the hole, on every face and mask
     assert min(gains_ssim) > 0.0 and np.mean(gains_ssim) > 0.05, gains_ssim
+
+
+def test_the_paper_generator_ships_unchanged_under_its_name():
+    """`--model paper-generator` is the generator shipped before its successor, tensor for tensor: its
+    identity (the SHA-256 of its tensors, checked again on every load) is pinned here."""
+    from facecomp import models, weights
+
+    path = weights.resolve("paper-generator")
+    assert weights.identity(path) == "eb7a14ae3b4743ab89af3e1ab8c646d4c006dc279ddeaffe178594a01ff761ac"
+    generator = models.load("generator", "paper-generator")
+    assert generator.cfg.skips == 0 and generator.cfg.bottleneck == 512  # the paper's design
