@@ -53,31 +53,32 @@ def good(metric, mask, method):
     return -rank if metric in ("landmark_error", "identity") else rank  # lower error and distance is better
 
 
+def _verdict(tmp: Path, capsys, name: str, value, top1: float = 0.7, **recognition) -> tuple[int, str]:
+    """training/acceptance.py's exit status and output for a table of ``value`` and a recognition result."""
+    folder = tmp / name
+    folder.mkdir()
+    code = acceptance.main([str(_table(folder, value)), str(_recognition(folder, top1, **recognition))])
+    return code, capsys.readouterr().out
+
+
 def test_a_model_better_everywhere_passes_and_one_worse_somewhere_misses(tmp_path, capsys):
-    assert acceptance.main([str(_table(tmp_path, good)), str(_recognition(tmp_path, 0.7))]) == 0
-    assert "blends passing every criterion: none, poisson" in capsys.readouterr().out
+    code, out = _verdict(tmp_path, capsys, "good", good)
+    assert code == 0 and "blends passing every criterion: none, poisson" in out
 
     def worse_landmarks_on_o6(metric, mask, method):
-        v = good(metric, mask, method)
-        return 5.0 if (metric, mask, method) == ("landmark_error", "O6", "new") else v
+        return 5.0 if (metric, mask, method) == ("landmark_error", "O6", "new") else good(metric, mask, method)
 
-    other = tmp_path / "b"
-    other.mkdir()
-    assert acceptance.main([str(_table(other, worse_landmarks_on_o6)), str(_recognition(other, 0.7))]) == 0
-    out = capsys.readouterr().out
-    assert "MISS  2. new beats shipped" in out and "landmark_error O6: 5.0000 vs -1.0000" in out
+    code, out = _verdict(tmp_path, capsys, "landmarks", worse_landmarks_on_o6)
+    assert code == 0 and "MISS  2. new beats shipped" in out and "landmark_error O6: 5.0000 vs -1.0000" in out
     assert "blends passing every criterion: poisson" in out
-
-    third = tmp_path / "c"
-    third.mkdir()
-    assert acceptance.main([str(_table(third, good)), str(_recognition(third, 0.4))]) == 1  # below noise fill
-    assert capsys.readouterr().out.rstrip().endswith("no blend passes every criterion")
+    code, out = _verdict(tmp_path, capsys, "below_noise", good, top1=0.4)
+    assert code == 1 and out.rstrip().endswith("no blend passes every criterion")
 
 
 def test_recognition_is_checked_for_each_blend_on_its_own_output(tmp_path, capsys):
-    assert acceptance.main([str(_table(tmp_path, good)), str(_recognition(tmp_path, 0.7, poisson_top1=0.4))]) == 0
-    out = capsys.readouterr().out
-    assert "MISS  4. new+poisson recognition top-1" in out and "O3: 0.400 vs 0.500 (+3/-13 probes, p 0.02)" in out
+    code, out = _verdict(tmp_path, capsys, "poisson", good, poisson_top1=0.4)
+    assert code == 0 and "MISS  4. new+poisson recognition top-1" in out
+    assert "O3: 0.400 vs 0.500 (+3/-13 probes, p 0.02)" in out
     assert out.rstrip().endswith("blends passing every criterion: none")
 
 
@@ -86,17 +87,10 @@ def test_a_blurred_mask_or_too_few_significant_splits_miss(tmp_path, capsys):
     def soft_o6(metric, mask, method):
         return 0.84 if (metric, mask, method) == ("sharpness", "O6", "new") else good(metric, mask, method)
 
-    assert acceptance.main([str(_table(tmp_path, soft_o6)), str(_recognition(tmp_path, 0.7))]) == 0
-    out = capsys.readouterr().out
-    assert "MISS  3. new sharpness ratio >= 0.85 on every mask" in out and "O6: 0.840" in out
+    code, out = _verdict(tmp_path, capsys, "soft", soft_o6)
+    assert code == 0 and "MISS  3. new sharpness ratio >= 0.85 on every mask" in out and "O6: 0.840" in out
     assert "blends passing every criterion: poisson" in out
-
-    other = tmp_path / "b"
-    other.mkdir()
-    assert acceptance.main([str(_table(other, good)), str(_recognition(other, 0.7, significant=3))]) == 1
-    out = capsys.readouterr().out
-    assert "MISS  4. new recognition top-1" in out and "significant on 3" in out
-    third = tmp_path / "c"
-    third.mkdir()
-    assert acceptance.main([str(_table(third, good)), str(_recognition(third, 0.7, significant=4))]) == 0
-    assert "parsing mIoU (no verdict): O1 2.0000 vs 1.0000" in capsys.readouterr().out
+    code, out = _verdict(tmp_path, capsys, "three", good, significant=3)
+    assert code == 1 and "MISS  4. new recognition top-1" in out and "significant on 3" in out
+    code, out = _verdict(tmp_path, capsys, "four", good, significant=4)
+    assert code == 0 and "parsing mIoU (no verdict): O1 2.0000 vs 1.0000" in out
