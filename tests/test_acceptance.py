@@ -36,9 +36,9 @@ def _recognition(tmp: Path, new_top1: float, poisson_top1: float | None = None, 
                    "telea": {"top1": 0.6}} for m in MASKS}
     methods = ["original", "noise", "telea", "new", "new+poisson"]
     # the probe-by-probe split against noise fill, as facecomp.eval.recognition writes it
-    split = [{"k": 1, "a_only": 20, "b_only": 5, "p": 0.004}] * significant + [{"k": 1, "a_only": 9, "b_only": 7,
-                                                                                 "p": 0.80}] * (6 - significant)
-    vs_noise = {m: {"new": c, "new+poisson": c} for m, c in zip(MASKS, split)}
+    clear, unclear = {"k": 1, "a_only": 20, "b_only": 5, "p": 0.004}, {"k": 1, "a_only": 9, "b_only": 7, "p": 0.80}
+    split = [clear] * significant + [unclear] * (6 - significant)
+    vs_noise = {m: {"new": c, "new+poisson": c} for m, c in zip(MASKS, split, strict=True)}
     if poisson_top1 < 0.5:
         vs_noise["O3"]["new+poisson"] = {"k": 1, "a_only": 3, "b_only": 13, "p": 0.0213}
     (tmp / "rec" / "results.json").write_text(json.dumps({"masks": MASKS, "methods": methods, "summary": summary,

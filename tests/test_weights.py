@@ -115,7 +115,8 @@ def test_a_file_borrows_what_it_shares_with_its_base_and_loads_whole(tmp_path, s
     meta = weights.read_metadata(small)
     assert sorted(meta["base"]["keys"]) == ["fc_in.bias", "fc_in.weight", "fc_out.bias", "fc_out.weight"]
     assert meta["base"]["sha256"] == weights.identity(base) and meta["base"]["name"] == "paper.safetensors"
-    fc_bytes = sum(t.numel() * t.element_size() for n in ("fc_in", "fc_out") for t in getattr(tuned, n).state_dict().values())
+    fc_bytes = sum(t.numel() * t.element_size() for n in ("fc_in", "fc_out")
+                   for t in getattr(tuned, n).state_dict().values())
     assert small.stat().st_size < whole.stat().st_size - fc_bytes * 0.99
     assert weights.identity(small) == weights.identity(whole)
     got, _ = weights.load_tensors(small, "generator")

@@ -19,7 +19,8 @@ from facecomp.cli import train as train_cli
 from facecomp.cli import weights as weights_cli
 from facecomp.runtime import MissingCapability, MissingExtra
 
-SUBCOMMANDS = (train_cli, complete_cli, eval_cli, parsing_cli, demo_cli, serve_cli, cluster_cli, export_cli, weights_cli)
+SUBCOMMANDS = (train_cli, complete_cli, eval_cli, parsing_cli, demo_cli, serve_cli, cluster_cli, export_cli,
+               weights_cli)
 
 
 def build_command_line() -> argparse.ArgumentParser:

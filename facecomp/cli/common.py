@@ -6,6 +6,10 @@ import argparse
 
 from facecomp.config import DATA_ENV, default_data_root
 
+# What `--model` takes wherever one generator is used (complete, demo, export, serve)
+MODEL_HELP = ("generator weights file, run folder or checkpoint; 'shipped' (the default: the weights in this "
+              "package) or 'paper-generator' (the paper's generator as shipped; `facecomp weights show NAME`)")
+
 
 def quote(text: str) -> str:
     """``text`` as a TOML string, for a ``key=value`` override (a path may hold spaces and quotes)."""

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from facecomp import images, masks
+from facecomp.cli import common
 from facecomp.contract import BLENDS, DEFAULT_BLEND
 
 
@@ -17,8 +18,7 @@ def add_command(sub) -> None:
     p.add_argument("--mask", required=True,
                    help="O1..O6, box:x0,y0,x1,y1 (input pixels), a mask image (white = missing), or a folder of "
                    "mask images paired with the inputs by file name (face.jpg <- MASKS/face.png, any image suffix)")
-    p.add_argument("--model", help="generator weights, run directory or checkpoint, or 'shipped' (the default: "
-                   "the weights in this package)")
+    p.add_argument("--model", help=common.MODEL_HELP)
     p.add_argument("--engine", help="an artifact folder from `facecomp export` (AOTInductor, ONNX or TensorRT) to run "
                    "instead of the eager model; with --model, it must have been built from those weights")
     p.add_argument("--seed", type=int, default=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from facecomp.cli.common import MODEL_HELP
 from facecomp.contract import BLENDS, DEFAULT_BLEND
 
 
@@ -15,7 +16,7 @@ def add_command(sub) -> None:
                        "writes DIR/demo.png: one row per mask, original | masked | completed. Needs the 'faces' "
                        "extra for face detection.")
     p.add_argument("-o", "--out-dir", default="facecomp-demo", help="folder for demo.png (default ./facecomp-demo)")
-    p.add_argument("--model", help="generator weights (default: the shipped model)")
+    p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--blend", choices=BLENDS, default=DEFAULT_BLEND)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)

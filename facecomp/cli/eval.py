@@ -12,7 +12,8 @@ from facecomp.data.celeba import PARTITIONS
 
 def _common(p: argparse.ArgumentParser, baselines: bool = True) -> None:
     p.add_argument("--model", action="append", default=[], metavar="[NAME=]WEIGHTS",
-                   help="generator weights or run directory; repeat for several (default: the shipped model)")
+                   help="generator weights, run directory or a shipped name (shipped, paper-generator); repeat for "
+                   "several (default: the shipped model)")
     if baselines:
         p.add_argument("--baselines", default="noise,telea,ns", help="comma-separated: noise, telea, ns ('' = none)")
     common.add_data_folder(p)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from facecomp.cli.common import MODEL_HELP
 from facecomp.export.formats import FORMATS
 from facecomp.export.spec import PRECISIONS
 
@@ -13,7 +14,7 @@ def add_command(sub) -> None:
                        description="Export the generator once with torch.export and compile it to an artifact folder "
                        "that `facecomp complete --engine` and `facecomp serve --engine` run (ONNX and TensorRT "
                        "also get a Triton model repository in OUT/triton).")
-    p.add_argument("--model", help="generator weights, run directory or checkpoint (default: the shipped model)")
+    p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--format", required=True, choices=tuple(FORMATS))
     p.add_argument("--precision", default="fp32", choices=tuple(PRECISIONS),
                    help="compute precision inside the graph; inputs and outputs stay float32")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from facecomp.cli.common import MODEL_HELP
 from facecomp.runtime import require
 
 
@@ -21,7 +22,7 @@ def add_command(sub) -> None:
     p.add_argument("--insecure", action="store_true",
                    help="serve on a non-loopback --host without an API key: anyone who reaches the port can use it")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--model", help="generator weights (default: the shipped model)")
+    which.add_argument("--model", help=MODEL_HELP)
     which.add_argument("--engine", help="an artifact folder from `facecomp export` (AOTInductor, ONNX, TensorRT)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, default=1, help="server processes, each with its own model")
