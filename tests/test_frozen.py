@@ -64,3 +64,20 @@ def test_a_stage_starts_from_a_shipped_generator_by_name():
     shipped, _ = load_tensors(NAMED["paper-generator"][1])
     assert torch.equal(models.generator.fc_in.weight, shipped["fc_in.weight"].float())
     assert not models.generator.skips["3"].weight.any()  # the new parts start at zero
+
+
+def test_the_average_leaves_frozen_parameters_bit_for_bit():
+    """A lerp towards an equal value keeps the value but not a zero's sign; frozen tensors are left out."""
+    from facecomp.train.ema import EMA
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3))
+    with torch.no_grad():
+        net[0].weight.fill_(-0.0)
+        net[1].weight.fill_(-0.0)
+    net[0].requires_grad_(False)
+    ema = EMA(net, 0.9)
+    ema.update(net, step=100)
+    bits = ema.module[0].weight.view(torch.int32)
+    assert torch.equal(bits, torch.full_like(bits, torch.tensor(-0.0).view(torch.int32).item()))
+    # the averaged one turned -0.0 into +0.0: what the frozen tensor would have become
+    assert torch.equal(ema.module[1].weight.view(torch.int32), torch.zeros(3, 3, dtype=torch.int32))

@@ -173,3 +173,19 @@ def test_weights_convert_borrows_from_a_base_by_command(tmp_path, smoke_cfg, cap
     assert meta["dtype"] == "float16" and torch.equal(got["fc_out.weight"], base_model.fc_out.weight.detach())
     loaded = models.load("generator", dst)
     assert torch.equal(loaded.fc_out.weight, base_model.fc_out.weight.float())
+
+
+def test_a_borrowed_tensor_loads_as_the_base_bits_even_where_a_zero_changed_sign(tmp_path, smoke_cfg):
+    base_model = _tiny_generator(smoke_cfg, 0)
+    with torch.no_grad():
+        base_model.fc_in.weight[0, :4] = -0.0
+    base = tmp_path / "paper.safetensors"
+    weights.save_module(base, base_model, "generator")
+    tuned = _tuned(base_model, ("fc_in.",))
+    with torch.no_grad():
+        tuned.fc_in.weight[0, :4] = 0.0  # an average of equal values: same value, the sign lost
+    small = tmp_path / "tuned.safetensors"
+    weights.save_tensors(small, tuned.state_dict(), "generator", base=base)
+    assert "fc_in.weight" in weights.read_metadata(small)["base"]["keys"]
+    got, _ = weights.load_tensors(small)  # the checksum of the whole, as it loads, holds
+    assert torch.equal(got["fc_in.weight"].view(torch.int32), base_model.fc_in.weight.detach().view(torch.int32))

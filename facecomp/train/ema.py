@@ -81,6 +81,9 @@ class EMA:
         self.decay = decay
         self.calibration = list(calibration)
         self._average = copy.deepcopy(module).float().eval().requires_grad_(False)
+        # parameters a stage leaves as they start (train.frozen) are not averaged: they keep their bits
+        # (a lerp towards an equal value keeps the value but turns -0.0 into +0.0)
+        self._averaged = [i for i, p in enumerate(module.parameters()) if p.requires_grad]
         # buffers taken from the raw module at each update: all of them without calibration inputs
         bn = batchnorm_buffer_names(self._average) if self.calibration else set()
         self._copied = [name for name, _ in self._average.named_buffers() if name not in bn]
@@ -99,9 +102,9 @@ class EMA:
 
     @torch.no_grad()
     def update(self, module: nn.Module, step: int) -> None:
-        avg = [p for p in self._average.parameters()]
-        cur = [p.detach().float() for p in module.parameters()]
-        torch._foreach_lerp_(avg, cur, 1.0 - self.decay_at(step))
+        avg, cur = list(self._average.parameters()), list(module.parameters())
+        torch._foreach_lerp_([avg[i] for i in self._averaged], [cur[i].detach().float() for i in self._averaged],
+                             1.0 - self.decay_at(step))
         if self._copied:
             current, average = dict(module.named_buffers()), dict(self._average.named_buffers())
             for name in self._copied:

@@ -117,7 +117,7 @@ def build_optimizers(models: Models, cfg: Config) -> dict[str, torch.optim.Optim
 
 def freeze(models: Models, prefixes: list[str]) -> int:
     """Leave the parameters ``train.frozen`` names as they are: no gradient, so no optimizer updates
-    them and the EMA average keeps them bit for bit (its lerp towards an equal value is exact).
+    them, and the EMA average (facecomp.train.ema) leaves them out, so they keep their bits there too.
     Returns how many tensors were frozen; a prefix that names nothing is an error, not a silent no-op."""
     count = 0
     for prefix in prefixes:

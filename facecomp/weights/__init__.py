@@ -66,18 +66,24 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], kind: str,
                  meta: dict[str, Any] | None = None, base: str | Path | None = None) -> None:
     """Write a weights file. With ``base`` (a weights file of the same kind), every floating-point
     tensor equal to the base's (same dtype, shape and values) is borrowed: left out of the file and
-    named in its ``base`` metadata; the file's SHA-256 stays that of all its tensors. (Integer buffers,
-    BatchNorm's batch counters, are a few bytes: they stay, rather than tie the file to a counter.)"""
+    named in its ``base`` metadata, and it loads as the base's tensor, bit for bit (equal values may
+    differ in a zero's sign, which no output notices); the file's SHA-256 is that of all its tensors as
+    they load. (Integer buffers, BatchNorm's batch counters, are a few bytes: they stay, rather than tie
+    the file to a counter.)"""
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    metadata = {"format": FORMAT, "kind": kind, "sha256": _digest(tensors)}
-    metadata.update({k: json.dumps(v) for k, v in (meta or {}).items()})
+    base_entry = None
     if base is not None:
         base_tensors, base_meta = load_tensors(base, kind)
         borrowed = sorted(k for k, t in tensors.items() if t.is_floating_point() and _same(t, base_tensors.get(k)))
         if not borrowed:
             raise ValueError(f"{path}: no tensor is equal to {base}'s; nothing to borrow")
-        metadata["base"] = json.dumps({"name": Path(base).name, "sha256": base_meta["sha256"], "keys": borrowed})
-        tensors = {k: t for k, t in tensors.items() if k not in set(borrowed)}
+        base_entry = {"name": Path(base).name, "sha256": base_meta["sha256"], "keys": borrowed}
+        tensors.update({k: base_tensors[k] for k in borrowed})
+    metadata = {"format": FORMAT, "kind": kind, "sha256": _digest(tensors)}
+    metadata.update({k: json.dumps(v) for k, v in (meta or {}).items()})
+    if base_entry is not None:
+        metadata["base"] = json.dumps(base_entry)
+        tensors = {k: t for k, t in tensors.items() if k not in set(base_entry["keys"])}
     atomic_write(Path(path), lambda tmp: _save_file(tensors, tmp, metadata, Path(path)))
 
 
