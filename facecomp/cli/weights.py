@@ -26,7 +26,7 @@ def add_command(sub) -> None:
                                   description="Re-save SRC as DST: floating-point tensors in --dtype, and with "
                                   "--base every tensor equal to the base's left out and borrowed (name the base "
                                   "by file or shipped name). DST loads to the same tensors as SRC converted.")
-    convert.add_argument("src")
+    convert.add_argument("src", help="a weights file, or a run folder or checkpoint (its chosen or newest generator)")
     convert.add_argument("dst")
     convert.add_argument("--dtype", choices=DTYPES, help="floating-point type to store (default: as SRC)")
     convert.add_argument("--base", help="a weights file or shipped name (paper-generator) to borrow equal "
@@ -61,9 +61,10 @@ def run_convert(args: argparse.Namespace) -> int:
     from facecomp import weights
 
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}.get(args.dtype)
-    base = weights.resolve(args.base, weights.read_metadata(args.src)["kind"]) if args.base else None
-    weights.convert_weights(args.src, args.dst, dtype, base=base)
+    src = weights.resolve(args.src)
+    base = weights.resolve(args.base, weights.read_metadata(src)["kind"]) if args.base else None
+    weights.convert_weights(src, args.dst, dtype, base=base)
     meta = weights.read_metadata(args.dst)
     borrowed = f", {len(meta['base']['keys'])} tensors borrowed from {meta['base']['name']}" if "base" in meta else ""
-    print(f"wrote {args.dst} ({Path(args.dst).stat().st_size / 1e6:.1f} MB{borrowed}); sha256 {meta['sha256']}")
+    print(f"{src} -> {args.dst} ({Path(args.dst).stat().st_size / 1e6:.1f} MB{borrowed}); sha256 {meta['sha256']}")
     return 0
