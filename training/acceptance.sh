@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The acceptance check of a new generator on all 780 validation faces (masks at 178x218):
 #   bash training/acceptance.sh NEW_WEIGHTS_OR_RUN OUT [LIMIT] [OLD_WEIGHTS]
-# OLD_WEIGHTS is the model to beat, by default the shipped one; name a copy of it when the new weights
-# are to replace facecomp/weights/ while this runs (or to check again after they have).
+# OLD_WEIGHTS is the model to beat, by default the shipped one; once the new weights ship, name the one
+# they replaced (e.g. paper-generator, the paper's generator as shipped) to check again.
 # The table (new and shipped, each with and without Poisson blending; Telea, Navier-Stokes; SSIM, PSNR,
 # hole PSNR, identity, parsing mIoU, landmarks; a 16-face grid to look at), recognition on the
 # validation identities, then training/acceptance.py's verdict per blend. About 40 min on 2 CPU cores:
