@@ -189,3 +189,13 @@ def test_a_borrowed_tensor_loads_as_the_base_bits_even_where_a_zero_changed_sign
     assert "fc_in.weight" in weights.read_metadata(small)["base"]["keys"]
     got, _ = weights.load_tensors(small)  # the checksum of the whole, as it loads, holds
     assert torch.equal(got["fc_in.weight"].view(torch.int32), base_model.fc_in.weight.detach().view(torch.int32))
+
+
+def test_output_cut_short_by_a_pipe_is_not_an_error():
+    """`facecomp weights show NAME | head -1`: the reader closes the pipe before the last line."""
+    import subprocess
+    import sys
+
+    r = subprocess.run(["bash", "-c", f"'{sys.executable}' -m facecomp weights show paper-generator | head -1"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.stdout.startswith("file ") and r.stderr == "", r.stderr

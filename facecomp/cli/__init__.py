@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from facecomp import __version__
@@ -46,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     except (MissingExtra, MissingCapability) as e:  # an optional extra or a GPU is missing: say which
         print(f"facecomp: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `facecomp ... | head`: the reader has what it wanted; no error line
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor one at exit's flush
+        return 0
     except OSError as e:  # an output folder that cannot be written, a full disk: the system's own words suffice
         print(f"facecomp: error: {e}", file=sys.stderr)
         return 2
