@@ -53,6 +53,11 @@ def good(metric, mask, method):
     return -rank if metric in ("landmark_error", "identity") else rank  # lower error and distance is better
 
 
+def _one_cell(metric: str, mask: str, value: float):
+    """``good``, except the new model's ``metric`` at ``mask``."""
+    return lambda m, k, method: value if (m, k, method) == (metric, mask, "new") else good(m, k, method)
+
+
 def _verdict(tmp: Path, capsys, name: str, value, top1: float = 0.7, **recognition) -> tuple[int, str]:
     """training/acceptance.py's exit status and output for a table of ``value`` and a recognition result."""
     folder = tmp / name
@@ -65,10 +70,7 @@ def test_a_model_better_everywhere_passes_and_one_worse_somewhere_misses(tmp_pat
     code, out = _verdict(tmp_path, capsys, "good", good)
     assert code == 0 and "blends passing every criterion: none, poisson" in out
 
-    def worse_landmarks_on_o6(metric, mask, method):
-        return 5.0 if (metric, mask, method) == ("landmark_error", "O6", "new") else good(metric, mask, method)
-
-    code, out = _verdict(tmp_path, capsys, "landmarks", worse_landmarks_on_o6)
+    code, out = _verdict(tmp_path, capsys, "landmarks", _one_cell("landmark_error", "O6", 5.0))
     assert code == 0 and "MISS  2. new beats shipped" in out and "landmark_error O6: 5.0000 vs -1.0000" in out
     assert "blends passing every criterion: poisson" in out
     code, out = _verdict(tmp_path, capsys, "below_noise", good, top1=0.4)
@@ -84,10 +86,7 @@ def test_recognition_is_checked_for_each_blend_on_its_own_output(tmp_path, capsy
 
 def test_a_blurred_mask_or_too_few_significant_splits_miss(tmp_path, capsys):
     """Issue 32's bar: sharpness >= 0.85 on every mask, and recognition significant on >= 4 masks."""
-    def soft_o6(metric, mask, method):
-        return 0.84 if (metric, mask, method) == ("sharpness", "O6", "new") else good(metric, mask, method)
-
-    code, out = _verdict(tmp_path, capsys, "soft", soft_o6)
+    code, out = _verdict(tmp_path, capsys, "soft", _one_cell("sharpness", "O6", 0.84))
     assert code == 0 and "MISS  3. new sharpness ratio >= 0.85 on every mask" in out and "O6: 0.840" in out
     assert "blends passing every criterion: poisson" in out
     code, out = _verdict(tmp_path, capsys, "three", good, significant=3)
