@@ -37,6 +37,10 @@ class GeneratorConfig:
     # hole sees the whole face at 16x16 without passing through the code.
     skips: int = 0
     context: str = "none"  # "none" | "dilated" (needs skips >= 1)
+    # Each skip also brings the encoder features of the mirrored position (left-right flipped), through
+    # its own zero-started projection: aligned faces are near-symmetric, so where one eye or half is
+    # hidden the visible one reaches the hole's position directly. Needs skips >= 1.
+    mirror_skips: bool = False
 
     def __post_init__(self) -> None:
         self.check()
@@ -53,6 +57,8 @@ class GeneratorConfig:
             raise ValueError(f"generator.skips counts encoder levels, 0..4; got {self.skips}")
         if self.context != "none" and self.skips < 1:
             raise ValueError("generator.context works on the deepest skip: it needs generator.skips >= 1")
+        if self.mirror_skips and self.skips < 1:
+            raise ValueError("generator.mirror_skips mirrors the skips: it needs generator.skips >= 1")
 
 
 @dataclass(kw_only=True)

@@ -67,9 +67,11 @@ def test_grown_generator_starts_exactly_at_the_paper_generator(tmp_path):
     paper = Generator(load_config("smoke", ["generator.mask_channel=true"]).generator).eval()
     path = tmp_path / "g.safetensors"
     weights.save_module(path, paper, "generator")
-    cfg = load_config("smoke", ["generator.mask_channel=true", "generator.skips=4", "generator.context=dilated"])
+    cfg = load_config("smoke", ["generator.mask_channel=true", "generator.skips=4", "generator.context=dilated",
+                                "generator.mirror_skips=true"])
     grown = Generator(cfg.generator)
-    assert grown.fresh_keys() and all(k.startswith(("skips.", "context.")) for k in grown.fresh_keys())
+    assert grown.fresh_keys() and all(k.startswith(("skips.", "context.", "mirror.")) for k in grown.fresh_keys())
+    assert sorted(grown.mirror) == sorted(grown.skips)
     with pytest.raises(ValueError, match="do not fit"):
         weights.load_module(path, grown, "generator")  # without naming the new parts, a missing key is an error
     weights.load_module(path, grown, "generator", grown.fresh_keys())
@@ -80,6 +82,31 @@ def test_grown_generator_starts_exactly_at_the_paper_generator(tmp_path):
     grown.train()
     grown(x).square().mean().backward()  # the zero-started projections still get a gradient
     assert all(grown.skips[k].weight.grad.abs().sum() > 0 for k in grown.skips)
+    assert all(grown.mirror[k].weight.grad.abs().sum() > 0 for k in grown.mirror)
+
+
+def test_mirrored_skips_bring_the_other_side_of_the_face():
+    """With only the mirrored projection open (as the identity), what the decoder gets added at column j
+    is the encoder's feature at the mirrored column W-1-j."""
+    cfg = load_config("smoke", ["generator.mask_channel=true", "generator.skips=1", "generator.mirror_skips=true"])
+    torch.manual_seed(0)
+    g = Generator(cfg.generator).eval()
+    level = g.skips_at[0]
+    seen = {}
+    g.encoder[level].register_forward_hook(lambda m, args, out: seen.__setitem__("f", out))
+    g.decoder[0].register_forward_pre_hook(lambda m, args: seen.__setitem__("x", args[0]))
+    x = torch.randn(1, 4, 128, 128)
+    with torch.no_grad():
+        g(x)
+        closed = seen["x"].clone()
+        proj = g.mirror[str(level)].weight
+        torch.nn.init.eye_(proj.view(proj.shape[:2]))
+        g(x)
+    added, f = seen["x"] - closed, seen["f"]
+    scale = f.abs().max()
+    assert scale > 0
+    assert torch.allclose(added, torch.flip(f, dims=(3,)), atol=1e-4 * scale)  # [N, C, H, W]: the width flips
+    assert (added - f).abs().max() > 0.1 * scale  # and it is not the unflipped skip
 
 
 def test_generator_skip_options_are_checked():
@@ -87,4 +114,6 @@ def test_generator_skip_options_are_checked():
         load_config("smoke", ["generator.context=dilated"])
     with pytest.raises(ValueError, match="0..4"):
         load_config("smoke", ["generator.skips=5"])
+    with pytest.raises(ValueError, match="mirror_skips mirrors the skips"):
+        load_config("smoke", ["generator.mirror_skips=true"])
     assert Generator(load_config("smoke", ["generator.skips=2"]).generator).skips_at == (2, 3)

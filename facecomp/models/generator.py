@@ -11,7 +11,9 @@ Beyond the paper (``generator.skips``, ``generator.context``): the encoder's fea
 levels also reach the decoder at their own scale, added after the upsampling through 1x1 projections
 that start at zero, so the visible eye and skin reach the hole without passing through the code; a
 paper generator's weights are exactly the starting point (``fresh_keys``). The context block (GLCIC's
-dilated convolutions) lets the deepest skip see the whole face before it is projected.
+dilated convolutions) lets the deepest skip see the whole face before it is projected. Mirrored skips
+(``generator.mirror_skips``) add each skip's features flipped left-right, through projections of their
+own that also start at zero: on an aligned face the visible eye then reaches the hidden one's position.
 """
 
 from __future__ import annotations
@@ -82,6 +84,8 @@ class Generator(nn.Module):
         # level index -> projection of that encoder level's (pre-pool) features into the decoder
         self.skips_at = tuple(range(len(levels) - cfg.skips, len(levels)))
         self.skips = nn.ModuleDict({str(i): zero_projection(levels[i][-1]) for i in self.skips_at})
+        mirrored = self.skips_at if cfg.mirror_skips else ()
+        self.mirror = nn.ModuleDict({str(i): zero_projection(levels[i][-1]) for i in mirrored})
         deepest = levels[-1][-1]
         self.context = CONTEXT_BLOCKS[cfg.context](deepest) if cfg.context != "none" else None
 
@@ -106,6 +110,8 @@ class Generator(nn.Module):
                 if i == deepest and self.context is not None:
                     f = self.context(f)
                 x = x + self.skips[str(i)](f)
+                if str(i) in self.mirror:
+                    x = x + self.mirror[str(i)](torch.flip(f, dims=(3,)))
             x = stack(x)
         return torch.tanh(self.to_rgb(x))
 
@@ -113,5 +119,5 @@ class Generator(nn.Module):
         """State-dict keys of the parts beyond the paper's generator: absent from a paper generator's
         weights, which load into this one as its exact starting point (these keep their init)."""
         own = self.state_dict()
-        return frozenset(k for k in own if k.startswith(("skips.", "context.")))
+        return frozenset(k for k in own if k.startswith(("skips.", "context.", "mirror.")))
 
