@@ -149,6 +149,8 @@ def test_the_paper_generator_is_one_name_away(tmp_path, smoke_cfg, capsys):
 
     path = weights.resolve("paper-generator")
     assert path == weights.NAMED["paper-generator"][1] and path.is_file()
+    assert weights.is_shipped_name("paper-generator") and weights.is_shipped_name("shipped")
+    assert not weights.is_shipped_name(path) and not weights.is_shipped_name(None)
     assert weights.read_metadata(path)["config"]["bottleneck"] == 512
     with pytest.raises(ValueError, match="names shipped generator weights, not parsing"):
         weights.resolve("paper-generator", "parsing")

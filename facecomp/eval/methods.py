@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from facecomp.kernels import reference
-from facecomp.weights import NAMED, SHIPPED_NAME, RunFolder
+from facecomp.weights import RunFolder, is_shipped_name
 
 Method = Callable[[np.ndarray, np.ndarray], np.ndarray]
 INPAINT_RADIUS = 5  # pixels of context OpenCV's inpainting looks at around each missing pixel
@@ -53,7 +53,7 @@ def model_name(spec: str) -> tuple[str, str]:
     if "=" in spec:
         name, path = spec.split("=", 1)
         return name, path
-    if spec in NAMED:  # a shipped generator's name names it
+    if is_shipped_name(spec):  # a shipped generator's name names it
         return spec, spec
     p = Path(spec)
     published = p == RunFolder(p.parent).published()
@@ -78,7 +78,7 @@ def select(models: Sequence[str], baselines: Sequence[str] = (), blend: str = "n
     chosen: dict[str, Method] = {name: baseline(name) for name in baselines}
     for spec in models or [None]:
         name, path = model_name(spec) if spec else ("shipped", None)
-        if path is not None and path not in (SHIPPED_NAME, *NAMED) and not Path(path).exists():
+        if path is not None and not is_shipped_name(path) and not Path(path).exists():
             raise ValueError(f"--model {path}: no such file or directory")
         chosen[name] = model(path, "none")
         if blend == "poisson":

@@ -51,7 +51,7 @@ from facecomp.train.step import (
     read_metrics,
     train_step,
 )
-from facecomp.weights import NAMED, SHIPPED_NAME, RunFolder, load_module, resolve, write_json
+from facecomp.weights import RunFolder, is_shipped_name, load_module, resolve, write_json
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def init_from(models: Models, source: str | Path) -> Path:
     bare generator weights file. A generator grown beyond the source's (``generator.skips``, ``.context``)
     takes every weight the source has; its new parts keep their zero-start init. A shipped generator's
     name (``shipped``, ``paper-generator``) names its file."""
-    if str(source) in (SHIPPED_NAME, *NAMED):
+    if is_shipped_name(source):
         source = resolve(source, "generator")
     source = Path(source)
     fresh = models.generator.fresh_keys()

@@ -39,8 +39,9 @@ from torch import nn
 from .files import atomic_write, copy_file, write_json
 from .run_folder import RunFolder
 
-__all__ = ["NAMED", "SHIPPED", "SHIPPED_NAME", "RunFolder", "convert_weights", "copy_file", "identity", "load_into",
-           "load_module", "load_tensors", "read_metadata", "resolve", "save_module", "save_tensors", "write_json"]
+__all__ = ["NAMED", "SHIPPED", "SHIPPED_NAME", "RunFolder", "convert_weights", "copy_file", "identity",
+           "is_shipped_name", "load_into", "load_module", "load_tensors", "read_metadata", "resolve", "save_module",
+           "save_tensors", "write_json"]
 
 HERE = Path(__file__).resolve().parent
 # The default weights of each kind. The default generator is the paper's until its successor ships.
@@ -209,6 +210,12 @@ def identity(path: str | Path) -> str:
 
 
 # --- where a path leads ---------------------------------------------------------------------------
+
+def is_shipped_name(source: str | Path | None) -> bool:
+    """Whether ``source`` is the name of weights shipped with the package (``shipped``, ``paper-generator``)
+    rather than a path."""
+    return source is not None and str(source) in (SHIPPED_NAME, *NAMED)
+
 
 def resolve(source: str | Path | None = None, kind: str = "generator") -> Path:
     """The ``kind`` weights file that ``source`` names (see the module docstring)."""
