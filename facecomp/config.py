@@ -187,7 +187,8 @@ class ValidationConfig:
 
 @dataclass(kw_only=True)
 class MaskConfig:
-    """Training masks: a square of fixed size at a uniform random position (the paper: 64x64)."""
+    """Training masks: a square of fixed size at a uniform random position (the paper: 64x64); ``parts``:
+    half of them such squares, half boxes over the face parts occluders cover (``masks.square_or_part``)."""
 
     kind: str = "square"  # see facecomp.masks.TRAIN_MASKS
     size: int = 64

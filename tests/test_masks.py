@@ -55,6 +55,30 @@ def test_strokes_are_seeded_and_nonempty():
     assert 0 < a.mean() < 0.6 and set(np.unique(a)) <= {0.0, 1.0}
 
 
+def test_face_parts_are_jittered_occlusion_boxes_half_the_time():
+    rng = np.random.default_rng(0)
+    draws = [masks.train_mask("parts", 64, 128, rng) for _ in range(3000)]
+    assert np.array_equal(masks.train_mask("parts", 64, 128, np.random.default_rng(5)),
+                          masks.train_mask("parts", 64, 128, np.random.default_rng(5)))
+    is_square = [m.sum() == 64 * 64 and np.ptp(np.nonzero(m)[0]) == 63 for m in draws]
+    assert abs(np.mean(is_square) - 0.5) < 0.03
+    boxes = {k: masks.occlusion(k) for k in masks.OCCLUSIONS}
+    nearest = []
+    for m in (d for d, sq in zip(draws, is_square, strict=True) if not sq):
+        ys, xs = np.nonzero(m)
+        assert m.sum() == (np.ptp(ys) + 1) * (np.ptp(xs) + 1)  # one filled box
+        iou = {k: (m * b).sum() / np.maximum(m, b).sum() for k, b in boxes.items()}
+        k = max(iou, key=iou.get)
+        assert iou[k] > 0.55, iou  # each edge within an eighth of its side of O1-O6's
+        nearest.append(k)
+    counts = np.array([nearest.count(k) for k in boxes]) / len(nearest)
+    assert np.all(np.abs(counts - 1 / 6) < 0.04), counts  # every part, uniformly
+    # shapes no 64x64 square makes: wider than 64 (the lower half) and taller (a half face)
+    assert max(np.ptp(np.nonzero(m)[1]) for m in draws) >= 80 and max(np.ptp(np.nonzero(m)[0]) for m in draws) >= 92
+    half = masks.face_part(64, np.random.default_rng(1))  # scaled with the crop
+    assert half.shape == (64, 64) and 0 < half.sum() < 64 * 64 / 2
+
+
 def test_user_mask_from_image_of_any_size(tmp_path):
     img = np.zeros((300, 200), np.uint8)
     img[100:200, 50:150] = 255  # white = missing
