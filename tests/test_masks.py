@@ -106,4 +106,5 @@ def test_no_global_rng_is_touched():
     state = np.random.get_state()[1].copy()
     masks.square(64, 128, np.random.default_rng(0))
     masks.strokes(128, np.random.default_rng(0))
+    masks.train_mask("parts", 64, 128, np.random.default_rng(0))
     assert np.array_equal(state, np.random.get_state()[1])
