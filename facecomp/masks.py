@@ -169,19 +169,19 @@ def spec_for_image(image: Path, spec: str) -> str:
     return str(found[0])
 
 
+_PARTS = tuple(OCCLUSIONS.values())  # face_part's boxes, in crop pixels
+
+
 def face_part(image_size: int, rng: np.random.Generator, jitter: float = 0.125) -> np.ndarray:
     """A box over a part of the face that real occluders cover: one of the regions of O1-O6 (half the face:
     a hand or a shadow; both eyes: sunglasses; one eye: a patch or a wink's hand; the lower half: a scarf, a
     mask, a microphone), chosen uniformly, with each edge moved by up to ``jitter`` of the box's side (so the
     evaluation's own boxes are just six of many). At the crop's layout; [S, S]."""
-    x0, y0, x1, y1 = (v * image_size / layout.CROP_SIZE for v in OCCLUSIONS[_PARTS[int(rng.integers(len(_PARTS)))]])
+    x0, y0, x1, y1 = _PARTS[int(rng.integers(len(_PARTS)))]
     dx, dy = jitter * (x1 - x0), jitter * (y1 - y0)
     u0, u1 = x0 + rng.uniform(-dx, dx), x1 + rng.uniform(-dx, dx)
     v0, v1 = y0 + rng.uniform(-dy, dy), y1 + rng.uniform(-dy, dy)
-    return box(image_size, image_size, round(u0), round(v0), round(u1), round(v1))
-
-
-_PARTS = tuple(OCCLUSIONS)
+    return crop_box(image_size, image_size, round(u0), round(v0), round(u1), round(v1))
 
 
 def square_or_part(size: int, image_size: int, rng: np.random.Generator) -> np.ndarray:
