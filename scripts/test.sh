@@ -17,4 +17,5 @@ if ! command -v slurmctld >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1;
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge shellcheck) \
     >/dev/null 2>&1 || echo "note: could not install slurm-wlm/munge/shellcheck; the Slurm tests will skip"
 fi
-.venv/bin/python -m pytest -q "$@"
+# --durations: every CI log lists the slowest tests, so the 30-minute budget is watched, not guessed.
+.venv/bin/python -m pytest -q --durations=25 "$@"
