@@ -61,12 +61,20 @@ class GeneratorConfig:
             raise ValueError("generator.mirror_skips mirrors the skips: it needs generator.skips >= 1")
 
 
+LOCAL_VIEWS = ("box", "square")
+
+
 @dataclass(kw_only=True)
 class DiscriminatorConfig:
     """DCGAN-like discriminators (the paper's [19]): local on the hole, global on the whole image."""
 
     width: float = 1.0  # multiplier on DCGAN widths (64, 128, 256, 512)
-    local_size: int = 64  # the hole's bounding box is resampled to this size for the local D
+    local_size: int = 64  # the local D's input side, in pixels
+    # What the local D sees of each hole, resampled to local_size: "box", the hole's bounding box (the
+    # paper's; a small or flat hole is magnified and stretched), or "square", a square window around the
+    # box of side at least local_size, inside the image (only ever shrunk, never stretched: parts seen at
+    # the scale and shape they have, whatever the hole).
+    local_view: str = "box"
 
     def __post_init__(self) -> None:
         self.check()
@@ -74,6 +82,7 @@ class DiscriminatorConfig:
     def check(self) -> None:
         if self.width <= 0:
             raise ValueError(f"discriminator.width must be positive, got {self.width}")
+        _choice("discriminator.local_view", self.local_view, LOCAL_VIEWS)
 
 
 @dataclass(kw_only=True)

@@ -60,7 +60,14 @@ def test_dry_run_prints_resolved_config(tmp_path):
 
 
 def test_each_component_checks_its_own_fields_when_built():
-    from facecomp.config import DataConfig, GeneratorConfig, OptimConfig, RuntimeConfig, ValidationConfig
+    from facecomp.config import (
+        DataConfig,
+        DiscriminatorConfig,
+        GeneratorConfig,
+        OptimConfig,
+        RuntimeConfig,
+        ValidationConfig,
+    )
 
     with pytest.raises(ValueError, match="generator.norm must be one of batch, none; got 'group'"):
         GeneratorConfig(norm="group")
@@ -72,6 +79,8 @@ def test_each_component_checks_its_own_fields_when_built():
         OptimConfig(lr_decay="step")
     with pytest.raises(ValueError, match="validation.select"):
         ValidationConfig(select="fid")
+    with pytest.raises(ValueError, match="discriminator.local_view must be one of box, square; got 'crop'"):
+        DiscriminatorConfig(local_view="crop")
     with pytest.raises(ValueError, match="mask.size must be in"):  # spans two components: checked on the whole
         load_config("smoke", ["mask.size=200"])
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from facecomp.config import load_config
-from facecomp.models import Generator, ParsingNet, build_discriminators, crop_holes, freeze, hole_boxes
+from facecomp.models import Generator, ParsingNet, build_discriminators, crop_holes, freeze, hole_boxes, hole_windows
 
 
 @pytest.mark.parametrize("preset", ["smoke", "cpu"])
@@ -59,6 +59,26 @@ def test_hole_crop_is_exact_for_training_squares():
 
 def test_hole_crop_of_empty_mask_is_whole_image():
     assert hole_boxes(torch.zeros(1, 1, 32, 48)).tolist() == [[0, 0, 48, 32]]
+
+
+def test_square_windows_never_stretch_a_hole():
+    m = torch.zeros(4, 1, 128, 128)
+    m[0, :, 40:74, 30:66] = 1  # an eye box, 36x34: a 64x64 window around it, not the box magnified
+    m[1, :, 88:120, 24:104] = 1  # the lower face, 80x32: an 80x80 window, shrunk alike in x and y
+    m[2, :, 0:20, 110:128] = 1  # at the corner: the window shifted inside the image
+    m[3, :, 10:74, 20:84] = 1  # a training square: its own box
+    boxes = hole_windows(m, 64)
+    assert boxes.tolist() == [[16, 25, 80, 89], [24, 48, 104, 128], [64, 0, 128, 64], [20, 10, 84, 74]]
+    assert ((boxes[:, 2] - boxes[:, 0]) == (boxes[:, 3] - boxes[:, 1])).all()
+    for (x0, y0, x1, y1), win in zip(hole_boxes(m).tolist(), boxes.tolist(), strict=True):  # hole inside window
+        assert win[0] <= x0 and win[1] <= y0 and x1 <= win[2] and y1 <= win[3]
+    img = torch.randn(4, 3, 128, 128)
+    crops = crop_holes(img, m, 64, view="square")
+    assert torch.allclose(crops[0], img[0, :, 25:89, 16:80], atol=1e-5)  # copied at scale 1
+    assert torch.allclose(crops[3], crop_holes(img, m, 64)[3], atol=1e-5)  # same as the paper's for squares
+    tall = torch.zeros(1, 1, 128, 96)
+    tall[..., 0:128, 30:60] = 1  # taller than the image is wide: the window is the widest square there is
+    assert hole_windows(tall, 64).tolist() == [[0, 16, 96, 112]]
 
 
 def test_grown_generator_starts_exactly_at_the_paper_generator(tmp_path):

@@ -60,6 +60,23 @@ def test_terms_per_stage(smoke_cfg, stage, terms, d_local_moves, d_global_moves)
     assert res.completed.shape == batch["image"].shape
 
 
+@pytest.mark.parametrize("hole, same", [((32, 96, 32, 96), True), ((40, 74, 30, 66), False)])
+def test_local_view_reaches_the_local_discriminator(smoke_cfg, hole, same):
+    """A 64x64 training square looks the same to the local D either way; an eye-sized hole does not."""
+    smoke_cfg.adversarial.d_skip_below = 0.0
+    y0, y1, x0, x1 = hole
+    after = {}
+    for view in ("box", "square"):
+        smoke_cfg.discriminator.local_view = view
+        models, updaters, batch = _setup(smoke_cfg, 2)
+        batch["mask"].zero_()
+        batch["mask"][:, :, y0:y1, x0:x1] = 1
+        train_step(models, updaters, batch, smoke_cfg, 2, step=0)
+        after[view] = _snapshot(models.d_local)
+    equal = all(torch.equal(a, b) for a, b in zip(after["box"], after["square"], strict=True))
+    assert equal == same
+
+
 def test_completed_keeps_known_pixels(smoke_cfg):
     models, updaters, batch = _setup(smoke_cfg, 1)
     y = train_step(models, updaters, batch, smoke_cfg, 1, step=0).completed

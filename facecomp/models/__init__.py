@@ -13,12 +13,18 @@ from torch import nn
 
 from facecomp import weights
 from facecomp.config import GeneratorConfig, ParsingConfig
-from facecomp.models.discriminators import DCGANDiscriminator, build_discriminators, crop_holes, hole_boxes
+from facecomp.models.discriminators import (
+    DCGANDiscriminator,
+    build_discriminators,
+    crop_holes,
+    hole_boxes,
+    hole_windows,
+)
 from facecomp.models.generator import Generator
 from facecomp.models.parsing import ParsingNet, freeze
 
 __all__ = ["DCGANDiscriminator", "Generator", "ParsingNet", "build_discriminators", "crop_holes",
-           "freeze", "hole_boxes", "load"]
+           "freeze", "hole_boxes", "hole_windows", "load"]
 
 
 def _generator(config: dict, path: Path) -> nn.Module:

@@ -72,16 +72,39 @@ def hole_boxes(mask: torch.Tensor) -> torch.Tensor:
     return torch.stack([x0, y0, x1, y1], dim=1)
 
 
-def crop_holes(images: torch.Tensor, mask: torch.Tensor, size: int) -> torch.Tensor:
-    """Resample each image's hole bounding box to size x size (differentiable). [N, C, size, size]
+def hole_windows(mask: torch.Tensor, size: int) -> torch.Tensor:
+    """A square window around each hole's bounding box, [N, 4] (x0, y0, x1, y1), half-open; no sync.
+
+    Side: the box's longer side, at least ``size``, at most the image's shorter side; centred on the box
+    and shifted to lie inside the image. Resampled to ``size``, a window is only ever shrunk and never
+    stretched, so the local D sees an eye at an eye's scale and a mouth at a mouth's shape.
+    """
+    _, _, h, w = mask.shape
+    x0, y0, x1, y1 = hole_boxes(mask).unbind(1)
+    side = torch.maximum(x1 - x0, y1 - y0).clamp(min=size, max=min(h, w))
+    # centre (x0 + x1) / 2, so the window's corner is (x0 + x1 - side) // 2, clamped inside the image
+    wx0 = torch.minimum(((x0 + x1 - side) // 2).clamp(min=0), w - side)
+    wy0 = torch.minimum(((y0 + y1 - side) // 2).clamp(min=0), h - side)
+    return torch.stack([wx0, wy0, wx0 + side, wy0 + side], dim=1)
+
+
+def crop_boxes(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """Resample each image's box ([N, 4] x0, y0, x1, y1 in pixels) to size x size (differentiable).
 
     With align_corners=False a box of exactly ``size`` pixels is copied without interpolation.
     """
     n, _, h, w = images.shape
-    b = hole_boxes(mask).to(images.dtype)
+    b = boxes.to(images.dtype)
     x0, y0, x1, y1 = (2 * b[:, 0] / w - 1, 2 * b[:, 1] / h - 1, 2 * b[:, 2] / w - 1, 2 * b[:, 3] / h - 1)
     theta = torch.zeros(n, 2, 3, dtype=images.dtype, device=images.device)
     theta[:, 0, 0], theta[:, 0, 2] = (x1 - x0) / 2, (x1 + x0) / 2
     theta[:, 1, 1], theta[:, 1, 2] = (y1 - y0) / 2, (y1 + y0) / 2
     grid = F.affine_grid(theta, [n, images.shape[1], size, size], align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def crop_holes(images: torch.Tensor, mask: torch.Tensor, size: int, view: str = "box") -> torch.Tensor:
+    """What the local D sees of each hole, [N, C, size, size]: ``view`` "box" resamples the hole's
+    bounding box (the paper's), "square" its square window (``hole_windows``)."""
+    boxes = hole_boxes(mask) if view == "box" else hole_windows(mask, size)
+    return crop_boxes(images, boxes, size)

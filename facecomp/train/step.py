@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from facecomp import kernels, losses
-from facecomp.config import Config
+from facecomp.config import Config, DiscriminatorConfig
 from facecomp.models import crop_holes
 from facecomp.train.stages import loss_weights
 
@@ -144,8 +144,8 @@ def adversarial_ramp(cfg: Config, step: int) -> float:
 
 # --- the step's three pieces: pure functions of tensors, so each traces whole ------------------------
 
-def _d_views(m: torch.Tensor, size: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
-    return {"adv_local": lambda t: crop_holes(t, m, size), "adv_global": lambda t: t}
+def _d_views(m: torch.Tensor, cfg: DiscriminatorConfig) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    return {"adv_local": lambda t: crop_holes(t, m, cfg.local_size, cfg.local_view), "adv_global": lambda t: t}
 
 
 def _discriminator(models: Models, term: str) -> nn.Module:
@@ -175,7 +175,7 @@ def d_loss(models: Models, cfg: Config, term: str, real_in: torch.Tensor, fake_i
 def g_loss(models: Models, cfg: Config, w: dict[str, float], x: torch.Tensor, m: torch.Tensor, out: torch.Tensor,
            y: torch.Tensor, ramp: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
     """G's total loss (the discriminators frozen by the caller) and its terms."""
-    views = _d_views(m, cfg.discriminator.local_size)
+    views = _d_views(m, cfg.discriminator)
     metrics: Metrics = {}
     recon = losses.reconstruction(out, x, m, cfg.loss.recon_known)
     total = w["recon"] * recon
@@ -257,7 +257,7 @@ def train_step(models: Models, updaters: dict[str, Updater], batch: dict, cfg: C
 
     # --- discriminators -------------------------------------------------------------------
     r1 = cfg.adversarial.r1
-    for term, view in _d_views(m, cfg.discriminator.local_size).items():
+    for term, view in _d_views(m, cfg.discriminator).items():
         if w[term] <= 0:
             continue
         real_in = view(x).detach().requires_grad_(r1 > 0)
