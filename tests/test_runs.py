@@ -99,3 +99,14 @@ def test_stages_chain_only_from_finished_runs(celeba, tmp_path):
     r = _cli(*stage2, "--overwrite")
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "s2" / "result.json").read_text())["finished"]
+
+
+def test_a_stage_starts_from_a_shipped_generator_by_its_name_on_the_command_line(celeba, tmp_path):
+    """`facecomp train --init paper-generator` (docs/training.md): the name resolves to the shipped file;
+    the CLI once refused it as 'no such run directory' before the loop could."""
+    r = _cli("train", "--config", "cpu", "--stage", 3, "--data", celeba, "--run-dir", tmp_path / "s3",
+             "--init", "paper-generator", "--no-progress", "generator.skips=4", "train.stage_steps=[1, 1, 1]",
+             "train.batch_size=2", "validation.faces=0", "runtime.threads=1", "runtime.amp=none")
+    assert r.returncode == 0, r.stderr
+    assert "initialised from" in r.stderr and "paper_generator.safetensors" in r.stderr, r.stderr
+    assert RunFolder(tmp_path / "s3").latest() is not None

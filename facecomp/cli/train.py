@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(common.roots_override(args.data))
     if args.loader:
         overrides.append(f"data.loader={args.loader}")
-    from facecomp.weights import RunFolder
+    from facecomp.weights import RunFolder, is_shipped_name, resolve
 
     run = RunFolder(args.run_dir)
     if args.resume and args.init:
@@ -68,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         sys.stdout.write(config_mod.to_toml(cfg))
         return 0
+    if is_shipped_name(args.init):  # `--init paper-generator`: the weights file that ships under that name
+        args.init = str(resolve(args.init, "generator"))
     if args.init and not Path(args.init).exists():
         raise ValueError(f"--init {args.init}: no such run directory, checkpoint or weights file")
     if args.init:
