@@ -39,7 +39,8 @@ def test_the_wheel_carries_licences_card_and_data(wheel):
     names = set(zipfile.ZipFile(path).namelist())
     dist = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
     for needed in (f"{dist}/licenses/LICENSE", f"{dist}/licenses/WEIGHTS_LICENSE.md",
-                   "facecomp/weights/MODEL_CARD.md", "facecomp/weights/paper_generator.safetensors",
+                   "facecomp/weights/MODEL_CARD.md", "facecomp/weights/generator.safetensors",
+                   "facecomp/weights/paper_generator.safetensors",
                    "facecomp/configs/cpu.toml", "facecomp/serve/static/index.html", "facecomp/kernels/csrc/fused.cpp",
                    "facecomp/cluster/configs/zero1_fp32.json", "facecomp/cluster/runtime_env.yaml"):
         assert needed in names, needed
