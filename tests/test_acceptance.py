@@ -28,8 +28,10 @@ def _table(tmp: Path, value) -> Path:
     return tmp / "table"
 
 
-def _recognition(tmp: Path, new_top1: float, poisson_top1: float | None = None, significant: int = 6) -> Path:
-    """Top-1 per method; the probe-by-probe split against noise fill significant on ``significant`` masks."""
+def _recognition(tmp: Path, new_top1: float, poisson_top1: float | None = None, significant: int = 6,
+                 ceiling: int | None = None) -> Path:
+    """Top-1 per method; the probe-by-probe split against noise fill significant on ``significant`` masks (and
+    the unoccluded probe's on ``ceiling`` masks, when given: results written before it carry none)."""
     (tmp / "rec").mkdir()
     poisson_top1 = new_top1 if poisson_top1 is None else poisson_top1
     summary = {m: {"new": {"top1": new_top1}, "new+poisson": {"top1": poisson_top1}, "noise": {"top1": 0.5},
@@ -39,6 +41,9 @@ def _recognition(tmp: Path, new_top1: float, poisson_top1: float | None = None, 
     clear, unclear = {"k": 1, "a_only": 20, "b_only": 5, "p": 0.004}, {"k": 1, "a_only": 9, "b_only": 7, "p": 0.80}
     split = [clear] * significant + [unclear] * (6 - significant)
     vs_noise = {m: {"new": c, "new+poisson": c} for m, c in zip(MASKS, split, strict=True)}
+    if ceiling is not None:
+        for i, m in enumerate(MASKS):
+            vs_noise[m]["original"] = clear if i < ceiling else unclear
     if poisson_top1 < 0.5:
         vs_noise["O3"]["new+poisson"] = {"k": 1, "a_only": 3, "b_only": 13, "p": 0.0213}
     (tmp / "rec" / "results.json").write_text(json.dumps({"masks": MASKS, "methods": methods, "summary": summary,
@@ -93,3 +98,12 @@ def test_a_blurred_mask_or_too_few_significant_splits_miss(tmp_path, capsys):
     assert code == 1 and "MISS  4. new recognition top-1" in out and "significant on 3" in out
     code, out = _verdict(tmp_path, capsys, "four", good, significant=4)
     assert code == 0 and "parsing mIoU (no verdict): O1 2.0000 vs 1.0000" in out
+
+
+def test_the_verdict_says_on_how_many_masks_even_the_unoccluded_probe_beats_noise_fill(tmp_path, capsys):
+    """The ceiling of criterion 4: a mask where the person's own pixels are not significantly better than noise
+    fill cannot be won by a completion, and the verdict says which masks those are."""
+    code, out = _verdict(tmp_path, capsys, "ceiling", good, significant=3, ceiling=2)
+    assert code == 1 and "significant on 3 (the unoccluded probe itself: 2, O1, O2)" in out
+    code, out = _verdict(tmp_path, capsys, "older", good, significant=3)
+    assert "unoccluded" not in out  # recognition results written before the ceiling was kept

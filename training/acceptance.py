@@ -59,6 +59,16 @@ def _significant(recognition: dict, mask: str, method: str) -> bool:
     return c is not None and c["a_only"] > c["b_only"] and c["p"] < SIGNIFICANT
 
 
+def _ceiling(recognition: dict) -> str:
+    """How many masks even the unoccluded probe wins significantly against noise fill: no completion can be
+    expected to do better than putting the person's own pixels back (empty for results without it)."""
+    masks = recognition["masks"]
+    if not all("original" in recognition.get("vs_noise", {}).get(mask, {}) for mask in masks):
+        return ""
+    won = [mask for mask in masks if _significant(recognition, mask, "original")]
+    return f" (the unoccluded probe itself: {len(won)}, {', '.join(won) or 'none'})"
+
+
 def parsing_note(table: dict, new: str, old: str) -> str:
     s = table["summary"]
     cells = [(mask, mean(s, "parsing_miou", mask, new), mean(s, "parsing_miou", mask, old)) for mask in table["masks"]]
@@ -101,7 +111,7 @@ def check(table: dict, recognition: dict | None, new: str, old: str, blend: str)
     ok = all(x > y for _, x, y in cells) and len(significant) >= SIGNIFICANT_MASKS
     rows.append((f"4. {a} recognition top-1 above noise fill's, every mask; significant on >= {SIGNIFICANT_MASKS}",
                  ok, "; ".join(f"{mask}: {x:.3f} vs {y:.3f}{_paired(recognition, mask, a)}" for mask, x, y in cells)
-                 + f"; significant on {len(significant)}"))
+                 + f"; significant on {len(significant)}" + _ceiling(recognition)))
     return rows
 
 
