@@ -152,7 +152,9 @@ def test_compiled_step_has_no_graph_break_and_equals_eager(celeba, smoke_cfg):
 
     cfg = smoke_cfg
     cfg.loss.perceptual, cfg.loss.feature_match = 10.0, 3.0
-    cfg.adversarial.d_skip_below = 1.3  # near the losses of a fresh D: some steps skip, some do not
+    # Between the losses of a fresh D in these steps (1.30-1.40 and 1.46-1.51 on one CPU; 1.3 sat on a loss of
+    # 1.3026 and another CPU's kernels put it under): some steps skip, some do not, with a margin of 0.03
+    cfg.adversarial.d_skip_below = 1.43
     cfg.generator.skips, cfg.generator.context = 4, "dilated"
     batches = _real_batches(celeba, cfg, 4)
     torch.manual_seed(1)
@@ -182,11 +184,16 @@ def test_compiled_step_has_no_graph_break_and_equals_eager(celeba, smoke_cfg):
                 assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-5), (step, k)
             decisions += [a[k] for k in a if k.endswith("_skipped")]
             for name in names:
+                gaps = []
                 for p, q in zip(getattr(eager[0], name).parameters(), getattr(compiled[0], name).parameters(),
                                 strict=True):
-                    # one Adam step apart at most (sign flips of near-zero gradients), and on average far less
+                    # one Adam step apart at most (sign flips of near-zero gradients)
                     torch.testing.assert_close(q, p, rtol=0, atol=2.5 * cfg.optim.lr_g)
-                    assert (q - p).abs().mean() < 1e-5
+                    gaps.append((q - p).detach().abs().flatten())
+                # and on average far less, over the whole network: per tensor, two flips in a 32-element norm
+                # weight already average 1.2e-5 (seen on one CPU's kernels), so a per-tensor mean measures the
+                # tensor's size, not the step's agreement
+                assert torch.cat(gaps).mean() < 1e-5, name
     finally:
         torch._dynamo.config.error_on_recompile = False
     assert {"d_adv_local_skipped", "d_adv_global_skipped"} <= a.keys()
