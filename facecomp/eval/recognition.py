@@ -130,7 +130,7 @@ def markdown(result: dict) -> str:
             lines.append(f"| {o} ({masks.OCCLUSION_NAMES[o]}) | " + " | ".join(cells) + " |")
         lines.append("")
     if result.get("vs_noise"):
-        others = [m for m in result["methods"] if m != "noise" and m in result["vs_noise"][result["masks"][0]]]
+        others = [m for m in result["methods"] if m != "noise"]
         lines += ["## Top-1 against noise fill, probe by probe", "",
                   "Probes only the method recognises / only noise fill does, and the exact McNemar p-value "
                   "(two-sided): p well under 0.05 says the difference is more than the draw of probes. "
