@@ -136,10 +136,10 @@ class DeepSpeedModels:
         """The step's updaters, keyed like the modules (facecomp.train.loop.TRAINED)."""
         return {name: EngineUpdater(getattr(self, name)) for name in TRAINED}
 
-    def models(self, parsing: torch.nn.Module | None) -> Models:
+    def models(self, parsing: torch.nn.Module | None, identity: torch.nn.Module | None = None) -> Models:
         generator = self.generator if self.dtype is None else InPrecision(self.generator, self.dtype)
         return Models(generator=generator, d_local=self.d_local.module, d_global=self.d_global.module,
-                      parsing=parsing)
+                      parsing=parsing, identity=identity)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         """Checkpoint names (generator, d_local, d_global) -> the trained modules."""

@@ -125,8 +125,8 @@ class _DeepSpeedWrap:
     def updaters(self) -> dict[str, Any]:
         return self.engines.updaters()
 
-    def models(self, parsing: torch.nn.Module | None) -> Models:
-        return self.engines.models(parsing)
+    def models(self, parsing: torch.nn.Module | None, identity: torch.nn.Module | None = None) -> Models:
+        return self.engines.models(parsing, identity)
 
     def restore(self, ckpt: Path) -> None:
         checkpoints.restore(self.engines, ckpt)

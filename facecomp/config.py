@@ -101,6 +101,27 @@ class ParsingConfig:
             raise ValueError(f"parsing.width must be positive, got {self.width}")
 
 
+@dataclass(kw_only=True)
+class IdentityConfig:
+    """The frozen identity network of the stage-3 identity loss (``loss.identity``; facecomp.models.identity),
+    trained by ``facecomp identity train`` on the training identities: never dlib's, which is the evaluator."""
+
+    input_size: int = 64  # the 128-px crop is area-downsampled to this
+    width: float = 1.0
+    embed_dim: int = 128
+    weights: str = ""  # safetensors file; "" = the weights shipped in the package
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        if self.width <= 0 or self.embed_dim < 1:
+            raise ValueError(f"identity.width must be positive and identity.embed_dim >= 1, got {self}")
+        if self.input_size < 16 or self.input_size % 16:
+            raise ValueError(f"identity.input_size must be a multiple of 16 (four stride-2 levels), "
+                             f"got {self.input_size}")
+
+
 DATA_ENV = "FACECOMP_DATA"  # the folder holding the datasets: celeba/, celeba_extra/, celeba_wild/
 DATA_HOME = "../shared/data"  # its default, beside the repository
 
@@ -231,12 +252,17 @@ class LossConfig:
     # pix2pixHD's feature matching: L1 between each discriminator's features of the real and the
     # completed face, summed over its layers; for every D the stage has on.
     feature_match: float = 0.0
+    # Beyond the paper (stage 3): 1 - cosine between the identity network's embeddings of the completed and
+    # the original face, averaged over the batch: the person kept, not an average face's eye or mouth
+    # (facecomp.models.identity; its weights from `facecomp identity train`, [identity]).
+    identity: float = 0.0
 
     def __post_init__(self) -> None:
         self.check()
 
     def check(self) -> None:
-        for name in ("recon", "adv_local", "adv_global", "parsing", "recon_known", "perceptual", "feature_match"):
+        for name in ("recon", "adv_local", "adv_global", "parsing", "recon_known", "perceptual", "feature_match",
+                     "identity"):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss.{name} is a weight, >= 0; got {getattr(self, name)}")
 
@@ -350,6 +376,30 @@ class ParsingTrainConfig:
 
 
 @dataclass(kw_only=True)
+class IdentityTrainConfig:
+    """Training the identity network (``facecomp identity train``): CosFace (Wang et al. 2018) over the
+    training identities, AdamW under a one-cycle schedule; its shapes are [identity]."""
+
+    steps: int = 3000
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    margin: float = 0.35  # CosFace's additive cosine margin m
+    scale: float = 30.0  # and its scale s
+    log_every: int = 50
+    ckpt_every: int = 500
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        if self.steps < 1 or self.batch_size < 2 or self.ckpt_every < 1 or self.log_every < 1:
+            raise ValueError(f"identity_train: steps, ckpt_every, log_every >= 1, batch_size >= 2; got {self}")
+        if not (0.0 <= self.margin < 1.0 and self.scale > 0):
+            raise ValueError(f"identity_train.margin in [0, 1) and scale > 0; got {self.margin}, {self.scale}")
+
+
+@dataclass(kw_only=True)
 class RuntimeConfig:
     AMP: ClassVar[tuple[str, ...]] = ("none", "bf16", "fp16")
     KERNELS: ClassVar[tuple[str, ...]] = ("auto", "native", "ref")  # facecomp.kernels.IMPLS
@@ -399,6 +449,7 @@ class Config:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     parsing: ParsingConfig = field(default_factory=ParsingConfig)
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
     data: DataConfig = field(default_factory=DataConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
@@ -407,6 +458,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     parsing_train: ParsingTrainConfig = field(default_factory=ParsingTrainConfig)
+    identity_train: IdentityTrainConfig = field(default_factory=IdentityTrainConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 

@@ -31,7 +31,7 @@ def _changed(mod, before):
 
 
 def test_stage_weights_are_data(smoke_cfg):
-    off = {"perceptual": 0, "feature_match": 0}  # beyond the paper: off unless loss.* sets them
+    off = {"perceptual": 0, "feature_match": 0, "identity": 0}  # beyond the paper: off unless loss.* sets them
     assert loss_weights(smoke_cfg.loss, 1) == {"recon": 1.0, "adv_local": 0, "adv_global": 0, "parsing": 0, **off}
     w3 = loss_weights(smoke_cfg.loss, 3)
     assert w3 == {"recon": 1.0, "adv_local": 300.0, "adv_global": 300.0, "parsing": 0.005, **off}

@@ -14,14 +14,15 @@ from facecomp.cli import complete as complete_cli
 from facecomp.cli import demo as demo_cli
 from facecomp.cli import eval as eval_cli
 from facecomp.cli import export as export_cli
+from facecomp.cli import identity as identity_cli
 from facecomp.cli import parsing as parsing_cli
 from facecomp.cli import serve as serve_cli
 from facecomp.cli import train as train_cli
 from facecomp.cli import weights as weights_cli
 from facecomp.runtime import MissingCapability, MissingExtra
 
-SUBCOMMANDS = (train_cli, complete_cli, eval_cli, parsing_cli, demo_cli, serve_cli, cluster_cli, export_cli,
-               weights_cli)
+SUBCOMMANDS = (train_cli, complete_cli, eval_cli, parsing_cli, identity_cli, demo_cli, serve_cli, cluster_cli,
+               export_cli, weights_cli)
 
 
 def build_command_line() -> argparse.ArgumentParser:

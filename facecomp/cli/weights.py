@@ -19,7 +19,7 @@ def add_command(sub) -> None:
     show = commands.add_parser("show", help="kind, identity, stage and step, config, base, size")
     show.add_argument("source", help="a weights file, checkpoint or run folder, 'shipped' or a shipped name "
                       "(paper-generator)")
-    show.add_argument("--kind", default="generator", choices=("generator", "parsing"))
+    show.add_argument("--kind", default="generator", choices=("generator", "parsing", "identity"))
     show.set_defaults(func=run_show)
     convert = commands.add_parser("convert", help="re-save a weights file in another dtype and/or borrowing "
                                   "from a base",

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from facecomp import weights
-from facecomp.config import GeneratorConfig, ParsingConfig
+from facecomp.config import GeneratorConfig, IdentityConfig, ParsingConfig
 from facecomp.models.discriminators import (
     DCGANDiscriminator,
     build_discriminators,
@@ -21,9 +21,10 @@ from facecomp.models.discriminators import (
     hole_windows,
 )
 from facecomp.models.generator import Generator
+from facecomp.models.identity import IdentityNet
 from facecomp.models.parsing import ParsingNet, freeze
 
-__all__ = ["DCGANDiscriminator", "Generator", "ParsingNet", "build_discriminators", "crop_holes",
+__all__ = ["DCGANDiscriminator", "Generator", "IdentityNet", "ParsingNet", "build_discriminators", "crop_holes",
            "freeze", "hole_boxes", "hole_windows", "load"]
 
 
@@ -35,9 +36,13 @@ def _parsing(config: dict, path: Path) -> nn.Module:
     return ParsingNet(ParsingConfig(**{**config, "weights": str(path)}))
 
 
+def _identity(config: dict, path: Path) -> nn.Module:
+    return IdentityNet(IdentityConfig(**{**config, "weights": str(path)}))
+
+
 # weights kind -> builder from the file's stored config; loaded models are for inference (eval mode;
-# the parsing network frozen, as stage 3's loss needs it)
-BUILDERS = {"generator": _generator, "parsing": _parsing}
+# the parsing and identity networks frozen, as stage 3's losses need them)
+BUILDERS = {"generator": _generator, "parsing": _parsing, "identity": _identity}
 
 
 def load(kind: str, source: str | Path | None = None, device: str | torch.device = "cpu") -> nn.Module:
@@ -54,4 +59,4 @@ def load(kind: str, source: str | Path | None = None, device: str | torch.device
         raise ValueError(f"{path}: {kind} config in the file is not understood ({e})") from None
     weights.load_module(path, model, kind)
     model = model.to(device)
-    return freeze(model) if kind == "parsing" else model.eval()
+    return freeze(model) if kind in ("parsing", "identity") else model.eval()

@@ -69,8 +69,10 @@ def build_models(cfg: Config, stage: int, device: torch.device) -> Models:
     models = Models(generator=gen, d_local=d_local, d_global=d_global)
     if "parsing" in STAGES[stage] and (cfg.loss.parsing > 0 or cfg.loss.perceptual > 0):
         models.parsing = loss_network(load_parsing(cfg), cfg)
+    if "identity" in STAGES[stage] and cfg.loss.identity > 0:
+        models.identity = loss_network(load_identity(cfg), cfg)
     fmt = torch.channels_last if cfg.runtime.channels_last else torch.contiguous_format
-    for name in ("generator", "d_local", "d_global", "parsing"):
+    for name in ("generator", "d_local", "d_global", "parsing", "identity"):
         mod = getattr(models, name)
         if mod is not None:
             setattr(models, name, mod.to(device=device, memory_format=fmt))
@@ -94,6 +96,17 @@ def load_parsing(cfg: Config) -> nn.Module:
     except ValueError as e:
         raise ValueError(f"stage 3 needs face-parsing weights: {e} (set parsing.weights=PATH, or train them: "
                          "facecomp parsing train)") from None
+
+
+def load_identity(cfg: Config) -> nn.Module:
+    """The frozen identity network of the stage-3 identity loss: identity.weights, or a shipped one."""
+    from facecomp import models
+
+    try:
+        return models.load("identity", cfg.identity.weights or None)
+    except ValueError as e:
+        raise ValueError(f"loss.identity needs identity-network weights: {e} (set identity.weights=PATH, or train "
+                         "them: facecomp identity train)") from None
 
 
 def base_lrs(optim: OptimConfig) -> dict[str, float]:
@@ -175,8 +188,8 @@ class Wrap(Protocol):
     def updaters(self) -> dict[str, Updater]:
         """The step's updaters, keyed like :data:`TRAINED`."""
 
-    def models(self, parsing: nn.Module | None) -> Models:
-        """The modules the step runs."""
+    def models(self, parsing: nn.Module | None, identity: nn.Module | None = None) -> Models:
+        """The modules the step runs, with the frozen networks of the losses."""
 
     def restore(self, ckpt: Path) -> None:
         """Weights and optimizer state from a checkpoint of this run."""
@@ -196,7 +209,7 @@ class TorchOptimizers:
     def updaters(self) -> dict[str, OptimizerUpdater]:
         return self._updaters
 
-    def models(self, parsing: nn.Module | None) -> Models:
+    def models(self, parsing: nn.Module | None, identity: nn.Module | None = None) -> Models:
         return self._models
 
     def restore(self, ckpt: Path) -> None:
@@ -257,7 +270,7 @@ def setup_stage(cfg: Config, stage: int, run_dir: str | Path, device: torch.devi
         # purge_step: events logged past the checkpoint a restart resumes from are dropped (step N's
         # scalars were written before checkpoint N, so they stay)
         writer = SummaryWriter(str(RunFolder(run_dir).tb), purge_step=state.step + 1 if ckpt is not None else None)
-    return StageSetup(models=wrapped.models(models.parsing), wrapped=wrapped, state=state, files=files,
+    return StageSetup(models=wrapped.models(models.parsing, models.identity), wrapped=wrapped, state=state, files=files,
                       loader=loader, writer=writer, resumed=ckpt is not None)
 
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from facecomp.config import LossConfig
 
-TERMS = ("recon", "adv_local", "adv_global", "parsing", "perceptual", "feature_match")
-# perceptual needs the frozen parsing network (stage 3), feature matching a discriminator (stages 2, 3);
-# both weigh 0 unless loss.* sets them (they are beyond the paper)
+TERMS = ("recon", "adv_local", "adv_global", "parsing", "perceptual", "feature_match", "identity")
+# perceptual and identity need frozen networks (the parsing and the identity network; stage 3), feature
+# matching a discriminator (stages 2, 3); all three weigh 0 unless loss.* sets them (they are beyond the paper)
 STAGES: dict[int, frozenset[str]] = {
     1: frozenset({"recon"}),
     2: frozenset({"recon", "adv_local", "feature_match"}),
-    3: frozenset({"recon", "adv_local", "adv_global", "parsing", "perceptual", "feature_match"}),
+    3: frozenset({"recon", "adv_local", "adv_global", "parsing", "perceptual", "feature_match", "identity"}),
 }
 
 

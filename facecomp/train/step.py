@@ -24,6 +24,7 @@ from torch import nn
 from facecomp import kernels, losses
 from facecomp.config import Config, DiscriminatorConfig
 from facecomp.models import crop_holes
+from facecomp.models.identity import identity_distance
 from facecomp.train.stages import loss_weights
 
 Metrics = dict[str, torch.Tensor]  # 0-dim tensors on the step's device
@@ -88,6 +89,7 @@ class Models:
     d_local: nn.Module | None = None
     d_global: nn.Module | None = None
     parsing: nn.Module | None = None  # frozen
+    identity: nn.Module | None = None  # frozen (loss.identity)
 
 
 @dataclass
@@ -212,6 +214,10 @@ def g_loss(models: Models, cfg: Config, w: dict[str, float], x: torch.Tensor, m:
                 lf = losses.feature_l1(feats, target_feats)
                 total = total + w["perceptual"] * lf
                 metrics["perceptual"] = lf.detach()
+        if w["identity"] > 0:
+            li = identity_distance(models.identity, y, x)
+            total = total + w["identity"] * li
+            metrics["identity"] = li.detach()
     metrics["total"] = total.detach()
     return total, metrics
 

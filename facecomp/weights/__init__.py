@@ -46,7 +46,8 @@ __all__ = ["NAMED", "SHIPPED", "SHIPPED_NAME", "RunFolder", "convert_weights", "
 HERE = Path(__file__).resolve().parent
 # The default weights of each kind. The default generator is the paper's with skips (MODEL_CARD.md); it
 # borrows its frozen bottleneck from the paper generator, which ships beside it under its own name.
-SHIPPED = {"generator": HERE / "generator.safetensors", "parsing": HERE / "parsing.safetensors"}
+SHIPPED = {"generator": HERE / "generator.safetensors", "parsing": HERE / "parsing.safetensors",
+           "identity": HERE / "identity.safetensors"}
 SHIPPED_NAME = "shipped"  # `--model shipped`, Completer("shipped"): the default of its kind
 # Further shipped weights by the name `--model` takes (beside "shipped"), each with its kind
 NAMED = {"paper-generator": ("generator", HERE / "paper_generator.safetensors")}
