@@ -89,7 +89,7 @@ def _tiny_celeba(celeba, dst, people: int = 6, per_person: int = 8):
     return dst
 
 
-def test_training_learns_the_people_and_resumes(tmp_path, celeba, smoke_cfg):
+def test_training_learns_the_people_and_resumes(tmp_path, celeba, smoke_cfg, capsys):
     """Six people, four faces each to learn from: the loss falls, the weights publish, and a run stopped at
     its checkpoint and resumed ends where an uninterrupted one does."""
     from facecomp.train.identity import train_identity
@@ -115,6 +115,11 @@ def test_training_learns_the_people_and_resumes(tmp_path, celeba, smoke_cfg):
     a, b = load("identity", tmp_path / "whole"), load("identity", tmp_path / "split")
     for (k, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         torch.testing.assert_close(q, p, msg=k)
+
+    from facecomp.cli import main  # the command a user scores a network with
+
+    assert main(["identity", "eval", "--weights", str(tmp_path / "whole"), "--data", str(root)]) == 0
+    assert f"24 faces of 6 people: nearest-face top-1 {whole.score.top1:.3f}" in capsys.readouterr().out
 
 
 def test_stage3_identity_loss_loads_its_network_frozen_and_moves_the_generator_only(tmp_path, smoke_cfg, net):
