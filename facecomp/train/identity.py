@@ -25,8 +25,8 @@ from facecomp.data.identities import as_input, batches, labelled_files, load_fac
 from facecomp.models.identity import IdentityNet
 from facecomp.train import checkpoint as ck
 from facecomp.train.checkpoint import RunState
-from facecomp.train.loop import Hooks, drive, resume_state
-from facecomp.weights import RunFolder, load_module
+from facecomp.train.loop import Hooks, begin_network_run, drive
+from facecomp.weights import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -162,17 +162,8 @@ def train_identity(cfg: Config, roots: list[str | Path], run_dir: str | Path, va
     opt = torch.optim.AdamW(params, lr=it.lr, weight_decay=it.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=it.lr, total_steps=it.steps, pct_start=0.1)
 
-    run = RunFolder(run_dir)
-    ckpt = run.latest() if resume else None
-    state = resume_state(ckpt, None) if ckpt is not None else RunState(stage=None)
-    state.config = config_mod.to_dict(cfg)
-    if ckpt is not None:
-        load_module(RunFolder.weights_file(ckpt, "identity"), net, "identity")
-        load_module(RunFolder.weights_file(ckpt, "identity_head"), head, "identity_head")
-        ck.load_optimizers(ckpt, {"identity": opt})
-        sched.load_state_dict(state.scheduler)
-        log.info("resumed %s at step %d", ckpt, state.step)
-    run.begin(config_mod.to_toml(cfg))
+    run, state = begin_network_run(cfg, run_dir, resume, {"identity": net, "identity_head": head}, {"identity": opt},
+                                   sched)
 
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm

@@ -68,9 +68,9 @@ def build_models(cfg: Config, stage: int, device: torch.device) -> Models:
         d_local, d_global = build_discriminators(cfg.discriminator, cfg.generator.image_size)
     models = Models(generator=gen, d_local=d_local, d_global=d_global)
     if "parsing" in STAGES[stage] and (cfg.loss.parsing > 0 or cfg.loss.perceptual > 0):
-        models.parsing = loss_network(load_parsing(cfg), cfg)
+        models.parsing = loss_network(load_frozen("parsing", cfg.parsing.weights, "stage 3"), cfg)
     if "identity" in STAGES[stage] and cfg.loss.identity > 0:
-        models.identity = loss_network(load_identity(cfg), cfg)
+        models.identity = loss_network(load_frozen("identity", cfg.identity.weights, "loss.identity"), cfg)
     fmt = torch.channels_last if cfg.runtime.channels_last else torch.contiguous_format
     for name in ("generator", "d_local", "d_global", "parsing", "identity"):
         mod = getattr(models, name)
@@ -87,26 +87,17 @@ def loss_network(net: nn.Module, cfg: Config) -> nn.Module:
     return net.to(AMP_DTYPES[cfg.runtime.amp]) if cfg.runtime.amp in AMP_DTYPES else net
 
 
-def load_parsing(cfg: Config) -> nn.Module:
-    """The frozen parsing network of the stage-3 loss: parsing.weights, or the shipped one."""
+def load_frozen(kind: str, weights: str, needed_by: str) -> nn.Module:
+    """A frozen network of the stage-3 losses (``kind``: parsing, identity): ``<kind>.weights``, or the shipped
+    one; if there is none, the error says how to get it."""
     from facecomp import models
 
     try:
-        return models.load("parsing", cfg.parsing.weights or None)
+        return models.load(kind, weights or None)
     except ValueError as e:
-        raise ValueError(f"stage 3 needs face-parsing weights: {e} (set parsing.weights=PATH, or train them: "
-                         "facecomp parsing train)") from None
-
-
-def load_identity(cfg: Config) -> nn.Module:
-    """The frozen identity network of the stage-3 identity loss: identity.weights, or a shipped one."""
-    from facecomp import models
-
-    try:
-        return models.load("identity", cfg.identity.weights or None)
-    except ValueError as e:
-        raise ValueError(f"loss.identity needs identity-network weights: {e} (set identity.weights=PATH, or train "
-                         "them: facecomp identity train)") from None
+        what = {"parsing": "face-parsing"}.get(kind, f"{kind}-network")
+        raise ValueError(f"{needed_by} needs {what} weights: {e} (set {kind}.weights=PATH, or train them: "
+                         f"facecomp {kind} train)") from None
 
 
 def base_lrs(optim: OptimConfig) -> dict[str, float]:
@@ -275,6 +266,25 @@ def setup_stage(cfg: Config, stage: int, run_dir: str | Path, device: torch.devi
 
 
 # --- the driver -----------------------------------------------------------------------------------
+
+def begin_network_run(cfg: Config, run_dir: str | Path, resume: bool, modules: dict[str, nn.Module],
+                      optimizers: dict[str, torch.optim.Optimizer], scheduler) -> tuple[RunFolder, RunState]:
+    """A run that trains one network outside the stages (the parsing or the identity network): a fresh state,
+    or with ``resume`` the newest checkpoint's state, ``modules`` (checkpoint names), ``optimizers`` and
+    ``scheduler``; the run folder begun with ``cfg``."""
+    run = RunFolder(run_dir)
+    ckpt = run.latest() if resume else None
+    state = resume_state(ckpt, None) if ckpt is not None else RunState(stage=None)
+    state.config = config_mod.to_dict(cfg)
+    if ckpt is not None:
+        for name, module in modules.items():
+            load_module(RunFolder.weights_file(ckpt, name), module, name)
+        ck.load_optimizers(ckpt, optimizers)
+        scheduler.load_state_dict(state.scheduler)
+        log.info("resumed %s at step %d", ckpt, state.step)
+    run.begin(config_mod.to_toml(cfg))
+    return run, state
+
 
 def resume_state(ckpt: Path, stage: int | None) -> RunState:
     """The state a run resumes from, if it is a run of ``stage`` (None: the parsing network's)."""

@@ -27,9 +27,9 @@ from facecomp.layout import Augment
 from facecomp.models.parsing import ParsingNet
 from facecomp.train import checkpoint as ck
 from facecomp.train.checkpoint import RunState
-from facecomp.train.loop import Hooks, drive, resume_state
+from facecomp.train.loop import Hooks, begin_network_run, drive
 from facecomp.train.step import autocast
-from facecomp.weights import RunFolder, load_module
+from facecomp.weights import RunFolder
 
 log = logging.getLogger(__name__)
 SIZE = 128
@@ -122,16 +122,7 @@ def train_parsing(cfg: Config, data_root: str | Path, run_dir: str | Path, resum
     opt = torch.optim.AdamW(net.parameters(), lr=pt.lr, weight_decay=pt.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=pt.lr, total_steps=pt.steps, pct_start=0.1)
 
-    run = RunFolder(run_dir)
-    ckpt = run.latest() if resume else None
-    state = resume_state(ckpt, None) if ckpt is not None else RunState(stage=None)
-    state.config = config_mod.to_dict(cfg)
-    if ckpt is not None:
-        load_module(RunFolder.weights_file(ckpt, "parsing"), net, "parsing")
-        ck.load_optimizers(ckpt, {"parsing": opt})
-        sched.load_state_dict(state.scheduler)
-        log.info("resumed %s at step %d", ckpt, state.step)
-    run.begin(config_mod.to_toml(cfg))
+    run, state = begin_network_run(cfg, run_dir, resume, {"parsing": net}, {"parsing": opt}, sched)
 
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
