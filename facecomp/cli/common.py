@@ -50,6 +50,15 @@ def add_init(p: argparse.ArgumentParser, source: str) -> None:
                    help="train stage 2 or 3 from random weights (without it, those stages need --init)")
 
 
+def add_network_run(p: argparse.ArgumentParser) -> None:
+    """What a network's own training run takes (``parsing train``, ``identity train``): where it runs, --resume,
+    the progress bar, dotted overrides."""
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its latest checkpoint")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+
+
 def add_overrides(p: argparse.ArgumentParser, example: str = "train.batch_size=16") -> None:
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("overrides", nargs="*", metavar="key=value", help=f"dotted overrides, e.g. {example}")

@@ -23,10 +23,7 @@ def add_command(sub) -> None:
     common.add_data_roots(train)
     train.add_argument("--val-data", default=default_data_root(), metavar="DIR",
                        help="CelebA folder whose validation partition scores the network (default: %(default)s)")
-    train.add_argument("--run-dir", required=True)
-    train.add_argument("--resume", action="store_true", help="continue RUN_DIR from its latest checkpoint")
-    train.add_argument("--no-progress", action="store_true")
-    train.add_argument("overrides", nargs="*", metavar="key=value")
+    common.add_network_run(train)
     train.set_defaults(func=run_train)
 
     ev = isub.add_parser("eval", help="nearest-face top-1 of an identity network on a validation partition",

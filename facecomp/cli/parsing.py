@@ -45,10 +45,7 @@ def add_command(sub) -> None:
     train.add_argument("--config", default="cpu", help="preset or TOML file")
     train.add_argument("--data", help="CelebA folder (sets data.root)")
     train.add_argument("--labels", help="labels folder (sets parsing_train.labels)")
-    train.add_argument("--run-dir", required=True)
-    train.add_argument("--resume", action="store_true", help="continue RUN_DIR from its latest checkpoint")
-    train.add_argument("--no-progress", action="store_true")
-    train.add_argument("overrides", nargs="*", metavar="key=value")
+    common.add_network_run(train)
     train.set_defaults(func=run_train)
 
     ev = psub.add_parser("eval", help="per-class F-scores on the validation labels, beside a trivial baseline",
