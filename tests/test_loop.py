@@ -97,7 +97,7 @@ def test_state_json_reads_every_schema(tmp_path):
     with pytest.raises(ValueError, match="facecomp-state/9"):
         RunState.from_json({"format": "facecomp-state/9", "stage": 1})
     (tmp_path / "state.json").write_text(json.dumps(parsing_v1))
-    with pytest.raises(ValueError, match="holds a parsing-network run; cannot resume it as stage 1"):
+    with pytest.raises(ValueError, match="holds a parsing- or identity-network run; cannot resume it as stage 1"):
         resume_state(tmp_path, 1)
     assert resume_state(tmp_path, None).restarts == [4]
 

@@ -87,7 +87,7 @@ class RunState:
         return cls.from_json(read_state(Path(ckpt)), RunFolder.state_file(ckpt))
 
     def describe(self) -> str:
-        return "a parsing-network run" if self.stage is None else f"a stage-{self.stage} run"
+        return "a parsing- or identity-network run" if self.stage is None else f"a stage-{self.stage} run"
 
 
 def read_state(ckpt: Path) -> dict[str, Any]:

@@ -2,9 +2,9 @@
 
 Every loop is :func:`drive` with its own :class:`Hooks`: the plain stage loop here (:func:`train`),
 the cluster's per-worker loop (facecomp.cluster.worker: DeepSpeed engines, Ray Train checkpoints) and
-the parsing network's (facecomp.train.parsing). The driver counts steps, images, time and unreadable
-images into one :class:`~facecomp.train.checkpoint.RunState`, and says when to checkpoint; the hooks
-take the step, log, and write checkpoints.
+the parsing and identity networks' (facecomp.train.parsing, facecomp.train.identity). The driver counts steps,
+images, time and unreadable images into one :class:`~facecomp.train.checkpoint.RunState`, and says when to
+checkpoint; the hooks take the step, log, and write checkpoints.
 
 A stage is its own run directory. ``init`` starts from a previous stage's run (weights only);
 ``resume`` continues this run from its latest checkpoint at the exact step, with the same data
@@ -287,10 +287,10 @@ def begin_network_run(cfg: Config, run_dir: str | Path, resume: bool, modules: d
 
 
 def resume_state(ckpt: Path, stage: int | None) -> RunState:
-    """The state a run resumes from, if it is a run of ``stage`` (None: the parsing network's)."""
+    """The state a run resumes from, if it is a run of ``stage`` (None: a network's own run, begin_network_run)."""
     state = RunState.read(ckpt)
     if state.stage != stage:
-        wanted = "the parsing network" if stage is None else f"stage {stage}"
+        wanted = "a network's own run" if stage is None else f"stage {stage}"
         raise ValueError(f"{ckpt} holds {state.describe()}; cannot resume it as {wanted}")
     state.restarts = [*state.restarts, state.step]
     return state
