@@ -97,21 +97,28 @@ def cpu_has_native_bf16() -> bool:
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def start(rt) -> torch.device:  # noqa: F821  (torch imported lazily: this module stays light)
-    """Apply a RuntimeConfig for a training process: thread count, allocator; the device to use.
-
-    ``runtime.amp=bf16`` on a CPU without native bf16 becomes "none" here, in the config the run records:
-    on an AVX2-only EPYC the cpu preset's bf16 stage-3 step ran under 20 steps in 17 minutes, where fp32
-    runs one in seconds. Mixed precision is a speed setting, so the run goes on, at speed, and says so.
-    """
+def settle_amp(rt, quiet: bool = False) -> None:
+    """``runtime.amp`` as this machine runs it: bf16 on a CPU without native bf16 becomes "none", in the config
+    the run records. On an AVX2-only EPYC the cpu preset's bf16 stage-3 step ran under 20 steps in 17 minutes,
+    where fp32 runs one in seconds; mixed precision is a speed setting, so the run goes on, at speed, and says
+    so (unless ``quiet``: a resumed run's candidate config, settled the same way before it is compared)."""
     import torch
 
-    device = torch.device(rt.device)
-    if device.type == "cpu" and rt.amp == "bf16" and not cpu_has_native_bf16():
-        log.warning("runtime.amp=bf16 asked for, but this CPU has no native bf16 (AVX512-BF16 or AMX; it has %s): "
-                    "bf16 convolutions would run on a reference GEMM, many times slower, so this run trains in "
-                    "fp32 (runtime.amp=none)", torch.backends.cpu.get_cpu_capability())
+    if torch.device(rt.device).type == "cpu" and rt.amp == "bf16" and not cpu_has_native_bf16():
+        if not quiet:
+            log.warning("runtime.amp=bf16 asked for, but this CPU has no native bf16 (AVX512-BF16 or AMX; it has "
+                        "%s): bf16 convolutions would run on a reference GEMM, many times slower, so this run "
+                        "trains in fp32 (runtime.amp=none)", torch.backends.cpu.get_cpu_capability())
         rt.amp = "none"
+
+
+def start(rt) -> torch.device:  # noqa: F821  (torch imported lazily: this module stays light)
+    """Apply a RuntimeConfig for a training process: mixed precision as this machine runs it (``settle_amp``),
+    thread count, allocator; the device to use."""
+    import torch
+
+    settle_amp(rt)
+    device = torch.device(rt.device)
     if rt.threads > 0:
         torch.set_num_threads(rt.threads)
     if rt.tune_malloc and device.type == "cpu":

@@ -155,3 +155,18 @@ def test_bf16_on_a_cpu_without_native_bf16_trains_in_fp32_and_says_so(monkeypatc
         assert runtime.start(cfg.runtime).type == "cpu"
     assert cfg.runtime.amp == ("bf16" if native else "none")
     assert ("no native bf16" in caplog.text) is not native
+
+
+def test_resume_naming_the_bf16_preset_again_is_not_a_config_change_where_bf16_became_fp32(
+        celeba, tmp_path, monkeypatch):
+    """A run that asked for bf16 on such a CPU recorded fp32; `--resume --config <the same preset>` names bf16
+    again, and is settled the same way before the configs are compared, so it resumes instead of being refused."""
+    from facecomp import runtime
+    from facecomp.cli import main
+
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    args = ["train", "--config", "smoke", "--stage", "1", "--data", str(celeba), "--run-dir", str(tmp_path / "r"),
+            "--no-progress", "runtime.amp=bf16", "train.log_every=1000"]
+    assert main([*args, "--stop-at", "2"]) == 75
+    assert 'amp = "none"' in (tmp_path / "r" / "config.toml").read_text()
+    assert main([*args, "--resume"]) == 0

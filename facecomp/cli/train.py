@@ -54,7 +54,10 @@ def run(args: argparse.Namespace) -> int:
         if args.config:  # a config named again on resume: it is the candidate, compared below
             cfg = config_mod.load_config(args.config)
         config_mod.apply_overrides(cfg, overrides)
+        from facecomp.runtime import settle_amp
         from facecomp.train.config_changes import config_changes
+
+        settle_amp(cfg.runtime, quiet=True)  # as the run itself recorded it on this machine
 
         changes = config_changes(config_mod.to_dict(config_mod.from_dict(started)), config_mod.to_dict(cfg))
         if changes and not args.allow_config_change:
