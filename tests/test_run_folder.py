@@ -18,7 +18,7 @@ LAYOUT = re.compile(r"^(step_.*|checkpoints|latest|state\.json|result\.json|vali
 OWNER = REPO / "facecomp" / "weights" / "run_folder.py"
 # The weights shipped inside the package are files of the install, not of a run.
 SHIPPED = (REPO / "facecomp" / "weights" / "__init__.py",
-           {"generator.safetensors", "paper_generator.safetensors", "parsing.safetensors"})
+           {"generator.safetensors", "paper_generator.safetensors", "parsing.safetensors", "identity.safetensors"})
 
 
 def _code_strings(tree: ast.AST):
