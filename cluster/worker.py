@@ -1,4 +1,4 @@
-"""The per-worker loop Ray Train runs on every rank: the loop driver of facecomp.train.loop with the
+"""The per-worker loop Ray Train runs on every rank: the loop driver of facecomp.train.driver with the
 cluster's hooks.
 
 What differs from the plain loop is only in the hooks: the models are DeepSpeed engines, the data is
@@ -28,8 +28,9 @@ from facecomp import config as config_mod
 from facecomp import runtime
 from facecomp.config import Config
 from facecomp.train.checkpoint import RunState
+from facecomp.train.driver import drive
 from facecomp.train.guard import Diverged, write_diverged
-from facecomp.train.loop import StageHooks, StageSetup, drive, setup_stage
+from facecomp.train.loop import StageHooks, StageSetup, setup_stage
 from facecomp.train.step import Models
 from facecomp.weights import RunFolder
 

@@ -1,4 +1,4 @@
-"""The loop driver every loop runs (facecomp.train.loop): the step count, empty batches, checkpoints,
+"""The loop driver every loop runs (facecomp.train.driver): the step count, empty batches, checkpoints,
 one state.json schema, and checkpoints written before that schema still resuming."""
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from safetensors.torch import load_file
 from facecomp import config as config_mod
 from facecomp.train import checkpoint as ck
 from facecomp.train.checkpoint import RunState
-from facecomp.train.loop import Hooks, build_models, build_optimizers, drive, resume_state, train
+from facecomp.train.driver import Hooks, drive, resume_state
+from facecomp.train.loop import build_models, build_optimizers, train
 from facecomp.weights import RunFolder, load_tensors, save_tensors, write_json
 
 

@@ -25,7 +25,7 @@ from facecomp.data.identities import as_input, batches, labelled_files, load_fac
 from facecomp.models.identity import IdentityNet
 from facecomp.train import checkpoint as ck
 from facecomp.train.checkpoint import RunState
-from facecomp.train.loop import Hooks, begin_network_run, drive
+from facecomp.train.driver import Hooks, begin_network_run, drive
 from facecomp.weights import RunFolder
 
 log = logging.getLogger(__name__)

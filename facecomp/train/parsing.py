@@ -27,7 +27,7 @@ from facecomp.layout import Augment
 from facecomp.models.parsing import ParsingNet
 from facecomp.train import checkpoint as ck
 from facecomp.train.checkpoint import RunState
-from facecomp.train.loop import Hooks, begin_network_run, drive
+from facecomp.train.driver import Hooks, begin_network_run, drive
 from facecomp.train.step import autocast
 from facecomp.weights import RunFolder
 
