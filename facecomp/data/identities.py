@@ -20,10 +20,7 @@ import torch.nn.functional as F
 
 from facecomp.data.celeba import CelebAIndex
 from facecomp.data.pipeline import sample_rng
-from facecomp.images import to_tensor
-from facecomp.layout import load_face
-
-CROP = 128  # the generator's crop, which the identity network sees downsampled
+from facecomp.layout import CROP_SIZE, load_face
 
 
 @dataclass
@@ -51,8 +48,8 @@ def labelled_files(roots: list[str | Path], partition: str) -> list[tuple[Path, 
 
 
 def small_crop(path: Path, size: int) -> np.ndarray:
-    """The 128-px crop at ``size`` px (area), as uint8 [S, S, 3]."""
-    return cv2.resize(load_face(path, CROP), (size, size), interpolation=cv2.INTER_AREA)
+    """The generator's 128-px crop at ``size`` px (area), as uint8 [S, S, 3]."""
+    return cv2.resize(load_face(path, CROP_SIZE), (size, size), interpolation=cv2.INTER_AREA)
 
 
 def load_faces(files: list[tuple[Path, int]], size: int, threads: int = 2) -> IdentityFaces:
@@ -104,8 +101,3 @@ def batches(faces: IdentityFaces, batch_size: int, seed: int, start_step: int = 
         yield {"image": augment(as_input(faces.images[index]), gen), "labels": faces.labels[index],
                "skipped": 0}
         step += 1
-
-
-def unaugmented(path: Path, size: int) -> torch.Tensor:
-    """One face as the network sees it at scoring time: [3, S, S] in [-1, 1]."""
-    return to_tensor(small_crop(path, size))
