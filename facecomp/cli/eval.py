@@ -58,9 +58,11 @@ def add_command(sub) -> None:
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=run_diversity)
     r = esub.add_parser("recognition", help="top-1/3/5 recognition of completed probes (the paper's Fig. 11)",
-                        description="Gallery: each identity's first face; probes: its other faces under each "
-                        "mask, completed by each method; ranked by dlib 128-D embedding distance. Needs the "
-                        "'faces' extra and identity labels (identity_CelebA.txt).")
+                        description="Each identity's faces split in two by a seeded shuffle (--seed): one half the "
+                        "gallery, unoccluded; the other the probes, under each mask, completed by each method "
+                        "and ranked by dlib 128-D embedding distance to the nearest gallery face. Each method "
+                        "is compared with noise fill probe by probe (exact McNemar). Needs the 'faces' extra "
+                        "and identity labels (identity_CelebA.txt).")
     _common(r)
     r.add_argument("--masks", default="O1,O2,O3,O4,O5,O6")
     r.add_argument("--blend", choices=BLENDS, default="none",
