@@ -7,6 +7,10 @@ training and is not the limit). FLOPs of a step are counted by torch's FlopCount
 matmuls, forward + backward); achieved = FLOPs / median step time.
 
     python bench/train_throughput.py [--presets cpu,paper] [--repeats 5] [--out bench/results/x.json]
+
+`--amp bf16,none` times every stage under both autocast settings in the same run: on a CPU without
+native bf16 (AVX2 only) bf16 convolutions fall back to a reference GEMM, which is why `facecomp train`
+trains such a run in fp32 (`facecomp.runtime.settle_amp`); this measures by how much.
 """
 
 from __future__ import annotations
@@ -79,6 +83,9 @@ def main() -> None:
     ap.add_argument("--paper-batch", type=int, default=16, help="the paper preset's batch here (images/s barely"
                     " depends on it; 64 would take minutes a step on 2 cores)")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--stages", default="1,2,3")
+    ap.add_argument("--amp", default="", help="comma-separated runtime.amp values to time each stage under "
+                    "(e.g. bf16,none); default: each preset's own")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--default-malloc", action="store_true", help="measure without facecomp.runtime.tune_allocator")
     ap.add_argument("--out", default=f"bench/results/train_throughput_{date.today()}.json")
@@ -98,8 +105,9 @@ def main() -> None:
         return next(iter(loader))
 
     rows = []
-    for preset in args.presets.split(","):
-        cfg = load_config(preset)
+    runs = [(p, a) for p in args.presets.split(",") for a in (args.amp.split(",") if args.amp else [""])]
+    for preset, amp in runs:
+        cfg = load_config(preset, [f"runtime.amp={amp}"] if amp else [])
         n = args.paper_batch if preset == "paper" else cfg.train.batch_size
         batch = real_batch(cfg, n)
         t = time.perf_counter()
@@ -108,7 +116,7 @@ def main() -> None:
         for _ in range(loader_batches):
             next(it)
         loader_ips = loader_batches * n / (time.perf_counter() - t)
-        for stage in (1, 2, 3):
+        for stage in [int(x) for x in args.stages.split(",")]:
             r = bench_stage(cfg, stage, batch, args.repeats)
             kind = "bf16" if cfg.runtime.amp == "bf16" else "fp32"
             peak = peaks[kind]
@@ -116,7 +124,7 @@ def main() -> None:
                      channels_last=cfg.runtime.channels_last, pct_peak=100 * r["gflops"] / peak,
                      loader_images_per_s_1proc=loader_ips)
             rows.append(r)
-            print(f"{preset:6s} w={cfg.generator.width:<5} stage {stage}: {r['images_per_s']:6.1f} img/s, "
+            print(f"{preset:6s} amp={cfg.runtime.amp:4s} w={cfg.generator.width:<5} stage {stage}: {r['images_per_s']:6.1f} img/s, "
                   f"{r['gflops']:6.0f} GFLOP/s = {r['pct_peak']:5.1f}% of {kind} peak "
                   f"(step {r['step_s']:.2f}s, batch {n})")
     sweep = []
