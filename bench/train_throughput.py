@@ -124,7 +124,8 @@ def main() -> None:
                      channels_last=cfg.runtime.channels_last, pct_peak=100 * r["gflops"] / peak,
                      loader_images_per_s_1proc=loader_ips)
             rows.append(r)
-            print(f"{preset:6s} amp={cfg.runtime.amp:4s} w={cfg.generator.width:<5} stage {stage}: {r['images_per_s']:6.1f} img/s, "
+            print(f"{preset:6s} amp={cfg.runtime.amp:4s} w={cfg.generator.width:<5} stage {stage}: "
+                  f"{r['images_per_s']:6.1f} img/s, "
                   f"{r['gflops']:6.0f} GFLOP/s = {r['pct_peak']:5.1f}% of {kind} peak "
                   f"(step {r['step_s']:.2f}s, batch {n})")
     sweep = []
